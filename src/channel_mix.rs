@@ -1,0 +1,69 @@
+//! Channel mix (the RWKV feed-forward block), shared by versions 4 to 6.
+//!
+//! ```text
+//! x_k = x + δ ⊙ μ_k,   x_r = x + δ ⊙ μ_r          (token shift, see [`crate::ops::shift`])
+//! out = σ(W_r x_r) ⊙ W_v relu(W_k x_k)²
+//! ```
+
+use crate::config::{Config, Version};
+use crate::error::Result;
+use crate::mixer::SequenceMixer;
+use crate::ops::{relu_squared, shift, sigmoid, Linear};
+use crate::weights::Scope;
+use ndarray::{Array1, Array2, ArrayView2};
+
+/// The channel mix of one block. Its state is the previous token's layer-normed input `[C]`.
+#[derive(Clone, Debug)]
+pub struct ChannelMix {
+    /// Shift coefficient of the key input, `[C]`: `ffn.time_maa_k` (v6) or
+    /// `1 − ffn.time_mix_k` (v4/v5).
+    pub maa_k: Array1<f32>,
+    /// Shift coefficient of the receptance input, `[C]` (`time_maa_r` or `1 − time_mix_r`).
+    pub maa_r: Array1<f32>,
+    /// `ffn.key.weight`, `[F, C]`.
+    pub key: Linear,
+    /// `ffn.value.weight`, `[C, F]`.
+    pub value: Linear,
+    /// `ffn.receptance.weight`, `[C, C]`.
+    pub receptance: Linear,
+}
+
+impl ChannelMix {
+    /// Loads the tensors under `ffn` (e.g. scope `blocks.3.ffn`).
+    ///
+    /// # Errors
+    /// A missing tensor or a wrong shape, named in full.
+    pub fn load(ffn: &Scope, config: &Config) -> Result<Self> {
+        let (c, f) = (config.n_embd, config.dim_ffn);
+        let maa = |s: &str| match config.version {
+            Version::V6 => ffn.vector(&format!("time_maa_{s}"), c),
+            _ => ffn.vector(&format!("time_mix_{s}"), c).map(|m| 1.0 - m),
+        };
+        Ok(ChannelMix {
+            maa_k: maa("k")?,
+            maa_r: maa("r")?,
+            key: ffn.linear("key.weight", f, c)?,
+            value: ffn.linear("value.weight", c, f)?,
+            receptance: ffn.linear("receptance.weight", c, c)?,
+        })
+    }
+}
+
+impl SequenceMixer for ChannelMix {
+    type State = Array1<f32>;
+
+    fn init_state(&self) -> Array1<f32> {
+        Array1::zeros(self.maa_k.len())
+    }
+
+    fn forward(&self, xs: ArrayView2<f32>, x_prev: &mut Array1<f32>) -> Array2<f32> {
+        let delta = shift::advance(xs, x_prev);
+        let xk = shift::mix(xs, delta.view(), self.maa_k.view());
+        let xr = shift::mix(xs, delta.view(), self.maa_r.view());
+        let mut k = self.key.forward(xk.view());
+        relu_squared(&mut k);
+        let mut r = self.receptance.forward(xr.view());
+        sigmoid(&mut r);
+        r * self.value.forward(k.view())
+    }
+}

@@ -1,0 +1,53 @@
+//! `tokenshift`: RWKV recurrent language models on CPU, as ndarray operations.
+//!
+//! The crate runs RWKV checkpoints (versions 4, 5.0, 5.1, 5.2 and 6, BlinkDL tensor names,
+//! safetensors with f32, f16 or bf16 tensors) token by token or a whole prompt at once, and
+//! exposes every layer on its own.
+//!
+//! Each sequence mixer has two paths that give the same result (tests pin them together):
+//!
+//! - **recurrent** ([`SequenceMixer::step`]): one token, O(1) work and a fixed-size state;
+//! - **sequence** ([`SequenceMixer::forward`]): `T` tokens at once, projections as matrix
+//!   products over all rows, leaving the state as `T` steps would.
+//!
+//! For RWKV-5/6 the state of a head is a matrix `S ∈ R^{N×N}` and each token does
+//!
+//! ```text
+//! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S_{t−1}),     S_t = diag(w_t) S_{t−1} + k_t v_tᵀ
+//! ```
+//!
+//! # Example
+//!
+//! ```
+//! use tokenshift::{Logits, Model};
+//!
+//! # fn main() -> tokenshift::Result<()> {
+//! let model = Model::load("tests/fixtures/v6-a/model.safetensors")?;
+//! let mut state = model.init_state();
+//! // A whole prompt at once, then one token at a time from the same state.
+//! let logits = model.forward(&[3, 14, 15], &mut state, Logits::Last)?;
+//! let next = logits.row(0).iter().enumerate()
+//!     .max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap();
+//! let fork = state.clone(); // snapshot: the model itself is never mutated
+//! let logits = model.step(next, &mut state)?;
+//! assert_eq!(logits.len(), model.config().vocab);
+//! # let _ = fork;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod block;
+pub mod channel_mix;
+pub mod config;
+pub mod error;
+pub mod mixer;
+pub mod model;
+pub mod ops;
+pub mod state;
+pub mod weights;
+
+pub use config::{Config, Version};
+pub use error::{Error, Result};
+pub use mixer::SequenceMixer;
+pub use model::{Logits, Model};
+pub use state::State;

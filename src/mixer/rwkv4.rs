@@ -1,0 +1,173 @@
+//! RWKV-4 time mix: a per-channel weighted average over the past with exponential decay and a
+//! bonus for the current token, kept stable by a running maximum exponent.
+//!
+//! ```text
+//! wkv_t = (Σ_{i<t} e^{−(t−1−i)·e^{td} + k_i} v_i + e^{u + k_t} v_t)
+//!       / (Σ_{i<t} e^{−(t−1−i)·e^{td} + k_i}     + e^{u + k_t})
+//! out_t = W_o (σ(W_r x_r) ⊙ wkv_t)
+//! ```
+//!
+//! The state keeps `aa = Σ e^{…−pp} v`, `bb = Σ e^{…−pp}` and the exponent `pp` per channel,
+//! exactly as the official implementation does (so states compare directly).
+
+use super::SequenceMixer;
+use crate::config::Config;
+use crate::error::Result;
+use crate::ops::{shift, sigmoid, Linear};
+use crate::weights::Scope;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+
+/// `pp` before the first token: no past, so its weight `e^{pp}` is 0.
+pub const PP_INIT: f32 = -1e30;
+
+/// Recurrent state of one RWKV-4 time mix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rwkv4State {
+    /// The previous token's layer-normed input, `[C]`.
+    pub x_prev: Array1<f32>,
+    /// Weighted sum of values, scaled by `e^{−pp}`, `[C]`.
+    pub aa: Array1<f32>,
+    /// Sum of weights, scaled by `e^{−pp}`, `[C]`.
+    pub bb: Array1<f32>,
+    /// Running maximum exponent, `[C]`; starts at [`PP_INIT`].
+    pub pp: Array1<f32>,
+}
+
+impl Rwkv4State {
+    /// The state before the first token, for width `c`.
+    pub fn new(c: usize) -> Self {
+        Rwkv4State {
+            x_prev: Array1::zeros(c),
+            aa: Array1::zeros(c),
+            bb: Array1::zeros(c),
+            pp: Array1::from_elem(c, PP_INIT),
+        }
+    }
+}
+
+/// The RWKV-4 time mix of one block.
+#[derive(Clone, Debug)]
+pub struct Rwkv4TimeMix {
+    /// `1 − att.time_mix_k`, `[C]` (see [`shift`]).
+    pub maa_k: Array1<f32>,
+    /// `1 − att.time_mix_v`, `[C]`.
+    pub maa_v: Array1<f32>,
+    /// `1 − att.time_mix_r`, `[C]`.
+    pub maa_r: Array1<f32>,
+    /// `−exp(att.time_decay)`: the log-decay per token, `[C]`.
+    pub decay: Array1<f32>,
+    /// `att.time_first` as stored: the log-bonus of the current token, `[C]`.
+    pub first: Array1<f32>,
+    /// `att.key.weight`, `[C, C]`.
+    pub key: Linear,
+    /// `att.value.weight`, `[C, C]`.
+    pub value: Linear,
+    /// `att.receptance.weight`, `[C, C]`.
+    pub receptance: Linear,
+    /// `att.output.weight`, `[C, C]`.
+    pub output: Linear,
+}
+
+impl Rwkv4TimeMix {
+    /// Loads the tensors under `att` (e.g. scope `blocks.3.att`).
+    ///
+    /// # Errors
+    /// A missing tensor or a wrong shape, named in full.
+    pub fn load(att: &Scope, config: &Config) -> Result<Self> {
+        let c = config.n_embd;
+        let one_minus = |name: &str| att.vector(name, c).map(|m| 1.0 - m);
+        Ok(Rwkv4TimeMix {
+            maa_k: one_minus("time_mix_k")?,
+            maa_v: one_minus("time_mix_v")?,
+            maa_r: one_minus("time_mix_r")?,
+            decay: att.vector("time_decay", c)?.mapv(|d| -d.exp()),
+            first: att.vector("time_first", c)?,
+            key: att.linear("key.weight", c, c)?,
+            value: att.linear("value.weight", c, c)?,
+            receptance: att.linear("receptance.weight", c, c)?,
+            output: att.linear("output.weight", c, c)?,
+        })
+    }
+}
+
+/// One token of one channel: returns `wkv` and advances `(aa, bb, pp)`.
+#[inline]
+fn wkv4_channel(k: f32, v: f32, w: f32, u: f32, aa: &mut f32, bb: &mut f32, pp: &mut f32) -> f32 {
+    let ww = u + k;
+    let p = pp.max(ww);
+    let e1 = (*pp - p).exp();
+    let e2 = (ww - p).exp();
+    let out = (e1 * *aa + e2 * v) / (e1 * *bb + e2);
+    let ww = w + *pp;
+    let p = ww.max(k);
+    let e1 = (ww - p).exp();
+    let e2 = (k - p).exp();
+    *aa = e1 * *aa + e2 * v;
+    *bb = e1 * *bb + e2;
+    *pp = p;
+    out
+}
+
+/// The stabilised WKV recurrence over `T` rows, updating `(aa, bb, pp)` in place.
+///
+/// # Shapes
+/// `k, v: [T, C]`, `decay, first: [C]` → `[T, C]`.
+///
+/// # Panics
+/// On mismatched shapes.
+#[track_caller]
+pub fn wkv4_scan(
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    decay: ArrayView1<f32>,
+    first: ArrayView1<f32>,
+    state: &mut Rwkv4State,
+) -> Array2<f32> {
+    let width = decay.len();
+    assert_eq!(k.dim(), v.dim(), "wkv4_scan: k and v shapes");
+    assert_eq!(k.ncols(), width, "wkv4_scan: width");
+    assert_eq!(first.len(), width, "wkv4_scan: bonus width");
+    assert_eq!(state.pp.len(), width, "wkv4_scan: state width");
+    let mut y = Array2::zeros(k.raw_dim());
+    for (t, mut yt) in y.rows_mut().into_iter().enumerate() {
+        for c in 0..width {
+            yt[c] = wkv4_channel(
+                k[[t, c]],
+                v[[t, c]],
+                decay[c],
+                first[c],
+                &mut state.aa[c],
+                &mut state.bb[c],
+                &mut state.pp[c],
+            );
+        }
+    }
+    y
+}
+
+impl SequenceMixer for Rwkv4TimeMix {
+    type State = Rwkv4State;
+
+    fn init_state(&self) -> Rwkv4State {
+        Rwkv4State::new(self.decay.len())
+    }
+
+    fn forward(&self, xs: ArrayView2<f32>, state: &mut Rwkv4State) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        let xk = shift::mix(xs, delta.view(), self.maa_k.view());
+        let xv = shift::mix(xs, delta.view(), self.maa_v.view());
+        let xr = shift::mix(xs, delta.view(), self.maa_r.view());
+        let mut r = self.receptance.forward(xr.view());
+        sigmoid(&mut r);
+        let k = self.key.forward(xk.view());
+        let v = self.value.forward(xv.view());
+        let wkv = wkv4_scan(
+            k.view(),
+            v.view(),
+            self.decay.view(),
+            self.first.view(),
+            state,
+        );
+        self.output.forward((r * wkv).view())
+    }
+}

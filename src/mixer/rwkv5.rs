@@ -1,0 +1,175 @@
+//! RWKV-5 time mix ("Eagle"; versions 5.0, 5.1, 5.2): multi-head matrix-valued state.
+//!
+//! ```text
+//! x_s = x + δ ⊙ μ_s                    for s ∈ {k, v, r, g}     (static token shift)
+//! r, k, v = W_r x_r, W_k x_k, W_v x_v  viewed per head as [H, N]
+//! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S),   S ← diag(w) S + k_t v_tᵀ  (see [`super::wkv`])
+//! out = W_o (GroupNorm_H(y) ⊙ silu(W_g x_g))                       (5.0: no gate)
+//! ```
+//!
+//! 5.0 and 5.1 have one decay and one bonus per head; 5.2 has one per channel.
+
+use super::{wkv, SequenceMixer};
+use crate::config::{Config, Version};
+use crate::error::Result;
+use crate::ops::{shift, silu, GroupNorm, Linear};
+use crate::weights::Scope;
+use ndarray::{Array1, Array2, Array3, ArrayView2};
+
+/// Recurrent state of one RWKV-5/6 time mix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WkvState {
+    /// The previous token's layer-normed input, `[C]`.
+    pub x_prev: Array1<f32>,
+    /// One matrix per head, indexed `[head, key, value]`: `[H, N, N]`.
+    pub s: Array3<f32>,
+}
+
+impl WkvState {
+    /// The zero state for `h` heads of size `n`.
+    pub fn new(h: usize, n: usize) -> Self {
+        WkvState {
+            x_prev: Array1::zeros(h * n),
+            s: Array3::zeros((h, n, n)),
+        }
+    }
+}
+
+/// The part shared by RWKV-5 and RWKV-6 after the WKV kernel: per-head group norm, gate, output.
+#[derive(Clone, Debug)]
+pub struct WkvOutput {
+    /// `att.ln_x`, per head, eps 64e-5.
+    pub ln_x: GroupNorm,
+    /// `att.gate.weight`, `[C, C]` (absent in 5.0).
+    pub gate: Option<Linear>,
+    /// `att.output.weight`, `[C, C]`.
+    pub output: Linear,
+}
+
+impl WkvOutput {
+    pub(crate) fn load(att: &Scope, config: &Config, gated: bool) -> Result<Self> {
+        let c = config.n_embd;
+        Ok(WkvOutput {
+            ln_x: GroupNorm::new(
+                att.vector("ln_x.weight", c)?,
+                att.vector("ln_x.bias", c)?,
+                config.n_head,
+            ),
+            gate: gated.then(|| att.linear("gate.weight", c, c)).transpose()?,
+            output: att.linear("output.weight", c, c)?,
+        })
+    }
+
+    /// `W_o (GroupNorm(y) ⊙ silu(W_g x_g))`; `xg` is ignored when there is no gate.
+    pub(crate) fn forward(&self, mut y: Array2<f32>, xg: Option<ArrayView2<f32>>) -> Array2<f32> {
+        self.ln_x.forward_inplace(&mut y);
+        if let (Some(gate), Some(xg)) = (&self.gate, xg) {
+            let mut g = gate.forward(xg);
+            silu(&mut g);
+            y *= &g;
+        }
+        self.output.forward(y.view())
+    }
+}
+
+/// The RWKV-5.x time mix of one block.
+#[derive(Clone, Debug)]
+pub struct Rwkv5TimeMix {
+    /// `1 − att.time_mix_k`, `[C]` (see [`shift`]).
+    pub maa_k: Array1<f32>,
+    /// `1 − att.time_mix_v`, `[C]`.
+    pub maa_v: Array1<f32>,
+    /// `1 − att.time_mix_r`, `[C]`.
+    pub maa_r: Array1<f32>,
+    /// `1 − att.time_mix_g`, `[C]` (5.1, 5.2).
+    pub maa_g: Option<Array1<f32>>,
+    /// `exp(−exp(att.time_decay))`, the decay per key channel, `[H, N]` (per-head values
+    /// repeated along `N` for 5.0/5.1).
+    pub decay: Array2<f32>,
+    /// The bonus `u`, `[H, N]`: `att.time_faaaa` as stored, or `exp(att.time_first)` in files
+    /// without `time_faaaa` (as the official loader does).
+    pub bonus: Array2<f32>,
+    /// `att.receptance.weight`, `[C, C]`.
+    pub receptance: Linear,
+    /// `att.key.weight`, `[C, C]`.
+    pub key: Linear,
+    /// `att.value.weight`, `[C, C]`.
+    pub value: Linear,
+    /// Group norm, gate and output projection.
+    pub out: WkvOutput,
+}
+
+/// A per-head (5.0/5.1, stored `[H]`) or per-channel (5.2, stored `[H, N]`) parameter as `[H, N]`.
+fn per_head_or_channel(att: &Scope, name: &str, config: &Config) -> Result<Array2<f32>> {
+    let (h, n) = (config.n_head, config.head_size);
+    if config.version == Version::V5_2 {
+        att.matrix(name, h, n)
+    } else {
+        let v = att.vector(name, h)?;
+        Ok(Array2::from_shape_fn((h, n), |(i, _)| v[i]))
+    }
+}
+
+impl Rwkv5TimeMix {
+    /// Loads the tensors under `att` (e.g. scope `blocks.3.att`).
+    ///
+    /// # Errors
+    /// A missing tensor or a wrong shape, named in full.
+    pub fn load(att: &Scope, config: &Config) -> Result<Self> {
+        let c = config.n_embd;
+        let gated = config.version != Version::V5_0;
+        let one_minus = |name: &str| att.vector(name, c).map(|m| 1.0 - m);
+        let bonus = if att.contains("time_faaaa") {
+            per_head_or_channel(att, "time_faaaa", config)?
+        } else {
+            per_head_or_channel(att, "time_first", config)?.mapv(f32::exp)
+        };
+        Ok(Rwkv5TimeMix {
+            maa_k: one_minus("time_mix_k")?,
+            maa_v: one_minus("time_mix_v")?,
+            maa_r: one_minus("time_mix_r")?,
+            maa_g: gated.then(|| one_minus("time_mix_g")).transpose()?,
+            decay: per_head_or_channel(att, "time_decay", config)?.mapv(|d| (-d.exp()).exp()),
+            bonus,
+            receptance: att.linear("receptance.weight", c, c)?,
+            key: att.linear("key.weight", c, c)?,
+            value: att.linear("value.weight", c, c)?,
+            out: WkvOutput::load(att, config, gated)?,
+        })
+    }
+}
+
+impl SequenceMixer for Rwkv5TimeMix {
+    type State = WkvState;
+
+    fn init_state(&self) -> WkvState {
+        let (h, n) = self.decay.dim();
+        WkvState::new(h, n)
+    }
+
+    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        let mixed = |maa: &Array1<f32>| shift::mix(xs, delta.view(), maa.view());
+        let r = self.receptance.forward(mixed(&self.maa_r).view());
+        let k = self.key.forward(mixed(&self.maa_k).view());
+        let v = self.value.forward(mixed(&self.maa_v).view());
+        let xg = self.maa_g.as_ref().map(mixed);
+        let decay = self
+            .decay
+            .view()
+            .into_shape_with_order(xs.ncols())
+            .expect("[H, N] is contiguous");
+        let w = decay
+            .broadcast(xs.raw_dim())
+            .expect("decay is as wide as xs");
+        let y = wkv::scan(
+            r.view(),
+            k.view(),
+            v.view(),
+            w,
+            self.bonus.view(),
+            &mut state.s,
+        );
+        self.out.forward(y, xg.as_ref().map(|g| g.view()))
+    }
+}

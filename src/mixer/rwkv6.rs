@@ -1,0 +1,114 @@
+//! RWKV-6 time mix ("Finch"): data-dependent token shift and a decay computed per token.
+//!
+//! ```text
+//! x_w, x_k, x_v, x_r, x_g = ddlerp(x, δ)                       (see [`shift::Ddlerp`])
+//! r, k, v = W_r x_r, W_k x_k, W_v x_v
+//! w_t = exp(−exp(time_decay + tanh(x_w D1) D2))                (per token, per channel)
+//! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S),   S ← diag(w_t) S + k_t v_tᵀ
+//! out = W_o (GroupNorm_H(y) ⊙ silu(W_g x_g))
+//! ```
+
+use super::rwkv5::{WkvOutput, WkvState};
+use super::{wkv, SequenceMixer};
+use crate::config::Config;
+use crate::error::Result;
+use crate::ops::shift::{self, Ddlerp};
+use crate::ops::Linear;
+use crate::weights::Scope;
+use ndarray::{stack, Array1, Array2, Array3, ArrayView2, Axis, Ix3};
+
+/// The RWKV-6 time mix of one block.
+#[derive(Clone, Debug)]
+pub struct Rwkv6TimeMix {
+    /// Data-dependent token shift (`att.time_maa_*`).
+    pub shift: Ddlerp,
+    /// `att.time_decay` as stored, `[C]`: the base of the log-log decay.
+    pub time_decay: Array1<f32>,
+    /// `att.time_decay_w1`, `[C, D]`.
+    pub decay_w1: Array2<f32>,
+    /// `att.time_decay_w2`, `[D, C]`.
+    pub decay_w2: Array2<f32>,
+    /// `att.time_faaaa` as stored: the bonus `u`, `[H, N]`.
+    pub bonus: Array2<f32>,
+    /// `att.receptance.weight`, `[C, C]`.
+    pub receptance: Linear,
+    /// `att.key.weight`, `[C, C]`.
+    pub key: Linear,
+    /// `att.value.weight`, `[C, C]`.
+    pub value: Linear,
+    /// Group norm, gate and output projection.
+    pub out: WkvOutput,
+}
+
+impl Rwkv6TimeMix {
+    /// Loads the tensors under `att` (e.g. scope `blocks.3.att`).
+    ///
+    /// # Errors
+    /// A missing tensor or a wrong shape, named in full.
+    pub fn load(att: &Scope, config: &Config) -> Result<Self> {
+        let c = config.n_embd;
+        let (dm, dd) = (config.dim_mix_lora, config.dim_decay_lora);
+        let maa = ["w", "k", "v", "r", "g"]
+            .map(|s| att.vector(&format!("time_maa_{s}"), c))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let maa_views: Vec<_> = maa.iter().map(|m| m.view()).collect();
+        let w2: Array3<f32> = att
+            .f32("time_maa_w2", &[5, dm, c])?
+            .into_dimensionality::<Ix3>()
+            .expect("reshaped to three axes");
+        Ok(Rwkv6TimeMix {
+            shift: Ddlerp {
+                maa_x: att.vector("time_maa_x", c)?,
+                maa: stack(Axis(0), &maa_views).expect("five vectors of width C"),
+                w1: att.matrix("time_maa_w1", c, 5 * dm)?,
+                w2,
+            },
+            time_decay: att.vector("time_decay", c)?,
+            decay_w1: att.matrix("time_decay_w1", c, dd)?,
+            decay_w2: att.matrix("time_decay_w2", dd, c)?,
+            bonus: att.matrix("time_faaaa", config.n_head, config.head_size)?,
+            receptance: att.linear("receptance.weight", c, c)?,
+            key: att.linear("key.weight", c, c)?,
+            value: att.linear("value.weight", c, c)?,
+            out: WkvOutput::load(att, config, true)?,
+        })
+    }
+
+    /// The per-token decay `w = exp(−exp(time_decay + tanh(x_w D1) D2))`, `[T, C]`.
+    pub fn decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
+        let mut d = xw.dot(&self.decay_w1);
+        d.mapv_inplace(f32::tanh);
+        let mut d = d.dot(&self.decay_w2);
+        d += &self.time_decay;
+        d.mapv_inplace(|d| (-d.exp()).exp());
+        d
+    }
+}
+
+impl SequenceMixer for Rwkv6TimeMix {
+    type State = WkvState;
+
+    fn init_state(&self) -> WkvState {
+        let (h, n) = self.bonus.dim();
+        WkvState::new(h, n)
+    }
+
+    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        let [xw, xk, xv, xr, xg] = self.shift.forward(xs, delta.view());
+        let r = self.receptance.forward(xr.view());
+        let k = self.key.forward(xk.view());
+        let v = self.value.forward(xv.view());
+        let w = self.decay(xw.view());
+        let y = wkv::scan(
+            r.view(),
+            k.view(),
+            v.view(),
+            w.view(),
+            self.bonus.view(),
+            &mut state.s,
+        );
+        self.out.forward(y, Some(xg.view()))
+    }
+}

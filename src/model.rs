@@ -1,0 +1,157 @@
+//! The full RWKV model: embedding, blocks, output head.
+
+use crate::block::Block;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ops::{LayerNorm, Linear};
+use crate::state::{State, StateShape};
+use crate::weights::{SafeTensorsFile, Scope, TensorSource};
+use ndarray::{s, Array1, Array2};
+use std::path::Path;
+
+/// Which logits [`Model::forward`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's, `[1, V]` (the head runs once).
+    Last,
+    /// Every token's, `[T, V]`.
+    All,
+}
+
+/// An RWKV language model (versions 4, 5.0, 5.1, 5.2, 6) loaded from a BlinkDL-named checkpoint.
+///
+/// Immutable and `Send + Sync`: one model serves any number of [`State`]s, from any threads.
+#[derive(Clone, Debug)]
+pub struct Model {
+    config: Config,
+    /// `emb.weight` with `blocks.0.ln0` applied to every row (in f32), `[V, C]`.
+    emb: Array2<f32>,
+    blocks: Vec<Block>,
+    ln_out: LayerNorm,
+    /// `head.weight`, `[V, C]`.
+    head: Linear,
+}
+
+impl Model {
+    /// Loads a safetensors checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Format`], and every error of [`Model::from_source`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::from_source(&SafeTensorsFile::open(path)?)
+    }
+
+    /// Loads a checkpoint from the bytes of a safetensors file.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Model> {
+        Self::from_source(&SafeTensorsFile::from_bytes(bytes)?)
+    }
+
+    /// Builds the model from named tensors, detecting the version and sizes.
+    ///
+    /// # Errors
+    /// [`Error::UnknownVersion`], [`Error::MissingTensor`], [`Error::Shape`] or
+    /// [`Error::Dtype`], each naming the tensor.
+    pub fn from_source(source: &dyn TensorSource) -> Result<Model> {
+        let config = Config::from_source(source)?;
+        let root = Scope::new(source);
+        let (v, c) = (config.vocab, config.n_embd);
+        let ln = |s: Scope| -> Result<LayerNorm> {
+            Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
+        };
+        let ln0 = ln(root.pp("blocks.0.ln0"))?;
+        let emb = ln0.forward(root.matrix("emb.weight", v, c)?.view());
+        let blocks = (0..config.n_layer)
+            .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            emb,
+            blocks,
+            ln_out: ln(root.pp("ln_out"))?,
+            head: root.linear("head.weight", v, c)?,
+            config,
+        })
+    }
+
+    /// Version and sizes.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The blocks, for running or inspecting single layers.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The state before any token.
+    pub fn init_state(&self) -> State {
+        State {
+            shape: StateShape::from(&self.config),
+            blocks: self.blocks.iter().map(Block::init_state).collect(),
+        }
+    }
+
+    /// Reads a state file saved for this model (see [`State::load`]).
+    ///
+    /// # Errors
+    /// As [`State::load`].
+    pub fn load_state(&self, path: impl AsRef<Path>) -> Result<State> {
+        State::load(path, &self.config)
+    }
+
+    fn check_state(&self, state: &State) -> Result<()> {
+        let want = StateShape::from(&self.config);
+        if state.shape != want {
+            return Err(Error::StateMismatch(format!(
+                "the state was made for {:?}, the model is {:?}",
+                state.shape, want
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab = self.config.vocab;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&token) => Err(Error::TokenOutOfRange { token, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one token and returns its logits `[V]`: the recurrent path.
+    ///
+    /// # Errors
+    /// [`Error::TokenOutOfRange`]; [`Error::StateMismatch`] for a state of another model.
+    pub fn step(&self, token: u32, state: &mut State) -> Result<Array1<f32>> {
+        let logits = self.forward(&[token], state, Logits::Last)?;
+        Ok(logits.index_axis_move(ndarray::Axis(0), 0))
+    }
+
+    /// Runs a whole prompt at once (projections as matrix products over all tokens) and returns
+    /// the logits of the last token (`[1, V]`) or of every token (`[T, V]`). `state` ends as if
+    /// the tokens had gone through [`Model::step`] one by one.
+    ///
+    /// # Errors
+    /// [`Error::EmptyPrompt`], [`Error::TokenOutOfRange`], [`Error::StateMismatch`]; the state
+    /// is unchanged on error.
+    pub fn forward(&self, tokens: &[u32], state: &mut State, which: Logits) -> Result<Array2<f32>> {
+        self.check_tokens(tokens)?;
+        self.check_state(state)?;
+        let mut x = Array2::from_shape_fn((tokens.len(), self.config.n_embd), |(t, c)| {
+            self.emb[[tokens[t] as usize, c]]
+        });
+        for (block, s) in self.blocks.iter().zip(state.blocks.iter_mut()) {
+            block.forward(&mut x, s);
+        }
+        let rows = match which {
+            Logits::Last => x.slice(s![-1.., ..]),
+            Logits::All => x.view(),
+        };
+        Ok(self.head.forward(self.ln_out.forward(rows).view()))
+    }
+}

@@ -1,0 +1,12 @@
+//! Stateless math: linear layers, normalisations, activations and token shift.
+//!
+//! Nothing here knows about checkpoints, versions or sequence state.
+
+mod activation;
+mod linear;
+mod norm;
+pub mod shift;
+
+pub use activation::{relu_squared, sigmoid, silu};
+pub use linear::Linear;
+pub use norm::{GroupNorm, LayerNorm};

@@ -1,0 +1,118 @@
+//! Token shift: the only code that mixes a token with its predecessor.
+//!
+//! Every form is written as `x_t + δ_t ⊙ μ` with `δ_t = x_{t−1} − x_t` (the "maa" convention of
+//! RWKV-6/7). RWKV-4/5 store the complementary "mix" coefficients (`x·μ' + prev·(1−μ')`); their
+//! loaders convert with `μ = 1 − μ'`, which is the same function.
+
+use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, Zip};
+
+/// The shift differences `δ_t = x_{t−1} − x_t`, with `x_{−1} = prev` (the last row of the
+/// previous call, kept in the state).
+///
+/// # Shapes
+/// `xs: [T, C]`, `prev: [C]` → `[T, C]`.
+///
+/// # Panics
+/// If `prev` is not as wide as `xs`.
+#[track_caller]
+pub fn delta(xs: ArrayView2<f32>, prev: ArrayView1<f32>) -> Array2<f32> {
+    assert_eq!(xs.ncols(), prev.len(), "shift::delta: width");
+    let t = xs.nrows();
+    let mut d = Array2::zeros(xs.raw_dim());
+    if t == 0 {
+        return d;
+    }
+    Zip::from(d.row_mut(0))
+        .and(prev)
+        .and(xs.row(0))
+        .for_each(|d, &p, &x| *d = p - x);
+    Zip::from(d.slice_mut(s![1.., ..]))
+        .and(xs.slice(s![..t - 1, ..]))
+        .and(xs.slice(s![1.., ..]))
+        .for_each(|d, &p, &x| *d = p - x);
+    d
+}
+
+/// [`delta`], then stores `xs`' last row in `prev` for the next call (no change if `T = 0`).
+///
+/// # Shapes
+/// `xs: [T, C]`, `prev: [C]` → `[T, C]`.
+///
+/// # Panics
+/// If `prev` is not as wide as `xs`.
+#[track_caller]
+pub fn advance(xs: ArrayView2<f32>, prev: &mut Array1<f32>) -> Array2<f32> {
+    let d = delta(xs, prev.view());
+    if let Some(last) = xs.rows().into_iter().last() {
+        prev.assign(&last);
+    }
+    d
+}
+
+/// Static token shift (RWKV-4/5 `time_mix_*`, RWKV-6 `time_maa_*`, RWKV-7 `x_*`):
+/// `x_t + δ_t ⊙ μ`.
+///
+/// # Shapes
+/// `xs, delta: [T, C]`, `maa: [C]` → `[T, C]`.
+///
+/// # Panics
+/// On mismatched shapes.
+#[track_caller]
+pub fn mix(xs: ArrayView2<f32>, delta: ArrayView2<f32>, maa: ArrayView1<f32>) -> Array2<f32> {
+    assert_eq!(xs.dim(), delta.dim(), "shift::mix: delta shape");
+    let mut out = delta.to_owned();
+    Zip::from(out.rows_mut())
+        .and(xs.rows())
+        .for_each(|mut o, x| {
+            Zip::from(&mut o)
+                .and(&x)
+                .and(&maa)
+                .for_each(|o, &x, &m| *o = x + *o * m)
+        });
+    out
+}
+
+/// RWKV-6's data-dependent token shift ("ddlerp"): five mixes (w, k, v, r, g) whose
+/// coefficients are `μ_s + m_s(x)` with a shared low-rank projection:
+///
+/// `z = tanh((x + δ⊙μ_x) W1)` viewed as 5 rows of `D`; `m_s = z_s W2[s]`;
+/// `x_s = x + δ ⊙ (μ_s + m_s)`.
+#[derive(Clone, Debug)]
+pub struct Ddlerp {
+    /// `time_maa_x`, `[C]`.
+    pub maa_x: Array1<f32>,
+    /// `time_maa_w, _k, _v, _r, _g` stacked in that order, `[5, C]`.
+    pub maa: Array2<f32>,
+    /// `time_maa_w1`, `[C, 5·D]` (stored `[in, out]`, used as `x W1`).
+    pub w1: Array2<f32>,
+    /// `time_maa_w2`, `[5, D, C]`.
+    pub w2: Array3<f32>,
+}
+
+impl Ddlerp {
+    /// The five shifted inputs `[x_w, x_k, x_v, x_r, x_g]`.
+    ///
+    /// # Shapes
+    /// `xs, delta: [T, C]` → five `[T, C]`.
+    ///
+    /// # Panics
+    /// On mismatched shapes.
+    #[track_caller]
+    pub fn forward(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> [Array2<f32>; 5] {
+        let d = self.w2.shape()[1];
+        let mut z = mix(xs, delta, self.maa_x.view()).dot(&self.w1);
+        z.mapv_inplace(f32::tanh);
+        std::array::from_fn(|s| {
+            let mut coeff = z
+                .slice(s![.., s * d..(s + 1) * d])
+                .dot(&self.w2.index_axis(Axis(0), s));
+            coeff += &self.maa.row(s);
+            let mut out = delta.to_owned();
+            Zip::from(&mut out)
+                .and(&coeff)
+                .and(&xs)
+                .for_each(|o, &c, &x| *o = x + *o * c);
+            out
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! The recurrent state of a whole model: plain data, cloned to fork, saved and loaded as
+//! safetensors.
+//!
+//! # File layout
+//!
+//! A state file is a safetensors file of f32 tensors, one group per block `l`:
+//!
+//! | tensor | shape | meaning |
+//! |---|---|---|
+//! | `blocks.{l}.att.x_prev` | `[C]` | previous token's `ln1` output |
+//! | `blocks.{l}.att.aa`, `.bb`, `.pp` | `[C]` | RWKV-4 WKV numerator, denominator, exponent |
+//! | `blocks.{l}.att.wkv` | `[H, N, N]` | RWKV-5/6 matrix per head, `[head, key, value]` |
+//! | `blocks.{l}.ffn.x_prev` | `[C]` | previous token's `ln2` output |
+//!
+//! and the metadata `format = tokenshift-state`, `format_version = 1`, `version`, `n_layer`,
+//! `n_embd`, `n_head`, `head_size`. Loading checks all of them against the model.
+
+use crate::block::{BlockState, TimeMixState};
+use crate::config::{Config, Version};
+use crate::error::{Error, Result};
+use crate::mixer::rwkv4::Rwkv4State;
+use crate::mixer::rwkv5::WkvState;
+use crate::weights::{SafeTensorsFile, Scope};
+use ndarray::{ArrayD, Ix3};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+const FORMAT: &str = "tokenshift-state";
+const FORMAT_VERSION: &str = "1";
+
+/// The sizes that decide a state's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateShape {
+    /// Architecture version.
+    pub version: Version,
+    /// Blocks.
+    pub n_layer: usize,
+    /// Width `C`.
+    pub n_embd: usize,
+    /// Heads `H` (0 for RWKV-4).
+    pub n_head: usize,
+    /// Head size `N` (0 for RWKV-4).
+    pub head_size: usize,
+}
+
+impl From<&Config> for StateShape {
+    fn from(c: &Config) -> Self {
+        StateShape {
+            version: c.version,
+            n_layer: c.n_layer,
+            n_embd: c.n_embd,
+            n_head: c.n_head,
+            head_size: c.head_size,
+        }
+    }
+}
+
+impl StateShape {
+    fn metadata(&self) -> HashMap<String, String> {
+        [
+            ("format", FORMAT.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
+            ("version", self.version.to_string()),
+            ("n_layer", self.n_layer.to_string()),
+            ("n_embd", self.n_embd.to_string()),
+            ("n_head", self.n_head.to_string()),
+            ("head_size", self.head_size.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Everything a model carries from one token to the next, for every block.
+///
+/// Create one with [`crate::Model::init_state`]; clone it to snapshot or fork a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    pub(crate) shape: StateShape,
+    pub(crate) blocks: Vec<BlockState>,
+}
+
+impl State {
+    /// The sizes this state was made for.
+    pub fn shape(&self) -> StateShape {
+        self.shape
+    }
+
+    /// Per-block states.
+    pub fn blocks(&self) -> &[BlockState] {
+        &self.blocks
+    }
+
+    /// Per-block states, to edit (e.g. to set a tuned initial state).
+    pub fn blocks_mut(&mut self) -> &mut [BlockState] {
+        &mut self.blocks
+    }
+
+    /// The state as named tensors (see the module docs for the names).
+    pub fn tensors(&self) -> Vec<(String, ArrayD<f32>)> {
+        let mut out = Vec::new();
+        for (l, b) in self.blocks.iter().enumerate() {
+            let name = |s: &str| format!("blocks.{l}.{s}");
+            match &b.att {
+                TimeMixState::V4(s) => {
+                    out.push((name("att.x_prev"), s.x_prev.clone().into_dyn()));
+                    out.push((name("att.aa"), s.aa.clone().into_dyn()));
+                    out.push((name("att.bb"), s.bb.clone().into_dyn()));
+                    out.push((name("att.pp"), s.pp.clone().into_dyn()));
+                }
+                TimeMixState::Wkv(s) => {
+                    out.push((name("att.x_prev"), s.x_prev.clone().into_dyn()));
+                    out.push((name("att.wkv"), s.s.clone().into_dyn()));
+                }
+            }
+            out.push((name("ffn.x_prev"), b.ffn.clone().into_dyn()));
+        }
+        out
+    }
+
+    /// The state as the official Python package lists it: per block `[att_x_prev, aa, bb, pp,
+    /// ffn_x_prev]` (RWKV-4) or `[att_x_prev, S [H, N, N] (key, value), ffn_x_prev]` (RWKV-5/6).
+    pub fn to_official_list(&self) -> Vec<ArrayD<f32>> {
+        self.tensors().into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// The state as the bytes of a safetensors file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let tensors = self.tensors();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(name, a)| {
+                let data = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, a.shape().to_vec(), data)
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, shape, data)| {
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| Error::Format(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(self.shape.metadata()))
+            .map_err(|e| Error::Format(e.to_string()))
+    }
+
+    /// Writes the state to a safetensors file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be written.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads a state saved by [`State::save`] for a model with `config`.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Format`] for a file that is not safetensors, and
+    /// [`Error::StateMismatch`] when the file was not saved for a model of this version and
+    /// these sizes (or lacks a tensor, or has one of the wrong shape).
+    pub fn load(path: impl AsRef<Path>, config: &Config) -> Result<State> {
+        let file = SafeTensorsFile::open(path)?;
+        Self::from_file(&file, config)
+    }
+
+    /// [`State::load`] from the bytes of a file.
+    pub fn from_bytes(bytes: Vec<u8>, config: &Config) -> Result<State> {
+        Self::from_file(&SafeTensorsFile::from_bytes(bytes)?, config)
+    }
+
+    fn from_file(file: &SafeTensorsFile, config: &Config) -> Result<State> {
+        let shape = StateShape::from(config);
+        let found = file.metadata();
+        for (key, want) in shape.metadata() {
+            let got = found.get(&key).map(String::as_str).unwrap_or("(absent)");
+            if got != want {
+                return Err(Error::StateMismatch(format!(
+                    "metadata `{key}` is {got}, the model needs {want}"
+                )));
+            }
+        }
+        let mismatch = |e: Error| Error::StateMismatch(e.to_string());
+        let root = Scope::new(file);
+        let c = config.n_embd;
+        let (h, n) = (config.n_head, config.head_size);
+        let blocks = (0..config.n_layer)
+            .map(|l| {
+                let b = root.pp(&format!("blocks.{l}"));
+                let vector = |name: &str| b.vector(name, c);
+                let att = if config.version.has_matrix_state() {
+                    TimeMixState::Wkv(WkvState {
+                        x_prev: vector("att.x_prev")?,
+                        s: b.f32("att.wkv", &[h, n, n])?
+                            .into_dimensionality::<Ix3>()
+                            .expect("reshaped to three axes"),
+                    })
+                } else {
+                    TimeMixState::V4(Rwkv4State {
+                        x_prev: vector("att.x_prev")?,
+                        aa: vector("att.aa")?,
+                        bb: vector("att.bb")?,
+                        pp: vector("att.pp")?,
+                    })
+                };
+                Ok(BlockState {
+                    att,
+                    ffn: vector("ffn.x_prev")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map_err(mismatch)?;
+        Ok(State { shape, blocks })
+    }
+}

@@ -1,0 +1,183 @@
+//! Named tensors from a checkpoint: the only code that turns checkpoint keys into arrays.
+//!
+//! A [`TensorSource`] lists tensor names and hands out tensors; [`Scope`] is a name-scoped view
+//! (`scope.pp("blocks.3").pp("att")`) whose getters check shapes and name the full tensor path
+//! in every error.
+
+mod safetensors;
+
+pub use self::safetensors::SafeTensorsFile;
+
+use crate::error::{Error, Result};
+use crate::ops::Linear;
+use half::{bf16, f16};
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
+
+/// A tensor as stored in a checkpoint, in its storage type.
+#[derive(Clone, Debug)]
+pub enum Tensor {
+    /// 32-bit floats.
+    F32(ArrayD<f32>),
+    /// IEEE half precision.
+    F16(ArrayD<f16>),
+    /// bfloat16.
+    Bf16(ArrayD<bf16>),
+}
+
+impl Tensor {
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Tensor::F32(a) => a.shape(),
+            Tensor::F16(a) => a.shape(),
+            Tensor::Bf16(a) => a.shape(),
+        }
+    }
+
+    /// The values widened to f32.
+    pub fn to_f32(&self) -> ArrayD<f32> {
+        match self {
+            Tensor::F32(a) => a.clone(),
+            Tensor::F16(a) => a.mapv(f32::from),
+            Tensor::Bf16(a) => a.mapv(f32::from),
+        }
+    }
+
+    fn into_f32(self) -> ArrayD<f32> {
+        match self {
+            Tensor::F32(a) => a,
+            other => other.to_f32(),
+        }
+    }
+}
+
+/// Anything that holds named tensors: a safetensors file, or a map built in memory.
+pub trait TensorSource: Send + Sync {
+    /// Every tensor name, in no particular order.
+    fn names(&self) -> Vec<&str>;
+    /// The stored shape of `name`, or `None` if there is no such tensor.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor `name` in its storage type.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] if absent, [`Error::Dtype`] if stored in an unsupported type.
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+}
+
+/// A view of a [`TensorSource`] under a name prefix, with shape-checked getters.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    source: &'a dyn TensorSource,
+    prefix: String,
+}
+
+/// Drops the size-1 axes, as the official loader's `squeeze` does.
+fn squeezed(shape: &[usize]) -> Vec<usize> {
+    shape.iter().copied().filter(|&d| d != 1).collect()
+}
+
+impl<'a> Scope<'a> {
+    /// The root scope of `source`.
+    pub fn new(source: &'a dyn TensorSource) -> Self {
+        Scope {
+            source,
+            prefix: String::new(),
+        }
+    }
+
+    /// The scope one level down: `pp("att")` turns `blocks.0` into `blocks.0.att`.
+    pub fn pp(&self, name: &str) -> Scope<'a> {
+        Scope {
+            source: self.source,
+            prefix: self.path(name),
+        }
+    }
+
+    /// The full tensor name of `name` in this scope.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// Whether the tensor `name` exists in this scope.
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.shape(&self.path(name)).is_some()
+    }
+
+    /// The stored shape of `name`.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] with the full path.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let path = self.path(name);
+        self.source.shape(&path).ok_or(Error::MissingTensor(path))
+    }
+
+    /// The tensor `name`, checked to have `expected` shape once size-1 axes are dropped from both
+    /// (so `[1, 1, C]` and `[C]` are the same shape here, as they are to the official loader).
+    pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let path = self.path(name);
+        let found = self.shape(name)?;
+        if squeezed(&found) != squeezed(expected) {
+            return Err(Error::Shape {
+                name: path,
+                expected: format!("{expected:?}"),
+                found,
+            });
+        }
+        self.source.tensor(&path)
+    }
+
+    /// The tensor `name` widened to f32 and reshaped to `expected` (after the shape check of
+    /// [`Scope::tensor`]).
+    pub fn f32(&self, name: &str, expected: &[usize]) -> Result<ArrayD<f32>> {
+        let a = self.tensor(name, expected)?.into_f32();
+        let a = a.as_standard_layout().into_owned();
+        Ok(a.into_shape_with_order(IxDyn(expected))
+            .expect("element count checked by the shape test"))
+    }
+
+    /// A vector of length `n` (stored as `[n]`, `[1, 1, n]`, ...), in f32.
+    pub fn vector(&self, name: &str, n: usize) -> Result<Array1<f32>> {
+        Ok(self
+            .f32(name, &[n])?
+            .into_dimensionality()
+            .expect("reshaped to one axis"))
+    }
+
+    /// A `[rows, cols]` matrix in f32.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
+        Ok(self
+            .f32(name, &[rows, cols])?
+            .into_dimensionality()
+            .expect("reshaped to two axes"))
+    }
+
+    /// A linear layer stored PyTorch style as `[out, in]`, kept in its storage type.
+    pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+        let t = self.tensor(name, &[out, inp])?;
+        if t.shape() != [out, inp] {
+            return Err(Error::Shape {
+                name: self.path(name),
+                expected: format!("{:?}", [out, inp]),
+                found: t.shape().to_vec(),
+            });
+        }
+        Ok(match t {
+            Tensor::F32(a) => Linear::F32(into_matrix(a)),
+            Tensor::F16(a) => Linear::F16(into_matrix(a)),
+            Tensor::Bf16(a) => Linear::Bf16(into_matrix(a)),
+        })
+    }
+}
+
+/// A two-axis `ArrayD` as a standard-layout `Array2`.
+fn into_matrix<T: Clone>(a: ArrayD<T>) -> Array2<T> {
+    a.into_dimensionality::<ndarray::Ix2>()
+        .expect("caller checked two axes")
+        .as_standard_layout()
+        .into_owned()
+}
