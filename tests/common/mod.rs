@@ -113,3 +113,93 @@ pub fn max_abs_diff_list(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
         })
         .fold(0.0, f32::max)
 }
+
+/// A small deterministic generator (splitmix64) for test inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// `n` token ids below `vocab`.
+    pub fn tokens(&mut self, n: usize, vocab: usize) -> Vec<u32> {
+        (0..n)
+            .map(|_| (self.next_u64() % vocab as u64) as u32)
+            .collect()
+    }
+
+    /// A `[rows, cols]` matrix of values uniform in `[-scale, scale)`.
+    pub fn matrix(&mut self, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
+        Array2::from_shape_simple_fn((rows, cols), || self.uniform() * scale)
+    }
+}
+
+/// The fixture model at `dir` re-encoded with every tensor stored as `dtype` (F16 or BF16).
+pub fn model_bytes_as(dir: &Path, dtype: Dtype) -> Vec<u8> {
+    use tokenshift::weights::{SafeTensorsFile, TensorSource};
+    let file = SafeTensorsFile::open(dir.join("model.safetensors")).unwrap();
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .names()
+        .into_iter()
+        .map(|name| {
+            let a = file.tensor(name).unwrap().to_f32();
+            let bytes = a
+                .iter()
+                .flat_map(|&v| match dtype {
+                    Dtype::F16 => half::f16::from_f32(v).to_le_bytes(),
+                    Dtype::BF16 => half::bf16::from_f32(v).to_le_bytes(),
+                    other => panic!("unsupported {other:?}"),
+                })
+                .collect();
+            (name.to_string(), a.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views = encoded.iter().map(|(n, s, b)| {
+        (
+            n.as_str(),
+            safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+        )
+    });
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// The fixture model at `dir` with every tensor rounded to `dtype` (F16 or BF16) and stored
+/// back as f32: the same values a half-precision file holds.
+pub fn model_bytes_rounded(dir: &Path, dtype: Dtype) -> Vec<u8> {
+    use tokenshift::weights::{SafeTensorsFile, TensorSource};
+    let file = SafeTensorsFile::from_bytes(model_bytes_as(dir, dtype)).unwrap();
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .names()
+        .into_iter()
+        .map(|name| {
+            let a = file.tensor(name).unwrap().to_f32();
+            let bytes = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.to_string(), a.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views = encoded.iter().map(|(n, s, b)| {
+        (
+            n.as_str(),
+            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+        )
+    });
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// sqrt(mean((a − b)²)) / sqrt(mean(b²)).
+pub fn rms_rel_diff(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim(), "shapes differ");
+    let num: f32 = a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f32 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}

@@ -1,0 +1,121 @@
+//! The model's own paths agree: a whole prompt at once equals token by token, and splitting a
+//! prompt anywhere while carrying the state changes nothing.
+
+mod common;
+
+use common::*;
+use ndarray::{concatenate, s, stack, Array2, Axis};
+use tokenshift::{Logits, Model, State};
+
+/// f32 matrix products in another order (matrix-matrix vs matrix-vector) move logits by ~1e-6.
+const TOL: f32 = 1e-4;
+
+fn steps(model: &Model, tokens: &[u32], state: &mut State) -> Array2<f32> {
+    let rows: Vec<_> = tokens
+        .iter()
+        .map(|&t| model.step(t, state).unwrap())
+        .collect();
+    let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+    stack(Axis(0), &views).unwrap()
+}
+
+fn state_diff(a: &State, b: &State) -> f32 {
+    max_abs_diff_list(&a.to_official_list(), &b.to_official_list())
+}
+
+#[test]
+fn forward_equals_steps() {
+    for dir in fixtures() {
+        let model = load_model(&dir);
+        let tokens = Rng(7).tokens(257, model.config().vocab);
+        let mut step_state = model.init_state();
+        let by_step = steps(&model, &tokens, &mut step_state);
+        for t in [1, 2, 7, 64, 257] {
+            let mut state = model.init_state();
+            let all = model
+                .forward(&tokens[..t], &mut state, Logits::All)
+                .unwrap();
+            let d = max_abs_diff(all.view(), by_step.slice(s![..t, ..]));
+            assert!(d <= TOL, "{dir:?} T={t}: logits differ by {d}");
+            // The state after t steps: replay the first t tokens.
+            let mut replay = model.init_state();
+            steps(&model, &tokens[..t], &mut replay);
+            let d = state_diff(&state, &replay);
+            assert!(d <= TOL, "{dir:?} T={t}: state differs by {d}");
+            // Last-only logits are the last row of all logits.
+            let mut state = model.init_state();
+            let last = model
+                .forward(&tokens[..t], &mut state, Logits::Last)
+                .unwrap();
+            assert_eq!(last.dim(), (1, model.config().vocab));
+            let d = max_abs_diff(last.view(), all.slice(s![t - 1.., ..]));
+            assert!(d <= TOL, "{dir:?} T={t}: last logits differ by {d}");
+        }
+    }
+}
+
+#[test]
+fn split_prompt_carries_state() {
+    for dir in fixtures() {
+        let model = load_model(&dir);
+        let tokens = Rng(11).tokens(64, model.config().vocab);
+        let mut whole_state = model.init_state();
+        let whole = model
+            .forward(&tokens, &mut whole_state, Logits::All)
+            .unwrap();
+        for a in [1, 2, 5, 31, 32, 63] {
+            let mut state = model.init_state();
+            let first = model
+                .forward(&tokens[..a], &mut state, Logits::All)
+                .unwrap();
+            let second = model
+                .forward(&tokens[a..], &mut state, Logits::All)
+                .unwrap();
+            let joined = concatenate(Axis(0), &[first.view(), second.view()]).unwrap();
+            let d = max_abs_diff(joined.view(), whole.view());
+            assert!(d <= TOL, "{dir:?} split at {a}: logits differ by {d}");
+            let d = state_diff(&state, &whole_state);
+            assert!(d <= TOL, "{dir:?} split at {a}: state differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn cloned_state_forks_independently() {
+    let model = load_model(&fixture("v6-a"));
+    let mut state = model.init_state();
+    model.forward(&[1, 2, 3], &mut state, Logits::Last).unwrap();
+    let fork = state.clone();
+    let a = model.step(4, &mut state).unwrap();
+    let mut fork2 = fork.clone();
+    let b = model.step(4, &mut fork2).unwrap();
+    assert_eq!(
+        a, b,
+        "the same token from the same snapshot gives the same logits"
+    );
+    assert_ne!(
+        state, fork,
+        "stepping changed the original, not the snapshot"
+    );
+}
+
+#[test]
+fn model_serves_threads_at_once() {
+    let model = load_model(&fixture("v5.2-b"));
+    let tokens = Rng(3).tokens(20, model.config().vocab);
+    let mut state = model.init_state();
+    let expected = model.forward(&tokens, &mut state, Logits::Last).unwrap();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = model.init_state();
+                    model.forward(&tokens, &mut state, Logits::Last).unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), expected);
+        }
+    });
+}
