@@ -110,8 +110,8 @@ fn count_layers(src: &dyn TensorSource) -> Result<usize> {
                 .ok()
         })
         .max();
-    match max {
-        Some(m) => Ok(m + 1),
+    match max.and_then(|m| m.checked_add(1)) {
+        Some(n) => Ok(n),
         None => Err(Error::UnknownVersion(
             "no `blocks.N.*` tensors: not an RWKV checkpoint in BlinkDL naming".into(),
         )),
@@ -182,6 +182,17 @@ impl Config {
                 &format!("[{n_embd}, {n_embd}] (attention width = embedding width)"),
                 att_key,
             ));
+        }
+        for (what, size) in [
+            ("vocabulary", vocab),
+            ("embedding width", n_embd),
+            ("ffn width", dim_ffn),
+        ] {
+            if size == 0 {
+                return Err(Error::UnknownVersion(format!(
+                    "the checkpoint's {what} is 0"
+                )));
+            }
         }
         let mut config = Config {
             version,

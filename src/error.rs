@@ -67,6 +67,14 @@ pub enum Error {
         /// The shape given.
         found: Vec<usize>,
     },
+    /// A tokenizer vocabulary file is malformed; the message names the line (1-based) and what
+    /// is wrong with it.
+    #[error("malformed vocabulary: {0}")]
+    Vocab(String),
+    /// Sampling is impossible or a sampler setting is invalid (NaN or infinite logits, every
+    /// token banned, a temperature below zero, ...).
+    #[error("cannot sample: {0}")]
+    Sample(String),
 }
 
 /// `Result` with the crate's [`Error`].

@@ -43,11 +43,21 @@ pub mod error;
 pub mod mixer;
 pub mod model;
 pub mod ops;
+pub mod sample;
 pub mod state;
+pub mod synthetic;
+pub mod tokenizer;
 pub mod weights;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use config::{Config, Version};
 pub use error::{Error, Result};
 pub use mixer::SequenceMixer;
 pub use model::{Logits, Model};
+pub use sample::{Sampler, SamplerConfig};
 pub use state::State;
+pub use tokenizer::{ByteTokenizer, Tokenizer, Utf8Stream, WorldTokenizer};

@@ -57,7 +57,8 @@ impl From<&Config> for StateShape {
 }
 
 impl StateShape {
-    fn metadata(&self) -> HashMap<String, String> {
+    /// The metadata entries, in the order they are checked.
+    fn metadata(&self) -> Vec<(String, String)> {
         [
             ("format", FORMAT.to_string()),
             ("format_version", FORMAT_VERSION.to_string()),
@@ -144,8 +145,8 @@ impl State {
                     .map_err(|e| Error::Format(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, Some(self.shape.metadata()))
-            .map_err(|e| Error::Format(e.to_string()))
+        let metadata: HashMap<String, String> = self.shape.metadata().into_iter().collect();
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format(e.to_string()))
     }
 
     /// Writes the state to a safetensors file.

@@ -57,11 +57,7 @@ fn half_precision_models_match_f32() {
             let mut state = model.init_state();
             for (t, &token) in tokens.iter().enumerate() {
                 let row = model.step(token, &mut state).unwrap();
-                let d = row
-                    .iter()
-                    .zip(half.row(t))
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let d = max_abs_diff(row.view(), half.row(t));
                 assert!(
                     d <= KERNEL_TOL,
                     "{name} {dtype:?}: step and forward differ by {d}"

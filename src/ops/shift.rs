@@ -43,8 +43,8 @@ pub fn delta(xs: ArrayView2<f32>, prev: ArrayView1<f32>) -> Array2<f32> {
 #[track_caller]
 pub fn advance(xs: ArrayView2<f32>, prev: &mut Array1<f32>) -> Array2<f32> {
     let d = delta(xs, prev.view());
-    if let Some(last) = xs.rows().into_iter().last() {
-        prev.assign(&last);
+    if let Some(last) = xs.nrows().checked_sub(1) {
+        prev.assign(&xs.row(last));
     }
     d
 }

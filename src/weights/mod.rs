@@ -4,8 +4,10 @@
 //! (`scope.pp("blocks.3").pp("att")`) whose getters check shapes and name the full tensor path
 //! in every error.
 
+mod memory;
 mod safetensors;
 
+pub use self::memory::TensorMap;
 pub use self::safetensors::SafeTensorsFile;
 
 use crate::error::{Error, Result};

@@ -91,7 +91,10 @@ impl Expected {
 }
 
 /// max |a − b| over equal-shaped arrays.
-pub fn max_abs_diff(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f32 {
+pub fn max_abs_diff<D: ndarray::Dimension>(
+    a: ndarray::ArrayView<f32, D>,
+    b: ndarray::ArrayView<f32, D>,
+) -> f32 {
     assert_eq!(a.dim(), b.dim(), "shapes differ");
     a.iter()
         .zip(b.iter())
@@ -144,56 +147,83 @@ impl Rng {
     }
 }
 
-/// The fixture model at `dir` re-encoded with every tensor stored as `dtype` (F16 or BF16).
-pub fn model_bytes_as(dir: &Path, dtype: Dtype) -> Vec<u8> {
-    use tokenshift::weights::{SafeTensorsFile, TensorSource};
-    let file = SafeTensorsFile::open(dir.join("model.safetensors")).unwrap();
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = file
-        .names()
-        .into_iter()
-        .map(|name| {
-            let a = file.tensor(name).unwrap().to_f32();
-            let bytes = a
-                .iter()
-                .flat_map(|&v| match dtype {
-                    Dtype::F16 => half::f16::from_f32(v).to_le_bytes(),
-                    Dtype::BF16 => half::bf16::from_f32(v).to_le_bytes(),
-                    other => panic!("unsupported {other:?}"),
-                })
-                .collect();
-            (name.to_string(), a.shape().to_vec(), bytes)
+/// One tensor of a safetensors file being written: name, dtype, shape, little-endian bytes.
+pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// `a` encoded as `dtype` (F32, F16 or BF16), little endian.
+pub fn encode(a: &ArrayD<f32>, dtype: Dtype) -> Vec<u8> {
+    a.iter()
+        .flat_map(|&v| match dtype {
+            Dtype::F32 => v.to_le_bytes().to_vec(),
+            Dtype::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+            Dtype::BF16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+            other => panic!("unsupported {other:?}"),
         })
-        .collect();
-    let views = encoded.iter().map(|(n, s, b)| {
+        .collect()
+}
+
+/// Every tensor of a safetensors file, widened to f32.
+pub fn read_tensors(bytes: Vec<u8>) -> Vec<(String, ArrayD<f32>)> {
+    use tokenshift::weights::{SafeTensorsFile, TensorSource};
+    let file = SafeTensorsFile::from_bytes(bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let a = file.tensor(&n).unwrap().to_f32();
+            (n, a)
+        })
+        .collect()
+}
+
+/// A safetensors file holding `tensors`.
+pub fn write_tensors(tensors: &[RawTensor]) -> Vec<u8> {
+    let views = tensors.iter().map(|(n, dtype, shape, bytes)| {
         (
             n.as_str(),
-            safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).unwrap(),
         )
     });
     safetensors::serialize(views, None).unwrap()
 }
 
+/// The fixture model at `dir` as raw f32 tensors, to be edited and written back.
+pub fn raw_model(dir: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    read_tensors(bytes)
+        .into_iter()
+        .map(|(n, a)| {
+            let b = encode(&a, Dtype::F32);
+            (n, Dtype::F32, a.shape().to_vec(), b)
+        })
+        .collect()
+}
+
+/// The fixture model at `dir` with every tensor stored as `dtype` (F16 or BF16).
+pub fn model_bytes_as(dir: &Path, dtype: Dtype) -> Vec<u8> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let raw: Vec<RawTensor> = read_tensors(bytes)
+        .into_iter()
+        .map(|(n, a)| {
+            let b = encode(&a, dtype);
+            (n, dtype, a.shape().to_vec(), b)
+        })
+        .collect();
+    write_tensors(&raw)
+}
+
 /// The fixture model at `dir` with every tensor rounded to `dtype` (F16 or BF16) and stored
 /// back as f32: the same values a half-precision file holds.
 pub fn model_bytes_rounded(dir: &Path, dtype: Dtype) -> Vec<u8> {
-    use tokenshift::weights::{SafeTensorsFile, TensorSource};
-    let file = SafeTensorsFile::from_bytes(model_bytes_as(dir, dtype)).unwrap();
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = file
-        .names()
+    let raw: Vec<RawTensor> = read_tensors(model_bytes_as(dir, dtype))
         .into_iter()
-        .map(|name| {
-            let a = file.tensor(name).unwrap().to_f32();
-            let bytes = a.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.to_string(), a.shape().to_vec(), bytes)
+        .map(|(n, a)| {
+            let b = encode(&a, Dtype::F32);
+            (n, Dtype::F32, a.shape().to_vec(), b)
         })
         .collect();
-    let views = encoded.iter().map(|(n, s, b)| {
-        (
-            n.as_str(),
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-        )
-    });
-    safetensors::serialize(views, None).unwrap()
+    write_tensors(&raw)
 }
 
 /// sqrt(mean((a − b)²)) / sqrt(mean(b²)).

@@ -1,0 +1,244 @@
+//! Random-weight checkpoints of any shape, in BlinkDL naming, for benchmarks and tests.
+//!
+//! Values follow the ranges of trained checkpoints (mixing coefficients in `[0, 1]`, decays
+//! spread from fast to slow, layer-norm weights near 1, projections scaled by `1/√in`), so the
+//! numerics exercised are those of a real model.
+
+use crate::config::{Config, Version};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::weights::{Tensor, TensorMap};
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+
+/// Storage type of a checkpoint's matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl std::str::FromStr for DType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::Bf16),
+            _ => Err(Error::Dtype {
+                name: "(requested storage type)".into(),
+                dtype: s.into(),
+            }),
+        }
+    }
+}
+
+/// splitmix64: a small, seedable generator (quality is ample for weights).
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        lo + (hi - lo) * ((z >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    fn array(&mut self, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || self.uniform(lo, hi))
+    }
+}
+
+struct Builder {
+    map: TensorMap,
+    rng: Rng,
+    dtype: DType,
+}
+
+impl Builder {
+    /// A small tensor (vector, mixing coefficients, LoRA): always f32.
+    fn small(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
+        let a = self.rng.array(shape, lo, hi);
+        self.map.insert(name, Tensor::F32(a));
+    }
+
+    /// A matrix in the checkpoint's storage type, uniform with the variance of N(0, 1/in).
+    fn matrix(&mut self, name: String, out: usize, inp: usize) {
+        let bound = (3.0 / inp as f32).sqrt();
+        let a = self.rng.array(&[out, inp], -bound, bound);
+        let t = match self.dtype {
+            DType::F32 => Tensor::F32(a),
+            DType::F16 => Tensor::F16(a.mapv(f16::from_f32)),
+            DType::Bf16 => Tensor::Bf16(a.mapv(bf16::from_f32)),
+        };
+        self.map.insert(name, t);
+    }
+
+    fn layer_norm(&mut self, prefix: &str, c: usize) {
+        self.small(format!("{prefix}.weight"), &[c], 0.9, 1.1);
+        self.small(format!("{prefix}.bias"), &[c], -0.05, 0.05);
+    }
+}
+
+fn check(config: &Config) -> Result<()> {
+    let bad = |what: &str| Err(Error::UnknownVersion(format!("synthetic model: {what}")));
+    if config.n_layer == 0 || config.n_embd == 0 || config.vocab == 0 || config.dim_ffn == 0 {
+        return bad("every size must be positive");
+    }
+    if config.version.has_matrix_state() && config.n_head * config.head_size != config.n_embd {
+        return bad("n_head · head_size must equal n_embd");
+    }
+    if config.version == Version::V6 && (config.dim_mix_lora == 0 || config.dim_decay_lora == 0) {
+        return bad("RWKV-6 needs positive LoRA sizes");
+    }
+    Ok(())
+}
+
+/// A random checkpoint with every tensor a model of `config` needs, matrices stored as `dtype`.
+///
+/// # Errors
+/// If the sizes are inconsistent (zero sizes, `n_head · head_size ≠ n_embd`, RWKV-6 without
+/// LoRA sizes).
+pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<TensorMap> {
+    check(config)?;
+    let (c, f, v) = (config.n_embd, config.dim_ffn, config.vocab);
+    let (h, n) = (config.n_head, config.head_size);
+    let mut b = Builder {
+        map: TensorMap::new(),
+        rng: Rng(seed),
+        dtype,
+    };
+    b.small("emb.weight".into(), &[v, c], -0.5, 0.5);
+    b.layer_norm("blocks.0.ln0", c);
+    b.layer_norm("ln_out", c);
+    b.matrix("head.weight".into(), v, c);
+    for l in 0..config.n_layer {
+        let p = |s: &str| format!("blocks.{l}.{s}");
+        b.layer_norm(&p("ln1"), c);
+        b.layer_norm(&p("ln2"), c);
+        for m in ["key", "value", "receptance", "output"] {
+            b.matrix(p(&format!("att.{m}.weight")), c, c);
+        }
+        b.matrix(p("ffn.key.weight"), f, c);
+        b.matrix(p("ffn.value.weight"), c, f);
+        b.matrix(p("ffn.receptance.weight"), c, c);
+        let shift = if config.version == Version::V6 {
+            "maa"
+        } else {
+            "mix"
+        };
+        for s in ["k", "r"] {
+            b.small(p(&format!("ffn.time_{shift}_{s}")), &[1, 1, c], 0.0, 1.0);
+        }
+        match config.version {
+            Version::V4 => {
+                for s in ["k", "v", "r"] {
+                    b.small(p(&format!("att.time_mix_{s}")), &[1, 1, c], 0.0, 1.0);
+                }
+                b.small(p("att.time_decay"), &[c], -6.0, 2.0);
+                b.small(p("att.time_first"), &[c], -1.0, 1.0);
+            }
+            Version::V5_0 | Version::V5_1 | Version::V5_2 => {
+                let gated = config.version != Version::V5_0;
+                let mixes: &[&str] = if gated {
+                    &["k", "v", "r", "g"]
+                } else {
+                    &["k", "v", "r"]
+                };
+                for s in mixes {
+                    b.small(p(&format!("att.time_mix_{s}")), &[1, 1, c], 0.0, 1.0);
+                }
+                if config.version == Version::V5_2 {
+                    b.small(p("att.time_decay"), &[h, n], -8.0, 1.3);
+                    b.small(p("att.time_faaaa"), &[h, n], -1.0, 1.0);
+                } else {
+                    b.small(p("att.time_decay"), &[h], -8.0, 1.3);
+                    b.small(p("att.time_first"), &[h], -2.0, 0.5);
+                }
+                if gated {
+                    b.matrix(p("att.gate.weight"), c, c);
+                }
+                b.layer_norm(&p("att.ln_x"), c);
+            }
+            Version::V6 => {
+                let (dm, dd) = (config.dim_mix_lora, config.dim_decay_lora);
+                for s in ["x", "w", "k", "v", "r", "g"] {
+                    b.small(p(&format!("att.time_maa_{s}")), &[1, 1, c], 0.0, 1.0);
+                }
+                let lora = |inp: usize| 0.5 * (3.0 / inp as f32).sqrt();
+                b.small(p("att.time_maa_w1"), &[c, 5 * dm], -lora(c), lora(c));
+                b.small(p("att.time_maa_w2"), &[5, dm, c], -lora(dm), lora(dm));
+                b.small(p("att.time_decay"), &[1, 1, c], -8.0, 1.3);
+                b.small(p("att.time_decay_w1"), &[c, dd], -lora(c), lora(c));
+                b.small(p("att.time_decay_w2"), &[dd, c], -lora(dd), lora(dd));
+                b.small(p("att.time_faaaa"), &[h, n], -1.0, 1.0);
+                b.matrix(p("att.gate.weight"), c, c);
+                b.layer_norm(&p("att.ln_x"), c);
+            }
+        }
+    }
+    Ok(b.map)
+}
+
+/// A model of `config` with random weights (see [`random_checkpoint`]).
+///
+/// # Errors
+/// As [`random_checkpoint`].
+pub fn random_model(config: &Config, dtype: DType, seed: u64) -> Result<Model> {
+    let model = Model::from_source(&random_checkpoint(config, dtype, seed)?)?;
+    debug_assert_eq!(model.config(), config);
+    Ok(model)
+}
+
+impl Config {
+    /// The sizes of a released model family member: `n_layer` blocks of width `n_embd`, heads of
+    /// `head_size` (ignored for RWKV-4), the release's ffn width (4C for v4/5.0/5.1,
+    /// ⌊3.5C/32⌋·32 for 5.2/6) and RWKV-6 LoRA sizes (32/64, or 64/128 from C = 4096).
+    pub fn standard(
+        version: Version,
+        n_layer: usize,
+        n_embd: usize,
+        head_size: usize,
+        vocab: usize,
+    ) -> Config {
+        let matrix = version.has_matrix_state();
+        let dim_ffn = match version {
+            Version::V5_2 | Version::V6 => (n_embd * 7 / 2) / 32 * 32,
+            _ => 4 * n_embd,
+        };
+        let big = n_embd >= 4096;
+        Config {
+            version,
+            n_layer,
+            n_embd,
+            n_head: if matrix { n_embd / head_size.max(1) } else { 0 },
+            head_size: if matrix { head_size } else { 0 },
+            dim_ffn,
+            vocab,
+            dim_mix_lora: if version == Version::V6 {
+                if big {
+                    64
+                } else {
+                    32
+                }
+            } else {
+                0
+            },
+            dim_decay_lora: if version == Version::V6 {
+                if big {
+                    128
+                } else {
+                    64
+                }
+            } else {
+                0
+            },
+        }
+    }
+}
