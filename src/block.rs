@@ -65,6 +65,37 @@ impl SequenceMixer for TimeMix {
             _ => panic!("TimeMix::forward: state of another RWKV version"),
         }
     }
+
+    /// # Panics
+    /// If a state is of another family than the mixer (the model checks states before use).
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut TimeMixState]) -> Array2<f32> {
+        fn v4(s: &mut TimeMixState) -> &mut Rwkv4State {
+            match s {
+                TimeMixState::V4(s) => s,
+                _ => panic!("TimeMix::step_batch: state of another RWKV version"),
+            }
+        }
+        fn wkv(s: &mut TimeMixState) -> &mut WkvState {
+            match s {
+                TimeMixState::Wkv(s) => s,
+                _ => panic!("TimeMix::step_batch: state of another RWKV version"),
+            }
+        }
+        match self {
+            TimeMix::V4(m) => m.step_batch(
+                xs,
+                &mut states.iter_mut().map(|s| v4(s)).collect::<Vec<_>>(),
+            ),
+            TimeMix::V5(m) => m.step_batch(
+                xs,
+                &mut states.iter_mut().map(|s| wkv(s)).collect::<Vec<_>>(),
+            ),
+            TimeMix::V6(m) => m.step_batch(
+                xs,
+                &mut states.iter_mut().map(|s| wkv(s)).collect::<Vec<_>>(),
+            ),
+        }
+    }
 }
 
 /// The state of one block.
@@ -129,5 +160,22 @@ impl Block {
             .ffn
             .forward(self.ln2.forward(x.view()).view(), &mut state.ffn);
         *x += &ffn;
+    }
+
+    /// Runs one token of each of `B` sequences: row `b` of `x` with `states[b]`.
+    ///
+    /// # Shapes
+    /// `x: [B, C]`.
+    pub fn step_batch(&self, x: &mut Array2<f32>, states: &mut [&mut BlockState]) {
+        let mut att: Vec<_> = states.iter_mut().map(|s| &mut s.att).collect();
+        let out = self
+            .att
+            .step_batch(self.ln1.forward(x.view()).view(), &mut att);
+        *x += &out;
+        let mut ffn: Vec<_> = states.iter_mut().map(|s| &mut s.ffn).collect();
+        let out = self
+            .ffn
+            .step_batch(self.ln2.forward(x.view()).view(), &mut ffn);
+        *x += &out;
     }
 }

@@ -49,6 +49,19 @@ impl ChannelMix {
     }
 }
 
+impl ChannelMix {
+    /// The layer given the shift differences.
+    fn apply(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> Array2<f32> {
+        let xk = shift::mix(xs, delta, self.maa_k.view());
+        let xr = shift::mix(xs, delta, self.maa_r.view());
+        let mut k = self.key.forward(xk.view());
+        relu_squared(&mut k);
+        let mut r = self.receptance.forward(xr.view());
+        sigmoid(&mut r);
+        r * self.value.forward(k.view())
+    }
+}
+
 impl SequenceMixer for ChannelMix {
     type State = Array1<f32>;
 
@@ -58,12 +71,11 @@ impl SequenceMixer for ChannelMix {
 
     fn forward(&self, xs: ArrayView2<f32>, x_prev: &mut Array1<f32>) -> Array2<f32> {
         let delta = shift::advance(xs, x_prev);
-        let xk = shift::mix(xs, delta.view(), self.maa_k.view());
-        let xr = shift::mix(xs, delta.view(), self.maa_r.view());
-        let mut k = self.key.forward(xk.view());
-        relu_squared(&mut k);
-        let mut r = self.receptance.forward(xr.view());
-        sigmoid(&mut r);
-        r * self.value.forward(k.view())
+        self.apply(xs, delta.view())
+    }
+
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut Array1<f32>]) -> Array2<f32> {
+        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut **s));
+        self.apply(xs, delta.view())
     }
 }

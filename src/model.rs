@@ -1,7 +1,7 @@
 //! The full RWKV model: embedding, blocks, output head.
 
 use crate::block::Block;
-use crate::config::Config;
+use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::ops::{LayerNorm, Linear};
 use crate::state::{State, StateShape};
@@ -132,6 +132,91 @@ impl Model {
         Ok(logits.index_axis_move(ndarray::Axis(0), 0))
     }
 
+    /// Advances `B` independent sequences by one token each: `tokens[b]` with `states[b]`,
+    /// reading every weight once for the whole batch. Returns the logits `[B, V]`; each row
+    /// equals what [`Model::step`] gives for that token and state. `B = 0` returns `[0, V]`.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`] if `tokens` and `states` differ in length;
+    /// [`Error::TokenOutOfRange`]; [`Error::StateMismatch`]. No state changes on error.
+    pub fn step_batch(&self, tokens: &[u32], states: &mut [State]) -> Result<Array2<f32>> {
+        if tokens.len() != states.len() {
+            return Err(Error::InputShape {
+                what: "step_batch states".into(),
+                expected: format!("one state per token ({})", tokens.len()),
+                found: vec![states.len()],
+            });
+        }
+        if tokens.is_empty() {
+            return Ok(Array2::zeros((0, self.config.vocab)));
+        }
+        self.check_tokens(tokens)?;
+        for state in states.iter() {
+            self.check_state(state)?;
+        }
+        let mut x = self.embed(tokens);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut block_states: Vec<_> = states.iter_mut().map(|s| &mut s.blocks[l]).collect();
+            block.step_batch(&mut x, &mut block_states);
+        }
+        Ok(self.head.forward(self.ln_out.forward(x.view()).view()))
+    }
+
+    /// The embedding rows of `tokens` (already checked), `[T, C]`.
+    fn embed(&self, tokens: &[u32]) -> Array2<f32> {
+        Array2::from_shape_fn((tokens.len(), self.config.n_embd), |(t, c)| {
+            self.emb[[tokens[t] as usize, c]]
+        })
+    }
+
+    /// Bytes of weights one [`Model::step`] reads: every matrix of every block, the head, the
+    /// RWKV-6 low-rank matrices and one embedding row (per-channel vectors, under 0.1% of the
+    /// total, are left out). Decode speed × this / memory bandwidth is decode's roofline ratio.
+    pub fn decode_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        let bytes = self.head.size_bytes() / (c.vocab * c.n_embd);
+        self.matrix_elements() * bytes
+            + self.lora_elements() * 4
+            + c.n_embd * 4
+            + self.head.size_bytes()
+    }
+
+    /// Multiply-adds × 2 per token of a long prompt whose last logits only are computed: the
+    /// block matrices and low-rank matrices (the head runs once per prompt; the WKV recurrence
+    /// and elementwise work are left out). Prefill speed × this / GEMM FLOP/s is prefill's
+    /// roofline ratio.
+    pub fn prefill_flops_per_token(&self) -> usize {
+        2 * (self.matrix_elements() + self.lora_elements())
+    }
+
+    /// Elements of the block matrices (time mix and channel mix, all layers).
+    fn matrix_elements(&self) -> usize {
+        let Config {
+            n_embd: c,
+            dim_ffn: f,
+            n_layer,
+            version,
+            ..
+        } = self.config;
+        let att = match version {
+            Version::V4 | Version::V5_0 => 4 * c * c,
+            Version::V5_1 | Version::V5_2 | Version::V6 => 5 * c * c,
+        };
+        n_layer * (att + 2 * c * f + c * c)
+    }
+
+    /// Elements of RWKV-6's low-rank (LoRA) matrices, kept in f32.
+    fn lora_elements(&self) -> usize {
+        let Config {
+            n_embd: c,
+            n_layer,
+            dim_mix_lora: dm,
+            dim_decay_lora: dd,
+            ..
+        } = self.config;
+        n_layer * (2 * 5 * dm * c + 2 * dd * c)
+    }
+
     /// Runs a whole prompt at once (projections as matrix products over all tokens) and returns
     /// the logits of the last token (`[1, V]`) or of every token (`[T, V]`). `state` ends as if
     /// the tokens had gone through [`Model::step`] one by one.
@@ -142,9 +227,7 @@ impl Model {
     pub fn forward(&self, tokens: &[u32], state: &mut State, which: Logits) -> Result<Array2<f32>> {
         self.check_tokens(tokens)?;
         self.check_state(state)?;
-        let mut x = Array2::from_shape_fn((tokens.len(), self.config.n_embd), |(t, c)| {
-            self.emb[[tokens[t] as usize, c]]
-        });
+        let mut x = self.embed(tokens);
         for (block, s) in self.blocks.iter().zip(state.blocks.iter_mut()) {
             block.forward(&mut x, s);
         }

@@ -119,3 +119,47 @@ fn model_serves_threads_at_once() {
         }
     });
 }
+
+#[test]
+fn step_batch_equals_separate_steps() {
+    for dir in fixtures() {
+        let model = load_model(&dir);
+        let vocab = model.config().vocab;
+        let mut rng = Rng(21);
+        for b in [1usize, 3, 8] {
+            // Sessions at different points of different prompts.
+            let mut states: Vec<State> = (0..b)
+                .map(|i| {
+                    let mut s = model.init_state();
+                    model
+                        .forward(&rng.tokens(i + 1, vocab), &mut s, Logits::Last)
+                        .unwrap();
+                    s
+                })
+                .collect();
+            let mut separate = states.clone();
+            for _ in 0..3 {
+                let tokens = rng.tokens(b, vocab);
+                let batched = model.step_batch(&tokens, &mut states).unwrap();
+                for (i, (&t, s)) in tokens.iter().zip(separate.iter_mut()).enumerate() {
+                    let row = model.step(t, s).unwrap();
+                    let d = max_abs_diff(row.view(), batched.row(i));
+                    assert!(d <= TOL, "{dir:?} B={b} row {i}: logits differ by {d}");
+                    assert!(
+                        state_diff(s, &states[i]) <= TOL,
+                        "{dir:?} B={b} row {i}: state"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn step_batch_checks_its_input() {
+    let model = load_model(&fixture("v4-a"));
+    let mut states = vec![model.init_state(); 2];
+    assert!(model.step_batch(&[1], &mut states).is_err());
+    assert!(model.step_batch(&[1, 999], &mut states).is_err());
+    assert_eq!(model.step_batch(&[], &mut []).unwrap().dim(), (0, 128));
+}

@@ -39,4 +39,27 @@ pub trait SequenceMixer: Send + Sync {
         self.forward(x.insert_axis(Axis(0)), state)
             .index_axis_move(Axis(0), 0)
     }
+
+    /// Batched recurrent path: row `b` of `xs` is the next token of the sequence whose state is
+    /// `states[b]`. Mixers with weights read them once for the whole batch.
+    ///
+    /// # Shapes
+    /// `xs: [B, C]` → `[B, C]`.
+    ///
+    /// # Panics
+    /// If `states.len() != B` or `C` is not the layer's width.
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut Self::State]) -> Array2<f32> {
+        assert_eq!(states.len(), xs.nrows(), "step_batch: one state per row");
+        let rows: Vec<Array1<f32>> = xs
+            .rows()
+            .into_iter()
+            .zip(states.iter_mut())
+            .map(|(x, s)| self.step(x, s))
+            .collect();
+        let mut out = Array2::zeros(xs.raw_dim());
+        for (mut o, r) in out.rows_mut().into_iter().zip(rows) {
+            o.assign(&r);
+        }
+        out
+    }
 }

@@ -145,6 +145,27 @@ pub fn wkv4_scan(
     y
 }
 
+impl Rwkv4TimeMix {
+    /// The layer given the shift differences, with the recurrence over `(k, v)` supplied by the
+    /// caller.
+    fn apply(
+        &self,
+        xs: ArrayView2<f32>,
+        delta: ArrayView2<f32>,
+        recur: impl FnOnce(ArrayView2<f32>, ArrayView2<f32>) -> Array2<f32>,
+    ) -> Array2<f32> {
+        let xk = shift::mix(xs, delta, self.maa_k.view());
+        let xv = shift::mix(xs, delta, self.maa_v.view());
+        let xr = shift::mix(xs, delta, self.maa_r.view());
+        let mut r = self.receptance.forward(xr.view());
+        sigmoid(&mut r);
+        let k = self.key.forward(xk.view());
+        let v = self.value.forward(xv.view());
+        let wkv = recur(k.view(), v.view());
+        self.output.forward((r * wkv).view())
+    }
+}
+
 impl SequenceMixer for Rwkv4TimeMix {
     type State = Rwkv4State;
 
@@ -154,20 +175,22 @@ impl SequenceMixer for Rwkv4TimeMix {
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut Rwkv4State) -> Array2<f32> {
         let delta = shift::advance(xs, &mut state.x_prev);
-        let xk = shift::mix(xs, delta.view(), self.maa_k.view());
-        let xv = shift::mix(xs, delta.view(), self.maa_v.view());
-        let xr = shift::mix(xs, delta.view(), self.maa_r.view());
-        let mut r = self.receptance.forward(xr.view());
-        sigmoid(&mut r);
-        let k = self.key.forward(xk.view());
-        let v = self.value.forward(xv.view());
-        let wkv = wkv4_scan(
-            k.view(),
-            v.view(),
-            self.decay.view(),
-            self.first.view(),
-            state,
-        );
-        self.output.forward((r * wkv).view())
+        self.apply(xs, delta.view(), |k, v| {
+            wkv4_scan(k, v, self.decay.view(), self.first.view(), state)
+        })
+    }
+
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut Rwkv4State]) -> Array2<f32> {
+        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
+        self.apply(xs, delta.view(), |k, v| {
+            let mut y = Array2::zeros(k.raw_dim());
+            for (b, state) in states.iter_mut().enumerate() {
+                let rows = ndarray::s![b..b + 1, ..];
+                let (k, v) = (k.slice(rows), v.slice(rows));
+                let yb = wkv4_scan(k, v, self.decay.view(), self.first.view(), state);
+                y.row_mut(b).assign(&yb.row(0));
+            }
+            y
+        })
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! 5.0 and 5.1 have one decay and one bonus per head; 5.2 has one per channel.
 
-use super::{wkv, SequenceMixer};
+use super::wkv::WkvInputs;
+use super::SequenceMixer;
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{shift, silu, GroupNorm, Linear};
@@ -139,17 +140,15 @@ impl Rwkv5TimeMix {
     }
 }
 
-impl SequenceMixer for Rwkv5TimeMix {
-    type State = WkvState;
-
-    fn init_state(&self) -> WkvState {
-        let (h, n) = self.decay.dim();
-        WkvState::new(h, n)
-    }
-
-    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
-        let delta = shift::advance(xs, &mut state.x_prev);
-        let mixed = |maa: &Array1<f32>| shift::mix(xs, delta.view(), maa.view());
+impl Rwkv5TimeMix {
+    /// The layer given the shift differences, with the recurrence supplied by the caller.
+    fn apply(
+        &self,
+        xs: ArrayView2<f32>,
+        delta: ArrayView2<f32>,
+        recur: impl FnOnce(WkvInputs) -> Array2<f32>,
+    ) -> Array2<f32> {
+        let mixed = |maa: &Array1<f32>| shift::mix(xs, delta, maa.view());
         let r = self.receptance.forward(mixed(&self.maa_r).view());
         let k = self.key.forward(mixed(&self.maa_k).view());
         let v = self.value.forward(mixed(&self.maa_v).view());
@@ -162,14 +161,36 @@ impl SequenceMixer for Rwkv5TimeMix {
         let w = decay
             .broadcast(xs.raw_dim())
             .expect("decay is as wide as xs");
-        let y = wkv::scan(
-            r.view(),
-            k.view(),
-            v.view(),
+        let y = recur(WkvInputs {
+            r: r.view(),
+            k: k.view(),
+            v: v.view(),
             w,
-            self.bonus.view(),
-            &mut state.s,
-        );
+        });
         self.out.forward(y, xg.as_ref().map(|g| g.view()))
+    }
+}
+
+impl SequenceMixer for Rwkv5TimeMix {
+    type State = WkvState;
+
+    fn init_state(&self) -> WkvState {
+        let (h, n) = self.decay.dim();
+        WkvState::new(h, n)
+    }
+
+    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        self.apply(xs, delta.view(), |inp| {
+            inp.scan(self.bonus.view(), &mut state.s)
+        })
+    }
+
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
+        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
+        let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
+        self.apply(xs, delta.view(), |inp| {
+            inp.scan_each(self.bonus.view(), &mut s)
+        })
     }
 }

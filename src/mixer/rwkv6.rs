@@ -9,7 +9,8 @@
 //! ```
 
 use super::rwkv5::{WkvOutput, WkvState};
-use super::{wkv, SequenceMixer};
+use super::wkv::WkvInputs;
+use super::SequenceMixer;
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
@@ -86,6 +87,29 @@ impl Rwkv6TimeMix {
     }
 }
 
+impl Rwkv6TimeMix {
+    /// The layer given the shift differences, with the recurrence supplied by the caller.
+    fn apply(
+        &self,
+        xs: ArrayView2<f32>,
+        delta: ArrayView2<f32>,
+        recur: impl FnOnce(WkvInputs) -> Array2<f32>,
+    ) -> Array2<f32> {
+        let [xw, xk, xv, xr, xg] = self.shift.forward(xs, delta);
+        let r = self.receptance.forward(xr.view());
+        let k = self.key.forward(xk.view());
+        let v = self.value.forward(xv.view());
+        let w = self.decay(xw.view());
+        let y = recur(WkvInputs {
+            r: r.view(),
+            k: k.view(),
+            v: v.view(),
+            w: w.view(),
+        });
+        self.out.forward(y, Some(xg.view()))
+    }
+}
+
 impl SequenceMixer for Rwkv6TimeMix {
     type State = WkvState;
 
@@ -96,19 +120,16 @@ impl SequenceMixer for Rwkv6TimeMix {
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
         let delta = shift::advance(xs, &mut state.x_prev);
-        let [xw, xk, xv, xr, xg] = self.shift.forward(xs, delta.view());
-        let r = self.receptance.forward(xr.view());
-        let k = self.key.forward(xk.view());
-        let v = self.value.forward(xv.view());
-        let w = self.decay(xw.view());
-        let y = wkv::scan(
-            r.view(),
-            k.view(),
-            v.view(),
-            w.view(),
-            self.bonus.view(),
-            &mut state.s,
-        );
-        self.out.forward(y, Some(xg.view()))
+        self.apply(xs, delta.view(), |inp| {
+            inp.scan(self.bonus.view(), &mut state.s)
+        })
+    }
+
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
+        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
+        let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
+        self.apply(xs, delta.view(), |inp| {
+            inp.scan_each(self.bonus.view(), &mut s)
+        })
     }
 }

@@ -61,3 +61,44 @@ pub fn scan(
     }
     y
 }
+
+/// Per-token inputs of the recurrence, all `[T, C]` (a constant decay as a broadcast view).
+#[derive(Clone, Copy)]
+pub struct WkvInputs<'a> {
+    /// Receptance `r`.
+    pub r: ArrayView2<'a, f32>,
+    /// Key `k`.
+    pub k: ArrayView2<'a, f32>,
+    /// Value `v`.
+    pub v: ArrayView2<'a, f32>,
+    /// Decay `w` per key channel.
+    pub w: ArrayView2<'a, f32>,
+}
+
+impl WkvInputs<'_> {
+    /// [`scan`] over all rows, as one sequence with state `s`.
+    pub fn scan(&self, u: ArrayView2<f32>, s: &mut Array3<f32>) -> Array2<f32> {
+        scan(self.r, self.k, self.v, self.w, u, s)
+    }
+
+    /// Row `b` is one token of the sequence whose state is `states[b]`.
+    ///
+    /// # Panics
+    /// If there is not one state per row.
+    #[track_caller]
+    pub fn scan_each(&self, u: ArrayView2<f32>, states: &mut [&mut Array3<f32>]) -> Array2<f32> {
+        assert_eq!(
+            states.len(),
+            self.r.nrows(),
+            "wkv::scan_each: one state per row"
+        );
+        let mut y = Array2::zeros(self.r.raw_dim());
+        for (b, s) in states.iter_mut().enumerate() {
+            let rows = ndarray::s![b..b + 1, ..];
+            let (r, k) = (self.r.slice(rows), self.k.slice(rows));
+            let yb = scan(r, k, self.v.slice(rows), self.w.slice(rows), u, s);
+            y.row_mut(b).assign(&yb.row(0));
+        }
+        y
+    }
+}

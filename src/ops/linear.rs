@@ -1,15 +1,28 @@
 //! A linear layer `y = W x` whose weight stays in its storage type (f32, f16 or bf16).
+//!
+//! Two algorithms, both split across rayon's threads:
+//! - up to [`SMALL_BATCH`] rows (one-token decode, batched decode): each weight row is read once
+//!   and dotted with every input row ([`kernels`](super::kernels));
+//! - more rows (prefill): matrix-matrix products over blocks of output columns, half-precision
+//!   blocks widened to f32 one block at a time.
 
+use super::kernels::{Weight, GROUP};
 use half::{bf16, f16};
-use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use rayon::prelude::*;
 
-/// Output rows widened per block in the half-precision matrix product.
-const WIDEN_BLOCK: usize = 64;
+/// Up to this many rows, [`Linear::forward`] streams the weights once through the dot-product
+/// kernels; above it, it runs matrix-matrix products.
+pub const SMALL_BATCH: usize = 16;
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// Output columns per task in the matrix-matrix path.
+const GEMM_BLOCK: usize = 64;
 
 /// A weight matrix stored PyTorch style as `[out, in]`; `y = W x`.
-///
-/// Half-precision weights are widened to f32 inside the products, never as a whole matrix.
 #[derive(Clone, Debug)]
 pub enum Linear {
     /// f32 weight `[out, in]`.
@@ -30,6 +43,16 @@ impl Linear {
         }
     }
 
+    /// Bytes of weight storage.
+    pub fn size_bytes(&self) -> usize {
+        let (out, inp) = self.dim();
+        let each = match self {
+            Linear::F32(_) => 4,
+            Linear::F16(_) | Linear::Bf16(_) => 2,
+        };
+        out * inp * each
+    }
+
     /// The weight widened to f32, `[out, in]`.
     pub fn to_f32(&self) -> Array2<f32> {
         match self {
@@ -47,14 +70,16 @@ impl Linear {
     /// # Panics
     /// If the shapes do not match the weight.
     #[track_caller]
-    pub fn matvec_into(&self, x: ArrayView1<f32>, mut y: ArrayViewMut1<f32>) {
+    pub fn matvec_into(&self, x: ArrayView1<f32>, y: ArrayViewMut1<f32>) {
         let (out, inp) = self.dim();
         assert_eq!(x.len(), inp, "Linear::matvec_into: input length");
         assert_eq!(y.len(), out, "Linear::matvec_into: output length");
+        let xs = x.insert_axis(Axis(0));
+        let ys = y.insert_axis(Axis(1));
         match self {
-            Linear::F32(w) => general_mat_vec_mul(1.0, w, &x, 0.0, &mut y),
-            Linear::F16(w) => matvec_widening(w.view(), f32::from, x, y),
-            Linear::Bf16(w) => matvec_widening(w.view(), f32::from, x, y),
+            Linear::F32(w) => streamed(w.view(), xs, ys),
+            Linear::F16(w) => streamed(w.view(), xs, ys),
+            Linear::Bf16(w) => streamed(w.view(), xs, ys),
         }
     }
 
@@ -69,42 +94,143 @@ impl Linear {
     pub fn forward(&self, xs: ArrayView2<f32>) -> Array2<f32> {
         let (out, inp) = self.dim();
         assert_eq!(xs.ncols(), inp, "Linear::forward: input width");
-        let mut ys = Array2::zeros((xs.nrows(), out));
-        if xs.nrows() == 1 {
-            self.matvec_into(xs.row(0), ys.row_mut(0));
-            return ys;
+        let t = xs.nrows();
+        if t <= SMALL_BATCH {
+            // Computed as [out, T] so each task writes whole rows, then transposed.
+            let mut yt = Array2::zeros((out, t));
+            match self {
+                Linear::F32(w) => streamed(w.view(), xs, yt.view_mut()),
+                Linear::F16(w) => streamed(w.view(), xs, yt.view_mut()),
+                Linear::Bf16(w) => streamed(w.view(), xs, yt.view_mut()),
+            }
+            return yt.reversed_axes().as_standard_layout().into_owned();
         }
+        let mut ys = Array2::zeros((t, out));
         match self {
-            Linear::F32(w) => general_mat_mul(1.0, &xs, &w.t(), 0.0, &mut ys),
-            Linear::F16(w) => matmul_widening(w.view(), f32::from, xs, ys.view_mut()),
-            Linear::Bf16(w) => matmul_widening(w.view(), f32::from, xs, ys.view_mut()),
+            Linear::F32(w) => blocked_gemm(w.view(), |b| b.to_owned(), xs, ys.view_mut()),
+            Linear::F16(w) => blocked_gemm(w.view(), |b| b.mapv(f32::from), xs, ys.view_mut()),
+            Linear::Bf16(w) => blocked_gemm(w.view(), |b| b.mapv(f32::from), xs, ys.view_mut()),
         }
         ys
     }
 }
 
-fn matvec_widening<T: Copy>(
-    w: ArrayView2<T>,
-    widen: fn(T) -> f32,
-    x: ArrayView1<f32>,
-    mut y: ArrayViewMut1<f32>,
-) {
-    for (row, yi) in w.outer_iter().zip(y.iter_mut()) {
-        *yi = row.iter().zip(x.iter()).map(|(&a, &b)| widen(a) * b).sum();
+/// `yt[r, j] = W[r] · xs[j]`: every weight row read once for all rows of `xs`, rows of `W`
+/// split across threads.
+fn streamed<T: Weight>(w: ArrayView2<T>, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>) {
+    let (out, inp) = w.dim();
+    let t = xs.nrows();
+    if t == 0 || out == 0 {
+        return;
+    }
+    let w = w.as_standard_layout();
+    let xs = xs.as_standard_layout();
+    let w = w.as_slice().expect("standard layout");
+    let x_rows: Vec<&[f32]> = xs
+        .as_slice()
+        .expect("standard layout")
+        .chunks_exact(inp.max(1))
+        .take(t)
+        .collect();
+    let rows_per_task = out.div_ceil(64).max(8);
+    let run = |(task, mut block): (usize, ArrayViewMut2<f32>)| {
+        let mut buf = [0.0f32; GROUP];
+        for (i, mut y_row) in block.outer_iter_mut().enumerate() {
+            let r = task * rows_per_task + i;
+            let w_row = &w[r * inp..(r + 1) * inp];
+            for (g, group) in x_rows.chunks(GROUP).enumerate() {
+                T::dots(w_row, group, &mut buf[..group.len()]);
+                for (k, v) in buf[..group.len()].iter().enumerate() {
+                    y_row[g * GROUP + k] = *v;
+                }
+            }
+        }
+    };
+    let blocks: Vec<_> = yt
+        .axis_chunks_iter_mut(Axis(0), rows_per_task)
+        .enumerate()
+        .collect();
+    if out * inp * t < PARALLEL_MIN_WORK {
+        blocks.into_iter().for_each(run);
+    } else {
+        blocks.into_par_iter().for_each(run);
     }
 }
 
-/// `ys = xs Wᵀ` for a half-precision `W`, widening `WIDEN_BLOCK` output rows at a time.
-fn matmul_widening<T: Copy>(
+/// `ys = xs Wᵀ` as matrix-matrix products over blocks of [`GEMM_BLOCK`] output columns, each
+/// block of `W` made f32 by `widen` (a copy for f32) just before its product.
+fn blocked_gemm<T: Copy + Sync>(
     w: ArrayView2<T>,
-    widen: fn(T) -> f32,
+    widen: impl Fn(ArrayView2<T>) -> Array2<f32> + Sync,
     xs: ArrayView2<f32>,
     mut ys: ArrayViewMut2<f32>,
 ) {
-    for (b, block) in w.axis_chunks_iter(Axis(0), WIDEN_BLOCK).enumerate() {
-        let wide = block.mapv(widen);
-        let start = b * WIDEN_BLOCK;
-        let mut out = ys.slice_mut(s![.., start..start + block.nrows()]);
-        general_mat_mul(1.0, &xs, &wide.t(), 0.0, &mut out);
+    let (out, inp) = w.dim();
+    let run = |(w_block, mut y_block): (ArrayView2<T>, ArrayViewMut2<f32>)| {
+        let wide = widen(w_block);
+        general_mat_mul(1.0, &xs, &wide.t(), 0.0, &mut y_block);
+    };
+    let blocks: Vec<_> = w
+        .axis_chunks_iter(Axis(0), GEMM_BLOCK)
+        .zip(ys.axis_chunks_iter_mut(Axis(1), GEMM_BLOCK))
+        .collect();
+    if out * inp * xs.nrows() < PARALLEL_MIN_WORK {
+        blocks.into_iter().for_each(run);
+    } else {
+        blocks.into_par_iter().for_each(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &Array2<f32>, xs: &Array2<f32>) -> Array2<f64> {
+        Array2::from_shape_fn((xs.nrows(), w.nrows()), |(t, r)| {
+            w.row(r)
+                .iter()
+                .zip(xs.row(t))
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum()
+        })
+    }
+
+    #[test]
+    fn every_path_and_type_matches_a_plain_product() {
+        // Sizes that exercise the serial and parallel, streamed and blocked paths, ragged blocks.
+        for (out, inp) in [(5, 3), (70, 33), (300, 257)] {
+            let w = Array2::from_shape_fn((out, inp), |(i, j)| {
+                ((i * 7 + j * 3) % 11) as f32 / 5.0 - 1.0
+            });
+            let layers = [
+                Linear::F32(w.clone()),
+                Linear::F16(w.mapv(f16::from_f32)),
+                Linear::Bf16(w.mapv(bf16::from_f32)),
+            ];
+            for layer in &layers {
+                let wide = layer.to_f32();
+                for t in [1, 2, 5, SMALL_BATCH, SMALL_BATCH + 1, 40] {
+                    let xs = Array2::from_shape_fn((t, inp), |(i, j)| {
+                        ((i * 5 + j) % 13) as f32 / 6.0 - 1.0
+                    });
+                    let ys = layer.forward(xs.view());
+                    let r = reference(&wide, &xs);
+                    for (a, b) in ys.iter().zip(r.iter()) {
+                        assert!(
+                            (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{out}x{inp} T={t}"
+                        );
+                    }
+                    let mut y = ndarray::Array1::zeros(out);
+                    layer.matvec_into(xs.row(0), y.view_mut());
+                    for (a, b) in y.iter().zip(ys.row(0)) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "matvec equals row 0"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Nothing here knows about checkpoints, versions or sequence state.
 
 mod activation;
+pub mod kernels;
 mod linear;
 mod norm;
 pub mod shift;

@@ -49,6 +49,36 @@ pub fn advance(xs: ArrayView2<f32>, prev: &mut Array1<f32>) -> Array2<f32> {
     d
 }
 
+/// The shift differences of `B` independent sequences, one token each: row `b` of `xs` follows
+/// `prevs[b]`, which then takes the row's value.
+///
+/// # Shapes
+/// `xs: [B, C]`, `B` previous rows of `[C]` → `[B, C]`.
+///
+/// # Panics
+/// If there is not one previous row per row of `xs`, or widths differ.
+#[track_caller]
+pub fn advance_each<'a>(
+    xs: ArrayView2<f32>,
+    prevs: impl ExactSizeIterator<Item = &'a mut Array1<f32>>,
+) -> Array2<f32> {
+    assert_eq!(
+        prevs.len(),
+        xs.nrows(),
+        "shift::advance_each: one state per row"
+    );
+    let mut d = Array2::zeros(xs.raw_dim());
+    for ((mut d, x), prev) in d.rows_mut().into_iter().zip(xs.rows()).zip(prevs) {
+        assert_eq!(prev.len(), x.len(), "shift::advance_each: width");
+        Zip::from(&mut d)
+            .and(&*prev)
+            .and(&x)
+            .for_each(|d, &p, &x| *d = p - x);
+        prev.assign(&x);
+    }
+    d
+}
+
 /// Static token shift (RWKV-4/5 `time_mix_*`, RWKV-6 `time_maa_*`, RWKV-7 `x_*`):
 /// `x_t + δ_t ⊙ μ`.
 ///

@@ -1,0 +1,215 @@
+//! Measures this machine's limits and the model's speed against them, in one run.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--model M.safetensors | --layers 12 --embd 768
+//!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16] [--threads N]
+//!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--json]
+//! ```
+//!
+//! (a) memory-read bandwidth: a streaming read of a 1 GiB buffer with the crate's SIMD dot
+//!     kernel, all threads, best of several passes; (b) single-precision matrix-multiply
+//!     throughput on a 1024×1024 product, the best of the crate's blocked product and a single
+//!     call of the underlying GEMM; (c) decode tokens/s; (d) prefill tokens/s; (e) batched decode
+//!     tokens/s. Decode is reported as a ratio to the bandwidth limit (bytes read per token ×
+//!     tokens/s / bandwidth), prefill as a ratio to the GEMM limit (FLOPs per token × tokens/s /
+//!     GEMM FLOP/s). The default shape is RWKV-6 0.1B (12 × 768, head size 64, vocab 65536) with
+//!     random weights.
+
+mod args;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+use std::time::Instant;
+use tokenshift::ops::kernels::Weight;
+use tokenshift::ops::Linear;
+use tokenshift::synthetic::{random_model, DType};
+use tokenshift::{Config, Logits, Model, Version};
+
+/// Best wall time of `runs` calls of `f`, in seconds.
+fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// GB/s of a streaming read over 1 GiB, every thread reading its own part, each 16 KiB block
+/// dotted with a vector that stays in L1 (the access pattern of a matrix-vector product).
+fn bandwidth_gbs() -> f64 {
+    const BLOCK: usize = 4096;
+    let buf: Vec<f32> = (0..(1usize << 28)).map(|i| (i % 7) as f32).collect();
+    let x = vec![1.0f32; BLOCK];
+    let mut sink = 0.0f32;
+    let secs = best_of(5, || {
+        sink += buf
+            .par_chunks(BLOCK * 64)
+            .map(|chunk| {
+                let mut out = [0.0f32];
+                let mut s = 0.0;
+                for block in chunk.chunks_exact(BLOCK) {
+                    f32::dots(block, &[&x], &mut out);
+                    s += out[0];
+                }
+                s
+            })
+            .sum::<f32>();
+    });
+    std::hint::black_box(sink);
+    (buf.len() * 4) as f64 / secs / 1e9
+}
+
+/// GFLOP/s of a 1024×1024×1024 f32 product: the better of the crate's blocked parallel product
+/// and one call of the GEMM underneath.
+fn gemm_gflops() -> f64 {
+    let n = 1024;
+    let a = Array2::from_shape_fn((n, n), |(i, j)| ((i + j) % 13) as f32 / 13.0);
+    let w = Linear::F32(Array2::from_shape_fn((n, n), |(i, j)| {
+        ((i * j) % 7) as f32 / 7.0
+    }));
+    let blocked = best_of(4, || {
+        std::hint::black_box(w.forward(a.view()));
+    });
+    let wt = w.to_f32().reversed_axes();
+    let single = best_of(4, || {
+        std::hint::black_box(a.dot(&wt));
+    });
+    2.0 * (n * n * n) as f64 / blocked.min(single) / 1e9
+}
+
+fn build_model(args: &args::Args) -> Result<(Model, DType), String> {
+    let dtype: DType = args
+        .parsed("dtype", DType::F32)
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = args.get("model") {
+        return Model::load(path)
+            .map(|m| (m, dtype))
+            .map_err(|e| e.to_string());
+    }
+    let version: Version = args
+        .get("version")
+        .unwrap_or("6")
+        .parse()
+        .map_err(|e: tokenshift::Error| e.to_string())?;
+    let config = Config::standard(
+        version,
+        args.parsed("layers", 12)?,
+        args.parsed("embd", 768)?,
+        args.parsed("head-size", 64)?,
+        args.parsed("vocab", 65536)?,
+    );
+    let model = random_model(&config, dtype, 1).map_err(|e| e.to_string())?;
+    Ok((model, dtype))
+}
+
+fn main() {
+    args::run(|| {
+        let args = args::Args::parse(
+            &[
+                "model",
+                "layers",
+                "embd",
+                "head-size",
+                "vocab",
+                "version",
+                "dtype",
+                "threads",
+                "prefill",
+                "batch",
+                "decode-tokens",
+            ],
+            &["json"],
+        )?;
+        if let Some(n) = args.get("threads") {
+            let n: usize = n
+                .parse()
+                .map_err(|_| "--threads: not a number".to_string())?;
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .map_err(|e| e.to_string())?;
+        }
+        let threads = rayon::current_num_threads();
+        let (model, dtype) = build_model(&args)?;
+        let config = model.config().clone();
+        let prefill_t: usize = args.parsed("prefill", 512)?;
+        let batch: usize = args.parsed("batch", 8)?;
+        let decode_n: usize = args.parsed("decode-tokens", 32)?;
+        let token = |i: usize| ((i * 7919) % config.vocab) as u32;
+
+        let bandwidth = bandwidth_gbs();
+        let gemm = gemm_gflops();
+
+        let mut state = model.init_state();
+        for i in 0..2 {
+            model
+                .step(token(i), &mut state)
+                .map_err(|e| e.to_string())?;
+        }
+        let start = Instant::now();
+        for i in 0..decode_n {
+            model
+                .step(token(i), &mut state)
+                .map_err(|e| e.to_string())?;
+        }
+        let decode_tok_s = decode_n as f64 / start.elapsed().as_secs_f64();
+
+        let prompt: Vec<u32> = (0..prefill_t).map(token).collect();
+        let prefill_secs = best_of(3, || {
+            let mut state = model.init_state();
+            model.forward(&prompt, &mut state, Logits::Last).unwrap();
+        });
+        let prefill_tok_s = prefill_t as f64 / prefill_secs;
+
+        let tokens: Vec<u32> = (0..batch).map(token).collect();
+        let mut states = vec![model.init_state(); batch];
+        model
+            .step_batch(&tokens, &mut states)
+            .map_err(|e| e.to_string())?;
+        let steps = (decode_n / 4).max(2);
+        let start = Instant::now();
+        for _ in 0..steps {
+            model
+                .step_batch(&tokens, &mut states)
+                .map_err(|e| e.to_string())?;
+        }
+        let batch_tok_s = (steps * batch) as f64 / start.elapsed().as_secs_f64();
+
+        let bytes_per_token = model.decode_bytes_per_token() as f64;
+        let flops_per_token = model.prefill_flops_per_token() as f64;
+        let decode_ratio = bytes_per_token * decode_tok_s / (bandwidth * 1e9);
+        let prefill_ratio = flops_per_token * prefill_tok_s / (gemm * 1e9);
+        if args.switch("json") {
+            println!(
+                "{{\"version\": \"{}\", \"n_layer\": {}, \"n_embd\": {}, \"head_size\": {}, \
+                 \"vocab\": {}, \"dtype\": \"{:?}\", \"threads\": {}, \"bandwidth_gbs\": {:.2}, \
+                 \"gemm_gflops\": {:.1}, \"decode_tok_s\": {:.2}, \"decode_roofline_ratio\": {:.3}, \
+                 \"prefill_tok_s\": {:.1}, \"prefill_roofline_ratio\": {:.3}, \
+                 \"batch{}_tok_s\": {:.2}, \"decode_bytes_per_token\": {}, \
+                 \"prefill_flops_per_token\": {}}}",
+                config.version, config.n_layer, config.n_embd, config.head_size, config.vocab,
+                dtype, threads, bandwidth, gemm, decode_tok_s, decode_ratio, prefill_tok_s,
+                prefill_ratio, batch, batch_tok_s, bytes_per_token, flops_per_token
+            );
+        } else {
+            println!("model: {config}, weights {dtype:?}, {threads} threads");
+            println!("(a) memory-read bandwidth: {bandwidth:.2} GB/s");
+            println!("(b) f32 GEMM throughput:   {gemm:.1} GFLOP/s");
+            println!(
+                "(c) decode:  {decode_tok_s:.2} tok/s ({:.1} MB/token) = {decode_ratio:.3} of the bandwidth limit",
+                bytes_per_token / 1e6
+            );
+            println!(
+                "(d) prefill: {prefill_tok_s:.1} tok/s at T={prefill_t} ({:.1} MFLOP/token) = {prefill_ratio:.3} of the GEMM limit",
+                flops_per_token / 1e6
+            );
+            println!(
+                "(e) batched decode: {batch_tok_s:.2} tok/s at B={batch} = {:.2}x single-session decode",
+                batch_tok_s / decode_tok_s
+            );
+        }
+        Ok(())
+    });
+}

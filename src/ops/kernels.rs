@@ -1,0 +1,275 @@
+//! Dot products of f32 activations with f32, f16 or bf16 weights: the inner loop of every
+//! matrix-vector product.
+//!
+//! On x86-64 CPUs with AVX2, FMA and F16C (checked at run time) the work is done 8 lanes at a
+//! time with several independent accumulators; elsewhere a plain loop is used. Each weight row is
+//! read once for up to [`GROUP`] activation vectors, so a batch of `B` tokens reads the weights
+//! `⌈B / GROUP⌉` times from cache and once from memory.
+
+use half::{bf16, f16};
+
+/// Activation vectors served by one pass over a weight row.
+pub const GROUP: usize = 4;
+
+/// A weight element type the kernels read.
+pub trait Weight: Copy + Send + Sync + 'static {
+    /// The value as f32.
+    fn widen(self) -> f32;
+
+    /// `out[j] = Σ_i w[i] · xs[j][i]` for every `j` (at most [`GROUP`] vectors).
+    ///
+    /// # Panics
+    /// If a vector's length differs from `w.len()`, or `xs.len() > GROUP`, or
+    /// `out.len() != xs.len()`.
+    fn dots(w: &[Self], xs: &[&[f32]], out: &mut [f32]);
+}
+
+#[track_caller]
+fn check(n: usize, xs: &[&[f32]], out: &[f32]) {
+    assert!(
+        xs.len() <= GROUP,
+        "kernels: at most {GROUP} vectors per pass"
+    );
+    assert_eq!(xs.len(), out.len(), "kernels: one output per vector");
+    for x in xs {
+        assert_eq!(
+            x.len(),
+            n,
+            "kernels: vector length differs from the weight row"
+        );
+    }
+}
+
+/// The portable kernel: `out[j] = Σ_i widen(w[i]) · xs[j][i]`, 8 partial sums per vector so the
+/// compiler can vectorise it.
+fn dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32]) {
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        let mut acc = [0.0f32; 8];
+        let chunks = w.len() / 8 * 8;
+        for (wc, xc) in w[..chunks].chunks_exact(8).zip(x[..chunks].chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += wc[l].widen() * xc[l];
+            }
+        }
+        let tail: f32 = w[chunks..]
+            .iter()
+            .zip(&x[chunks..])
+            .map(|(a, b)| a.widen() * b)
+            .sum();
+        *o = acc.iter().sum::<f32>() + tail;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma_f16c() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+impl Weight for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[track_caller]
+    fn dots(w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+        check(w.len(), xs, out);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
+            unsafe { avx2::dots(w, xs, out, avx2::load_f32) };
+            return;
+        }
+        dots_plain(w, xs, out);
+    }
+}
+
+impl Weight for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[track_caller]
+    fn dots(w: &[f16], xs: &[&[f32]], out: &mut [f32]) {
+        check(w.len(), xs, out);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
+            unsafe { avx2::dots(w, xs, out, avx2::load_f16) };
+            return;
+        }
+        dots_plain(w, xs, out);
+    }
+}
+
+impl Weight for bf16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[track_caller]
+    fn dots(w: &[bf16], xs: &[&[f32]], out: &mut [f32]) {
+        check(w.len(), xs, out);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
+            unsafe { avx2::dots(w, xs, out, avx2::load_bf16) };
+            return;
+        }
+        dots_plain(w, xs, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Weight, GROUP};
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    /// Loads 8 weights starting at `p` as 8 f32 lanes.
+    pub type Load<T> = unsafe fn(*const T) -> __m256;
+
+    /// # Safety
+    /// `p` must point to 8 readable f32; the CPU must have AVX.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn load_f32(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable values at `p`; loadu has no alignment need.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    /// # Safety
+    /// `p` must point to 8 readable f16; the CPU must have F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn load_f16(p: *const f16) -> __m256 {
+        // SAFETY: 8 f16 = 16 readable bytes at `p` (caller); loadu has no alignment need.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    /// # Safety
+    /// `p` must point to 8 readable bf16; the CPU must have AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        // SAFETY: 8 bf16 = 16 readable bytes at `p` (caller). A bf16 is the top half of an f32.
+        unsafe {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `out[j] = Σ_i w[i] · xs[j][i]`: one pass over `w` for all vectors, two accumulators per
+    /// vector (16 weights per iteration), a scalar tail.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`, with
+    /// `xs.len() <= GROUP` and `out.len() == xs.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32], load: Load<T>) {
+        let n = w.len();
+        let m = xs.len();
+        let mut acc0 = [_mm256_setzero_ps(); GROUP];
+        let mut acc1 = [_mm256_setzero_ps(); GROUP];
+        let wp = w.as_ptr();
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, so 16 weights and 16 activations are readable at offset i.
+            unsafe {
+                let w0 = load(wp.add(i));
+                let w1 = load(wp.add(i + 8));
+                for j in 0..m {
+                    let xp = xs[j].as_ptr();
+                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc0[j]);
+                    acc1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), acc1[j]);
+                }
+            }
+            i += 16;
+        }
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n.
+            unsafe {
+                let w0 = load(wp.add(i));
+                for j in 0..m {
+                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[j].as_ptr().add(i)), acc0[j]);
+                }
+            }
+            i += 8;
+        }
+        for j in 0..m {
+            // SAFETY: AVX is available (caller).
+            let mut s = unsafe { hsum(_mm256_add_ps(acc0[j], acc1[j])) };
+            for k in i..n {
+                s += w[k].widen() * xs[j][k];
+            }
+            out[j] = s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference<T: Weight>(w: &[T], x: &[f32]) -> f64 {
+        w.iter()
+            .zip(x)
+            .map(|(a, b)| a.widen() as f64 * *b as f64)
+            .sum()
+    }
+
+    fn check_type<T: Weight>(from: fn(f32) -> T) {
+        // Lengths around every boundary of the 16- and 8-wide loops.
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 768, 1000] {
+            let w: Vec<T> = (0..n)
+                .map(|i| from(((i * 37 % 101) as f32 - 50.0) / 25.0))
+                .collect();
+            let xs: Vec<Vec<f32>> = (0..GROUP)
+                .map(|j| {
+                    (0..n)
+                        .map(|i| ((i * 13 + j * 7) % 17) as f32 / 8.0 - 1.0)
+                        .collect()
+                })
+                .collect();
+            for m in 1..=GROUP {
+                let views: Vec<&[f32]> = xs[..m].iter().map(Vec::as_slice).collect();
+                let mut out = vec![0.0; m];
+                T::dots(&w, &views, &mut out);
+                let mut plain = vec![0.0; m];
+                dots_plain(&w, &views, &mut plain);
+                for j in 0..m {
+                    let r = reference(&w, &xs[j]);
+                    let tol = 1e-5 * (1.0 + r.abs()) * (n as f64).sqrt().max(1.0);
+                    assert!((out[j] as f64 - r).abs() <= tol, "n={n} m={m} j={j}");
+                    assert!(
+                        (plain[j] as f64 - r).abs() <= tol,
+                        "plain n={n} m={m} j={j}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_kernel_matches_reference() {
+        check_type::<f32>(|v| v);
+    }
+
+    #[test]
+    fn f16_kernel_matches_reference() {
+        check_type::<f16>(f16::from_f32);
+    }
+
+    #[test]
+    fn bf16_kernel_matches_reference() {
+        check_type::<bf16>(bf16::from_f32);
+    }
+}
