@@ -57,3 +57,4 @@ pub use error::{Error, Result};
 pub use mixer::SequenceMixer;
 pub use model::{Logits, Model};
 pub use state::State;
+pub use weights::DType;

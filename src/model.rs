@@ -5,7 +5,7 @@ use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::ops::{LayerNorm, Linear};
 use crate::state::{State, StateShape};
-use crate::weights::{SafeTensorsFile, Scope, TensorSource};
+use crate::weights::{DType, SafeTensorsFile, Scope, TensorSource};
 use ndarray::{s, Array1, Array2};
 use std::path::Path;
 
@@ -24,8 +24,9 @@ pub enum Logits {
 #[derive(Clone, Debug)]
 pub struct Model {
     config: Config,
-    /// `emb.weight` with `blocks.0.ln0` applied to every row (in f32), `[V, C]`.
-    emb: Array2<f32>,
+    /// `emb.weight` with `blocks.0.ln0` applied to every row (computed in f32, stored in the
+    /// table's storage type), `[V, C]`.
+    emb: Linear,
     blocks: Vec<Block>,
     ln_out: LayerNorm,
     /// `head.weight`, `[V, C]`.
@@ -55,14 +56,33 @@ impl Model {
     /// [`Error::UnknownVersion`], [`Error::MissingTensor`], [`Error::Shape`] or
     /// [`Error::Dtype`], each naming the tensor.
     pub fn from_source(source: &dyn TensorSource) -> Result<Model> {
+        Self::from_source_as(source, None)
+    }
+
+    /// Loads a safetensors checkpoint with its matrices (block projections, embedding, head)
+    /// converted to `dtype` at load, e.g. an f32 file run with f16 weights. Vectors, decays and
+    /// low-rank matrices stay f32.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn load_as(path: impl AsRef<Path>, dtype: DType) -> Result<Model> {
+        Self::from_source_as(&SafeTensorsFile::open(path)?, Some(dtype))
+    }
+
+    /// [`Model::from_source`], with matrices converted to `dtype` when it is given.
+    ///
+    /// # Errors
+    /// As [`Model::from_source`].
+    pub fn from_source_as(source: &dyn TensorSource, dtype: Option<DType>) -> Result<Model> {
         let config = Config::from_source(source)?;
-        let root = Scope::new(source);
+        let root = Scope::new(source).with_matrix_dtype(dtype);
         let (v, c) = (config.vocab, config.n_embd);
         let ln = |s: Scope| -> Result<LayerNorm> {
             Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
         };
         let ln0 = ln(root.pp("blocks.0.ln0"))?;
-        let emb = ln0.forward(root.matrix("emb.weight", v, c)?.view());
+        let mut emb = root.linear("emb.weight", v, c)?;
+        emb.map_rows(|row| ln0.forward_one(row));
         let blocks = (0..config.n_layer)
             .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config))
             .collect::<Result<Vec<_>>>()?;
@@ -164,9 +184,11 @@ impl Model {
 
     /// The embedding rows of `tokens` (already checked), `[T, C]`.
     fn embed(&self, tokens: &[u32]) -> Array2<f32> {
-        Array2::from_shape_fn((tokens.len(), self.config.n_embd), |(t, c)| {
-            self.emb[[tokens[t] as usize, c]]
-        })
+        let mut x = Array2::zeros((tokens.len(), self.config.n_embd));
+        for (&t, row) in tokens.iter().zip(x.rows_mut()) {
+            self.emb.row_into(t as usize, row);
+        }
+        x
     }
 
     /// Bytes of weights one [`Model::step`] reads: every matrix of every block, the head, the

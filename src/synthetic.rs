@@ -11,31 +11,7 @@ use crate::weights::{Tensor, TensorMap};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
-/// Storage type of a checkpoint's matrices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half precision.
-    F16,
-    /// bfloat16.
-    Bf16,
-}
-
-impl std::str::FromStr for DType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(DType::F32),
-            "f16" => Ok(DType::F16),
-            "bf16" => Ok(DType::Bf16),
-            _ => Err(Error::Dtype {
-                name: "(requested storage type)".into(),
-                dtype: s.into(),
-            }),
-        }
-    }
-}
+pub use crate::weights::DType;
 
 /// splitmix64: a small, seedable generator (quality is ample for weights).
 struct Rng(u64);

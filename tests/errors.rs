@@ -209,3 +209,18 @@ fn state_of_another_model_is_rejected() {
     let err = tokenshift::State::from_bytes(bytes, a.config()).unwrap_err();
     assert!(err.to_string().contains("blocks.1.att.wkv"), "{err}");
 }
+
+#[test]
+fn truncated_file_on_disk_is_a_format_error() {
+    let good = std::fs::read(fixture("v5.1-a").join("model.safetensors")).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "tokenshift-truncated-{}.safetensors",
+        std::process::id()
+    ));
+    for cut in [0, 5, 8, 200, good.len() / 2, good.len() - 1] {
+        std::fs::write(&path, &good[..cut]).unwrap();
+        let err = Model::load(&path).unwrap_err();
+        assert!(matches!(err, Error::Format(_)), "cut at {cut}: {err}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}

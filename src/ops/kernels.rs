@@ -167,50 +167,75 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `out[j] = Σ_i w[i] · xs[j][i]`: one pass over `w` for all vectors, two accumulators per
-    /// vector (16 weights per iteration), a scalar tail.
+    /// `out[j] = Σ_i w[i] · xs[j][i]` for `M` vectors: one pass over `w`, two accumulators
+    /// per vector (16 weights per iteration) kept in registers, a scalar tail.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`, with
-    /// `xs.len() <= GROUP` and `out.len() == xs.len()`.
+    /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32], load: Load<T>) {
+    unsafe fn dots_m<T: Weight, const M: usize>(
+        w: &[T],
+        xs: [&[f32]; M],
+        out: &mut [f32],
+        load: Load<T>,
+    ) {
         let n = w.len();
-        let m = xs.len();
-        let mut acc0 = [_mm256_setzero_ps(); GROUP];
-        let mut acc1 = [_mm256_setzero_ps(); GROUP];
+        let mut acc0 = [_mm256_setzero_ps(); M];
+        let mut acc1 = [_mm256_setzero_ps(); M];
         let wp = w.as_ptr();
+        let xp = xs.map(|x| x.as_ptr());
         let mut i = 0;
         while i + 16 <= n {
             // SAFETY: i + 16 <= n, so 16 weights and 16 activations are readable at offset i.
             unsafe {
                 let w0 = load(wp.add(i));
                 let w1 = load(wp.add(i + 8));
-                for j in 0..m {
-                    let xp = xs[j].as_ptr();
-                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc0[j]);
-                    acc1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), acc1[j]);
+                for j in 0..M {
+                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc0[j]);
+                    acc1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp[j].add(i + 8)), acc1[j]);
                 }
             }
             i += 16;
         }
-        while i + 8 <= n {
+        if i + 8 <= n {
             // SAFETY: i + 8 <= n.
             unsafe {
                 let w0 = load(wp.add(i));
-                for j in 0..m {
-                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[j].as_ptr().add(i)), acc0[j]);
+                for j in 0..M {
+                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc0[j]);
                 }
             }
             i += 8;
         }
-        for j in 0..m {
+        for j in 0..M {
             // SAFETY: AVX is available (caller).
             let mut s = unsafe { hsum(_mm256_add_ps(acc0[j], acc1[j])) };
             for k in i..n {
                 s += w[k].widen() * xs[j][k];
             }
             out[j] = s;
+        }
+    }
+
+    /// `out[j] = Σ_i w[i] · xs[j][i]` for every vector, dispatched to a kernel specialised for
+    /// the number of vectors.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`, with
+    /// `xs.len() <= GROUP` and `out.len() == xs.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32], load: Load<T>) {
+        debug_assert!(xs.len() <= GROUP);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match *xs {
+                [] => {}
+                [a] => dots_m(w, [a], out, load),
+                [a, b] => dots_m(w, [a, b], out, load),
+                [a, b, c] => dots_m(w, [a, b, c], out, load),
+                [a, b, c, d] => dots_m(w, [a, b, c, d], out, load),
+                _ => unreachable!("at most GROUP vectors"),
+            }
         }
     }
 }

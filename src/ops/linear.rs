@@ -9,7 +9,7 @@
 use super::kernels::{Weight, GROUP};
 use half::{bf16, f16};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 /// Up to this many rows, [`Linear::forward`] streams the weights once through the dot-product
@@ -59,6 +59,40 @@ impl Linear {
             Linear::F32(w) => w.clone(),
             Linear::F16(w) => w.mapv(f32::from),
             Linear::Bf16(w) => w.mapv(f32::from),
+        }
+    }
+
+    /// Row `r` widened to f32 into `out` (an embedding lookup).
+    ///
+    /// # Panics
+    /// If `r` is out of range or `out` has the wrong length.
+    #[track_caller]
+    pub fn row_into(&self, r: usize, mut out: ArrayViewMut1<f32>) {
+        match self {
+            Linear::F32(w) => out.assign(&w.row(r)),
+            Linear::F16(w) => out.zip_mut_with(&w.row(r), |o, v| *o = v.to_f32()),
+            Linear::Bf16(w) => out.zip_mut_with(&w.row(r), |o, v| *o = v.to_f32()),
+        }
+    }
+
+    /// Replaces every row by `f` of it, computed in f32 and stored back in the storage type
+    /// (so a half-precision table is never widened whole).
+    pub fn map_rows(&mut self, f: impl Fn(ArrayView1<f32>) -> Array1<f32>) {
+        fn each<T: Copy>(
+            w: &mut Array2<T>,
+            widen: fn(T) -> f32,
+            narrow: fn(f32) -> T,
+            f: &dyn Fn(ArrayView1<f32>) -> Array1<f32>,
+        ) {
+            for mut row in w.rows_mut() {
+                let new = f(row.mapv(widen).view());
+                row.zip_mut_with(&new, |o, &v| *o = narrow(v));
+            }
+        }
+        match self {
+            Linear::F32(w) => each(w, |v| v, |v| v, &f),
+            Linear::F16(w) => each(w, f32::from, f16::from_f32, &f),
+            Linear::Bf16(w) => each(w, f32::from, bf16::from_f32, &f),
         }
     }
 

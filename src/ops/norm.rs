@@ -35,6 +35,18 @@ impl LayerNorm {
         }
     }
 
+    /// Normalises one vector.
+    ///
+    /// # Panics
+    /// If its length differs from the parameters'.
+    #[track_caller]
+    pub fn forward_one(&self, x: ArrayView1<f32>) -> Array1<f32> {
+        assert_eq!(x.len(), self.weight.len(), "LayerNorm: width");
+        let mut y = x.to_owned();
+        normalise(y.view_mut(), self.weight.view(), self.bias.view(), self.eps);
+        y
+    }
+
     /// Normalises every row.
     ///
     /// # Shapes

@@ -15,6 +15,32 @@ use crate::ops::Linear;
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 
+/// Storage type of weight matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl std::str::FromStr for DType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::Bf16),
+            _ => Err(Error::Dtype {
+                name: "(requested storage type)".into(),
+                dtype: s.into(),
+            }),
+        }
+    }
+}
+
 /// A tensor as stored in a checkpoint, in its storage type.
 #[derive(Clone, Debug)]
 pub enum Tensor {
@@ -33,6 +59,28 @@ impl Tensor {
             Tensor::F32(a) => a.shape(),
             Tensor::F16(a) => a.shape(),
             Tensor::Bf16(a) => a.shape(),
+        }
+    }
+
+    /// The storage type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Tensor::F32(_) => DType::F32,
+            Tensor::F16(_) => DType::F16,
+            Tensor::Bf16(_) => DType::Bf16,
+        }
+    }
+
+    /// The tensor stored as `dtype` (rounded to nearest when narrowing).
+    pub fn to_dtype(self, dtype: DType) -> Tensor {
+        if self.dtype() == dtype {
+            return self;
+        }
+        let wide = self.into_f32();
+        match dtype {
+            DType::F32 => Tensor::F32(wide),
+            DType::F16 => Tensor::F16(wide.mapv(f16::from_f32)),
+            DType::Bf16 => Tensor::Bf16(wide.mapv(bf16::from_f32)),
         }
     }
 
@@ -71,6 +119,7 @@ pub trait TensorSource: Send + Sync {
 pub struct Scope<'a> {
     source: &'a dyn TensorSource,
     prefix: String,
+    matrices: Option<DType>,
 }
 
 /// Drops the size-1 axes, as the official loader's `squeeze` does.
@@ -84,7 +133,15 @@ impl<'a> Scope<'a> {
         Scope {
             source,
             prefix: String::new(),
+            matrices: None,
         }
+    }
+
+    /// This scope with every matrix read by [`Scope::linear`] converted to `dtype` (`None`:
+    /// kept as stored). Vectors and small matrices stay f32 whatever the setting.
+    pub fn with_matrix_dtype(mut self, dtype: Option<DType>) -> Self {
+        self.matrices = dtype;
+        self
     }
 
     /// The scope one level down: `pp("att")` turns `blocks.0` into `blocks.0.att`.
@@ -92,6 +149,7 @@ impl<'a> Scope<'a> {
         Scope {
             source: self.source,
             prefix: self.path(name),
+            matrices: self.matrices,
         }
     }
 
@@ -158,9 +216,13 @@ impl<'a> Scope<'a> {
             .expect("reshaped to two axes"))
     }
 
-    /// A linear layer stored PyTorch style as `[out, in]`, kept in its storage type.
+    /// A linear layer stored PyTorch style as `[out, in]`, kept in its storage type (or the
+    /// scope's matrix type, see [`Scope::with_matrix_dtype`]).
     pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        let t = self.tensor(name, &[out, inp])?;
+        let mut t = self.tensor(name, &[out, inp])?;
+        if let Some(dtype) = self.matrices {
+            t = t.to_dtype(dtype);
+        }
         if t.shape() != [out, inp] {
             return Err(Error::Shape {
                 name: self.path(name),

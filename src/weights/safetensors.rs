@@ -1,20 +1,32 @@
 //! Reading safetensors files whose tensors are f32, f16 or bf16.
+//!
+//! A file opened from a path is not read whole: the header is parsed and checked against the
+//! file's length, and each tensor is read from its own byte range when asked for, so loading a
+//! model needs memory for the model plus one tensor, not for a second copy of the file.
 
 use super::{Tensor, TensorSource};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-/// A safetensors file held in memory, its header parsed and validated once.
-///
-/// Tensors are decoded on request; the decoded arrays do not borrow the file, so it can be dropped
-/// once a model is built.
+/// Largest header accepted (the format's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+enum Backing {
+    Bytes(Vec<u8>),
+    File(Mutex<File>, PathBuf),
+}
+
+/// A safetensors file whose header has been parsed and validated.
 pub struct SafeTensorsFile {
-    bytes: Vec<u8>,
-    data_start: usize,
+    backing: Backing,
+    data_start: u64,
     metadata: Metadata,
     names: Vec<String>,
 }
@@ -22,25 +34,74 @@ pub struct SafeTensorsFile {
 impl std::fmt::Debug for SafeTensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafeTensorsFile")
-            .field("bytes", &self.bytes.len())
-            .field("tensors", &self.metadata.tensors().len())
+            .field("tensors", &self.names.len())
             .finish()
     }
 }
 
+fn format_error(what: impl std::fmt::Display) -> Error {
+    Error::Format(what.to_string())
+}
+
+/// Checks every tensor's byte range against its dtype, shape and the data section's length.
+fn validate(metadata: &Metadata, data_len: u64) -> Result<()> {
+    for (name, info) in metadata.tensors() {
+        let TensorInfo {
+            dtype,
+            shape,
+            data_offsets: (start, end),
+        } = info;
+        let bits = shape
+            .iter()
+            .try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| format_error(format!("tensor `{name}`: shape {shape:?} overflows")))?;
+        let size = bits.div_ceil(8);
+        if *start as u64 > *end as u64 || (end - start) as u64 != size || *end as u64 > data_len {
+            return Err(format_error(format!(
+                "tensor `{name}`: bytes {start}..{end} do not hold {dtype:?} {shape:?} within a \
+                 data section of {data_len} bytes (truncated file?)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl SafeTensorsFile {
-    /// Reads and validates the file at `path`.
+    /// Opens the file at `path` and validates its header; tensors are read on request.
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be read, [`Error::Format`] if it is not a well-formed
     /// safetensors file (bad header, truncated, offsets out of range).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        Self::from_bytes(bytes)
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut len_bytes = [0u8; 8];
+        if file_len < 8 {
+            return Err(format_error(format!(
+                "{file_len} bytes: too short for a header"
+            )));
+        }
+        file.read_exact(&mut len_bytes).map_err(io)?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER || 8 + header_len > file_len {
+            return Err(format_error(format!(
+                "header of {header_len} bytes does not fit a file of {file_len} bytes"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let metadata: Metadata = serde_json::from_slice(&header).map_err(format_error)?;
+        validate(&metadata, file_len - 8 - header_len)?;
+        Ok(Self::new(
+            Backing::File(Mutex::new(file), path.to_path_buf()),
+            8 + header_len,
+            metadata,
+        ))
     }
 
     /// Validates `bytes` as a safetensors file.
@@ -49,19 +110,47 @@ impl SafeTensorsFile {
     /// [`Error::Format`] if they are not a well-formed safetensors file.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
         let (header_len, metadata) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format(e.to_string()))?;
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(format_error)?;
+        Ok(Self::new(
+            Backing::Bytes(bytes),
+            8 + header_len as u64,
+            metadata,
+        ))
+    }
+
+    fn new(backing: Backing, data_start: u64, metadata: Metadata) -> Self {
         let names = metadata.tensors().into_keys().collect();
-        Ok(SafeTensorsFile {
-            bytes,
-            data_start: 8 + header_len,
+        SafeTensorsFile {
+            backing,
+            data_start,
             metadata,
             names,
-        })
+        }
     }
 
     /// The free-form `__metadata__` map of the header (empty if absent).
     pub fn metadata(&self) -> HashMap<String, String> {
         self.metadata.metadata().clone().unwrap_or_default()
+    }
+
+    /// The raw bytes of a tensor whose range was validated.
+    fn bytes(&self, info: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let (start, end) = info.data_offsets;
+        let at = self.data_start as usize;
+        match &self.backing {
+            Backing::Bytes(b) => Ok(std::borrow::Cow::Borrowed(&b[at + start..at + end])),
+            Backing::File(file, path) => {
+                let mut buf = vec![0u8; end - start];
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                file.seek(SeekFrom::Start((at + start) as u64))
+                    .and_then(|_| file.read_exact(&mut buf))
+                    .map_err(|source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok(std::borrow::Cow::Owned(buf))
+            }
+        }
     }
 }
 
@@ -74,7 +163,7 @@ fn decode<T, const B: usize>(bytes: &[u8], from_le: fn([u8; B]) -> T) -> Vec<T> 
 
 fn array<T>(name: &str, shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>> {
     ArrayD::from_shape_vec(IxDyn(shape), values)
-        .map_err(|e| Error::Format(format!("tensor `{name}`: {e}")))
+        .map_err(|e| format_error(format!("tensor `{name}`: {e}")))
 }
 
 impl TensorSource for SafeTensorsFile {
@@ -91,28 +180,28 @@ impl TensorSource for SafeTensorsFile {
             .metadata
             .info(name)
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let (start, end) = info.data_offsets;
-        // `from_bytes` validated every offset against the buffer length.
-        let bytes = &self.bytes[self.data_start + start..self.data_start + end];
         let shape = &info.shape;
+        let unsupported = || Error::Dtype {
+            name: name.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        };
+        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(unsupported());
+        }
+        let bytes = self.bytes(info)?;
         Ok(match info.dtype {
-            Dtype::F32 => Tensor::F32(array(name, shape, decode(bytes, f32::from_le_bytes))?),
+            Dtype::F32 => Tensor::F32(array(name, shape, decode(&bytes, f32::from_le_bytes))?),
             Dtype::F16 => Tensor::F16(array(
                 name,
                 shape,
-                decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
+                decode(&bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
             )?),
             Dtype::BF16 => Tensor::Bf16(array(
                 name,
                 shape,
-                decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
+                decode(&bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
             )?),
-            other => {
-                return Err(Error::Dtype {
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
+            _ => return Err(unsupported()),
         })
     }
 }
