@@ -43,8 +43,10 @@ pub mod error;
 pub mod mixer;
 pub mod model;
 pub mod ops;
+pub mod sample;
 pub mod state;
 pub mod synthetic;
+pub mod tokenizer;
 pub mod weights;
 
 /// The README's examples, compiled and run as doctests.
@@ -56,5 +58,7 @@ pub use config::{Config, Version};
 pub use error::{Error, Result};
 pub use mixer::SequenceMixer;
 pub use model::{Logits, Model};
+pub use sample::{Sampler, SamplerConfig};
 pub use state::State;
+pub use tokenizer::{ByteTokenizer, Tokenizer, Utf8Stream, WorldTokenizer};
 pub use weights::DType;

@@ -13,17 +13,12 @@ use ndarray::{ArrayD, IxDyn};
 
 pub use crate::weights::DType;
 
-/// splitmix64: a small, seedable generator (quality is ample for weights).
-struct Rng(u64);
+/// Draws uniform arrays from the crate's seeded generator.
+struct Rng(crate::sample::Rng);
 
 impl Rng {
     fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        lo + (hi - lo) * ((z >> 40) as f32 / (1u64 << 24) as f32)
+        lo + (hi - lo) * self.0.next_f64() as f32
     }
 
     fn array(&mut self, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
@@ -87,7 +82,7 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
     let (h, n) = (config.n_head, config.head_size);
     let mut b = Builder {
         map: TensorMap::new(),
-        rng: Rng(seed),
+        rng: Rng(crate::sample::Rng::new(seed)),
         dtype,
     };
     b.small("emb.weight".into(), &[v, c], -0.5, 0.5);
