@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use std::time::Instant;
 use tokenshift::ops::kernels::Weight;
 use tokenshift::ops::Linear;
-use tokenshift::synthetic::{random_model, DType};
+use tokenshift::synthetic::{random_checkpoint, random_model, DType};
 use tokenshift::{Config, Logits, Model, Version};
 
 /// Best wall time of `runs` calls of `f`, in seconds.
@@ -79,29 +79,38 @@ fn gemm_gflops() -> f64 {
     2.0 * (n * n * n) as f64 / blocked.min(single) / 1e9
 }
 
-fn build_model(args: &args::Args) -> Result<(Model, DType), String> {
-    let dtype: DType = args
-        .parsed("dtype", DType::F32)
-        .map_err(|e| e.to_string())?;
-    if let Some(path) = args.get("model") {
-        return Model::load(path)
-            .map(|m| (m, dtype))
-            .map_err(|e| e.to_string());
-    }
+fn shape(args: &args::Args) -> Result<Config, String> {
     let version: Version = args
         .get("version")
         .unwrap_or("6")
         .parse()
         .map_err(|e: tokenshift::Error| e.to_string())?;
-    let config = Config::standard(
+    Ok(Config::standard(
         version,
         args.parsed("layers", 12)?,
         args.parsed("embd", 768)?,
         args.parsed("head-size", 64)?,
         args.parsed("vocab", 65536)?,
-    );
-    let model = random_model(&config, dtype, 1).map_err(|e| e.to_string())?;
+    ))
+}
+
+fn build_model(args: &args::Args) -> Result<(Model, DType), String> {
+    let dtype: DType = args.parsed("dtype", DType::F32)?;
+    if let Some(path) = args.get("model") {
+        return Model::load(path)
+            .map(|m| (m, dtype))
+            .map_err(|e| e.to_string());
+    }
+    let model = random_model(&shape(args)?, dtype, 1).map_err(|e| e.to_string())?;
     Ok((model, dtype))
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn main() {
@@ -119,9 +128,42 @@ fn main() {
                 "prefill",
                 "batch",
                 "decode-tokens",
+                "write-model",
             ],
-            &["json"],
+            &["json", "memory"],
         )?;
+        if let Some(path) = args.get("write-model") {
+            let dtype: DType = args.parsed("dtype", DType::F32)?;
+            random_checkpoint(&shape(&args)?, dtype, 1)
+                .and_then(|m| m.save(path))
+                .map_err(|e| e.to_string())?;
+            println!("wrote {path}");
+            return Ok(());
+        }
+        if args.switch("memory") {
+            let path = args.required("model")?;
+            let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+            let model = Model::load(path).map_err(|e| e.to_string())?;
+            // Run it: a 512-token prompt, then 16 tokens one at a time.
+            let vocab = model.config().vocab;
+            let prompt: Vec<u32> = (0..512).map(|i| ((i * 7919) % vocab) as u32).collect();
+            let mut state = model.init_state();
+            model
+                .forward(&prompt, &mut state, Logits::Last)
+                .map_err(|e| e.to_string())?;
+            for &t in &prompt[..16] {
+                model.step(t, &mut state).map_err(|e| e.to_string())?;
+            }
+            let peak = peak_rss().ok_or("peak memory is only read on Linux")?;
+            println!(
+                "{}: file {:.1} MB, peak resident memory loading and running it {:.1} MB = {:.3}x the file",
+                model.config(),
+                size as f64 / 1e6,
+                peak as f64 / 1e6,
+                peak as f64 / size as f64
+            );
+            return Ok(());
+        }
         if let Some(n) = args.get("threads") {
             let n: usize = n
                 .parse()

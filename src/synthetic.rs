@@ -42,7 +42,12 @@ impl Builder {
     /// A matrix in the checkpoint's storage type, uniform with the variance of N(0, 1/in).
     fn matrix(&mut self, name: String, out: usize, inp: usize) {
         let bound = (3.0 / inp as f32).sqrt();
-        let a = self.rng.array(&[out, inp], -bound, bound);
+        self.stored(name, &[out, inp], -bound, bound);
+    }
+
+    /// A tensor in the checkpoint's storage type, uniform in `[lo, hi)`.
+    fn stored(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
+        let a = self.rng.array(shape, lo, hi);
         let t = match self.dtype {
             DType::F32 => Tensor::F32(a),
             DType::F16 => Tensor::F16(a.mapv(f16::from_f32)),
@@ -85,7 +90,7 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
         rng: Rng(crate::sample::Rng::new(seed)),
         dtype,
     };
-    b.small("emb.weight".into(), &[v, c], -0.5, 0.5);
+    b.stored("emb.weight".into(), &[v, c], -0.5, 0.5);
     b.layer_norm("blocks.0.ln0", c);
     b.layer_norm("ln_out", c);
     b.matrix("head.weight".into(), v, c);

@@ -238,10 +238,14 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// A two-axis `ArrayD` as a standard-layout `Array2`.
+/// A two-axis `ArrayD` as a standard-layout `Array2` (no copy when it already is one).
 fn into_matrix<T: Clone>(a: ArrayD<T>) -> Array2<T> {
-    a.into_dimensionality::<ndarray::Ix2>()
-        .expect("caller checked two axes")
-        .as_standard_layout()
-        .into_owned()
+    let a = a
+        .into_dimensionality::<ndarray::Ix2>()
+        .expect("caller checked two axes");
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
 }

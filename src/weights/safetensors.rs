@@ -15,6 +15,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Bytes read from a file at a time when decoding a tensor.
+const READ_PIECE: usize = 1 << 20;
+
 /// Largest header accepted (the format's own limit).
 const MAX_HEADER: u64 = 100_000_000;
 
@@ -133,32 +136,44 @@ impl SafeTensorsFile {
         self.metadata.metadata().clone().unwrap_or_default()
     }
 
-    /// The raw bytes of a tensor whose range was validated.
-    fn bytes(&self, info: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>> {
+    /// The elements of a tensor whose range was validated, decoded by `from_le`. A file is read
+    /// in pieces of [`READ_PIECE`] bytes, so decoding needs no second copy of the tensor.
+    fn decode<T, const B: usize>(
+        &self,
+        info: &TensorInfo,
+        from_le: fn([u8; B]) -> T,
+    ) -> Result<Vec<T>> {
         let (start, end) = info.data_offsets;
-        let at = self.data_start as usize;
+        let at = self.data_start as usize + start;
+        let decode_into = |bytes: &[u8], out: &mut Vec<T>| {
+            out.extend(
+                bytes
+                    .chunks_exact(B)
+                    .map(|c| from_le(c.try_into().expect("chunks_exact yields B bytes"))),
+            )
+        };
+        let mut out = Vec::with_capacity((end - start) / B);
         match &self.backing {
-            Backing::Bytes(b) => Ok(std::borrow::Cow::Borrowed(&b[at + start..at + end])),
+            Backing::Bytes(b) => decode_into(&b[at..at + (end - start)], &mut out),
             Backing::File(file, path) => {
-                let mut buf = vec![0u8; end - start];
+                let io = |source| Error::Io {
+                    path: path.clone(),
+                    source,
+                };
                 let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                file.seek(SeekFrom::Start((at + start) as u64))
-                    .and_then(|_| file.read_exact(&mut buf))
-                    .map_err(|source| Error::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                Ok(std::borrow::Cow::Owned(buf))
+                file.seek(SeekFrom::Start(at as u64)).map_err(io)?;
+                let mut piece = vec![0u8; READ_PIECE.min(end - start)];
+                let mut left = end - start;
+                while left > 0 {
+                    let n = left.min(piece.len());
+                    file.read_exact(&mut piece[..n]).map_err(io)?;
+                    decode_into(&piece[..n], &mut out);
+                    left -= n;
+                }
             }
         }
+        Ok(out)
     }
-}
-
-fn decode<T, const B: usize>(bytes: &[u8], from_le: fn([u8; B]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(B)
-        .map(|c| from_le(c.try_into().expect("chunks_exact yields B bytes")))
-        .collect()
 }
 
 fn array<T>(name: &str, shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>> {
@@ -188,18 +203,17 @@ impl TensorSource for SafeTensorsFile {
         if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(unsupported());
         }
-        let bytes = self.bytes(info)?;
         Ok(match info.dtype {
-            Dtype::F32 => Tensor::F32(array(name, shape, decode(&bytes, f32::from_le_bytes))?),
+            Dtype::F32 => Tensor::F32(array(name, shape, self.decode(info, f32::from_le_bytes)?)?),
             Dtype::F16 => Tensor::F16(array(
                 name,
                 shape,
-                decode(&bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
+                self.decode(info, |b| f16::from_bits(u16::from_le_bytes(b)))?,
             )?),
             Dtype::BF16 => Tensor::Bf16(array(
                 name,
                 shape,
-                decode(&bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
+                self.decode(info, |b| bf16::from_bits(u16::from_le_bytes(b)))?,
             )?),
             _ => return Err(unsupported()),
         })
