@@ -7,12 +7,15 @@ use crate::error::Result;
 use crate::mixer::rwkv4::{Rwkv4State, Rwkv4TimeMix};
 use crate::mixer::rwkv5::{Rwkv5TimeMix, WkvState};
 use crate::mixer::rwkv6::Rwkv6TimeMix;
+use crate::mixer::rwkv7::Rwkv7TimeMix;
 use crate::mixer::SequenceMixer;
 use crate::ops::LayerNorm;
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, ArrayView2};
 
 /// The time mix of a block, one variant per architecture family.
+// One value per block, built once at load: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TimeMix {
     /// RWKV-4.
@@ -21,6 +24,8 @@ pub enum TimeMix {
     V5(Rwkv5TimeMix),
     /// RWKV-6.
     V6(Rwkv6TimeMix),
+    /// RWKV-7.
+    V7(Rwkv7TimeMix),
 }
 
 /// The state of a [`TimeMix`].
@@ -28,19 +33,63 @@ pub enum TimeMix {
 pub enum TimeMixState {
     /// RWKV-4's `(x_prev, aa, bb, pp)`.
     V4(Rwkv4State),
-    /// RWKV-5/6's `(x_prev, S)`.
+    /// RWKV-5/6/7's `(x_prev, S)` (`S` in each version's official orientation).
     Wkv(WkvState),
 }
 
 impl TimeMix {
-    fn load(att: &Scope, config: &Config) -> Result<Self> {
+    fn load(att: &Scope, config: &Config, layer: usize) -> Result<Self> {
         Ok(match config.version {
             Version::V4 => TimeMix::V4(Rwkv4TimeMix::load(att, config)?),
             Version::V5_0 | Version::V5_1 | Version::V5_2 => {
                 TimeMix::V5(Rwkv5TimeMix::load(att, config)?)
             }
             Version::V6 => TimeMix::V6(Rwkv6TimeMix::load(att, config)?),
+            Version::V7 => TimeMix::V7(Rwkv7TimeMix::load(att, config, layer)?),
         })
+    }
+
+    /// The sequence path, carrying RWKV-7's value residual: `v_first` is block 0's values for
+    /// the rows of `xs` (`None` before block 0, which fills it). Other versions ignore it.
+    ///
+    /// # Panics
+    /// As [`SequenceMixer::forward`].
+    pub fn forward_with_v_first(
+        &self,
+        xs: ArrayView2<f32>,
+        state: &mut TimeMixState,
+        v_first: &mut Option<Array2<f32>>,
+    ) -> Array2<f32> {
+        match (self, state) {
+            (TimeMix::V7(m), TimeMixState::Wkv(s)) => m.forward_with_v_first(xs, v_first, s),
+            (m, s) => m.forward(xs, s),
+        }
+    }
+
+    /// The batched recurrent path, carrying RWKV-7's value residual as
+    /// [`TimeMix::forward_with_v_first`] does (`v_first: [B, C]`, one row per sequence).
+    ///
+    /// # Panics
+    /// As [`SequenceMixer::step_batch`].
+    pub fn step_batch_with_v_first(
+        &self,
+        xs: ArrayView2<f32>,
+        states: &mut [&mut TimeMixState],
+        v_first: &mut Option<Array2<f32>>,
+    ) -> Array2<f32> {
+        match self {
+            TimeMix::V7(m) => {
+                let mut wkv: Vec<&mut WkvState> = states
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        TimeMixState::Wkv(s) => s,
+                        _ => panic!("TimeMix::step_batch: state of another RWKV version"),
+                    })
+                    .collect();
+                m.step_batch_with_v_first(xs, v_first, &mut wkv)
+            }
+            m => m.step_batch(xs, states),
+        }
     }
 }
 
@@ -52,6 +101,7 @@ impl SequenceMixer for TimeMix {
             TimeMix::V4(m) => TimeMixState::V4(m.init_state()),
             TimeMix::V5(m) => TimeMixState::Wkv(m.init_state()),
             TimeMix::V6(m) => TimeMixState::Wkv(m.init_state()),
+            TimeMix::V7(m) => TimeMixState::Wkv(m.init_state()),
         }
     }
 
@@ -62,6 +112,7 @@ impl SequenceMixer for TimeMix {
             (TimeMix::V4(m), TimeMixState::V4(s)) => m.forward(xs, s),
             (TimeMix::V5(m), TimeMixState::Wkv(s)) => m.forward(xs, s),
             (TimeMix::V6(m), TimeMixState::Wkv(s)) => m.forward(xs, s),
+            (TimeMix::V7(m), TimeMixState::Wkv(s)) => m.forward(xs, s),
             _ => panic!("TimeMix::forward: state of another RWKV version"),
         }
     }
@@ -94,6 +145,10 @@ impl SequenceMixer for TimeMix {
                 xs,
                 &mut states.iter_mut().map(|s| wkv(s)).collect::<Vec<_>>(),
             ),
+            TimeMix::V7(m) => m.step_batch(
+                xs,
+                &mut states.iter_mut().map(|s| wkv(s)).collect::<Vec<_>>(),
+            ),
         }
     }
 }
@@ -121,11 +176,11 @@ pub struct Block {
 }
 
 impl Block {
-    /// Loads block `blocks.{i}` from `root`.
+    /// Loads block `layer` from its scope `block` (`blocks.{layer}`).
     ///
     /// # Errors
     /// A missing tensor or a wrong shape, named in full.
-    pub fn load(block: &Scope, config: &Config) -> Result<Self> {
+    pub fn load(block: &Scope, config: &Config, layer: usize) -> Result<Self> {
         let c = config.n_embd;
         let ln = |name: &str| -> Result<LayerNorm> {
             let s = block.pp(name);
@@ -134,7 +189,7 @@ impl Block {
         Ok(Block {
             ln1: ln("ln1")?,
             ln2: ln("ln2")?,
-            att: TimeMix::load(&block.pp("att"), config)?,
+            att: TimeMix::load(&block.pp("att"), config, layer)?,
             ffn: ChannelMix::load(&block.pp("ffn"), config)?,
         })
     }
@@ -147,14 +202,23 @@ impl Block {
         }
     }
 
-    /// Runs the block over the rows of `x` in place.
+    /// Runs the block over the rows of `x` in place. `v_first` carries RWKV-7's value residual
+    /// from block 0 to the others: pass the same variable, `None` at first, to every block in
+    /// order (see [`TimeMix::forward_with_v_first`]).
     ///
     /// # Shapes
-    /// `x: [T, C]`.
-    pub fn forward(&self, x: &mut Array2<f32>, state: &mut BlockState) {
-        let att = self
-            .att
-            .forward(self.ln1.forward(x.view()).view(), &mut state.att);
+    /// `x: [T, C]`; `v_first: [T, C]`.
+    pub fn forward(
+        &self,
+        x: &mut Array2<f32>,
+        state: &mut BlockState,
+        v_first: &mut Option<Array2<f32>>,
+    ) {
+        let att = self.att.forward_with_v_first(
+            self.ln1.forward(x.view()).view(),
+            &mut state.att,
+            v_first,
+        );
         *x += &att;
         let ffn = self
             .ffn
@@ -162,15 +226,22 @@ impl Block {
         *x += &ffn;
     }
 
-    /// Runs one token of each of `B` sequences: row `b` of `x` with `states[b]`.
+    /// Runs one token of each of `B` sequences: row `b` of `x` with `states[b]`; `v_first` as
+    /// in [`Block::forward`], one row per sequence.
     ///
     /// # Shapes
-    /// `x: [B, C]`.
-    pub fn step_batch(&self, x: &mut Array2<f32>, states: &mut [&mut BlockState]) {
+    /// `x: [B, C]`; `v_first: [B, C]`.
+    pub fn step_batch(
+        &self,
+        x: &mut Array2<f32>,
+        states: &mut [&mut BlockState],
+        v_first: &mut Option<Array2<f32>>,
+    ) {
         let mut att: Vec<_> = states.iter_mut().map(|s| &mut s.att).collect();
+        let xs = self.ln1.forward(x.view());
         let out = self
             .att
-            .step_batch(self.ln1.forward(x.view()).view(), &mut att);
+            .step_batch_with_v_first(xs.view(), &mut att, v_first);
         *x += &out;
         let mut ffn: Vec<_> = states.iter_mut().map(|s| &mut s.ffn).collect();
         let out = self

@@ -1,8 +1,8 @@
-//! Channel mix (the RWKV feed-forward block), shared by versions 4 to 6.
+//! Channel mix (the RWKV feed-forward block), shared by versions 4 to 7.
 //!
 //! ```text
 //! x_k = x + δ ⊙ μ_k,   x_r = x + δ ⊙ μ_r          (token shift, see [`crate::ops::shift`])
-//! out = σ(W_r x_r) ⊙ W_v relu(W_k x_k)²
+//! out = σ(W_r x_r) ⊙ W_v relu(W_k x_k)²           (RWKV-7: W_v relu(W_k x_k)², no receptance)
 //! ```
 
 use crate::config::{Config, Version};
@@ -15,17 +15,24 @@ use ndarray::{Array1, Array2, ArrayView2};
 /// The channel mix of one block. Its state is the previous token's layer-normed input `[C]`.
 #[derive(Clone, Debug)]
 pub struct ChannelMix {
-    /// Shift coefficient of the key input, `[C]`: `ffn.time_maa_k` (v6) or
+    /// Shift coefficient of the key input, `[C]`: `ffn.time_maa_k` (v6), `ffn.x_k` (v7) or
     /// `1 − ffn.time_mix_k` (v4/v5).
     pub maa_k: Array1<f32>,
-    /// Shift coefficient of the receptance input, `[C]` (`time_maa_r` or `1 − time_mix_r`).
-    pub maa_r: Array1<f32>,
     /// `ffn.key.weight`, `[F, C]`.
     pub key: Linear,
     /// `ffn.value.weight`, `[C, F]`.
     pub value: Linear,
+    /// The receptance gate `σ(W_r x_r)`; RWKV-7 has none.
+    pub receptance: Option<Receptance>,
+}
+
+/// The channel mix's receptance gate (versions 4 to 6).
+#[derive(Clone, Debug)]
+pub struct Receptance {
+    /// Shift coefficient of the receptance input, `[C]` (`time_maa_r` or `1 − time_mix_r`).
+    pub maa_r: Array1<f32>,
     /// `ffn.receptance.weight`, `[C, C]`.
-    pub receptance: Linear,
+    pub weight: Linear,
 }
 
 impl ChannelMix {
@@ -37,14 +44,23 @@ impl ChannelMix {
         let (c, f) = (config.n_embd, config.dim_ffn);
         let maa = |s: &str| match config.version {
             Version::V6 => ffn.vector(&format!("time_maa_{s}"), c),
+            Version::V7 => ffn.vector(&format!("x_{s}"), c),
             _ => ffn.vector(&format!("time_mix_{s}"), c).map(|m| 1.0 - m),
         };
+        let maa_k = maa("k")?;
+        let receptance = (config.version != Version::V7)
+            .then(|| -> Result<Receptance> {
+                Ok(Receptance {
+                    maa_r: maa("r")?,
+                    weight: ffn.linear("receptance.weight", c, c)?,
+                })
+            })
+            .transpose()?;
         Ok(ChannelMix {
-            maa_k: maa("k")?,
-            maa_r: maa("r")?,
+            maa_k,
             key: ffn.linear("key.weight", f, c)?,
             value: ffn.linear("value.weight", c, f)?,
-            receptance: ffn.linear("receptance.weight", c, c)?,
+            receptance,
         })
     }
 }
@@ -53,12 +69,18 @@ impl ChannelMix {
     /// The layer given the shift differences.
     fn apply(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> Array2<f32> {
         let xk = shift::mix(xs, delta, self.maa_k.view());
-        let xr = shift::mix(xs, delta, self.maa_r.view());
         let mut k = self.key.forward(xk.view());
         relu_squared(&mut k);
-        let mut r = self.receptance.forward(xr.view());
-        sigmoid(&mut r);
-        r * self.value.forward(k.view())
+        let out = self.value.forward(k.view());
+        match &self.receptance {
+            Some(gate) => {
+                let xr = shift::mix(xs, delta, gate.maa_r.view());
+                let mut r = gate.weight.forward(xr.view());
+                sigmoid(&mut r);
+                r * out
+            }
+            None => out,
+        }
     }
 }
 

@@ -21,16 +21,20 @@ pub enum Version {
     V5_2,
     /// RWKV-6 ("Finch"): data-dependent token shift and per-token decay.
     V6,
+    /// RWKV-7 ("Goose", x070): generalised delta rule with a bounded per-token decay, value
+    /// residual from block 0, channel mix without receptance.
+    V7,
 }
 
 impl Version {
     /// Every version the crate runs.
-    pub const ALL: [Version; 5] = [
+    pub const ALL: [Version; 6] = [
         Version::V4,
         Version::V5_0,
         Version::V5_1,
         Version::V5_2,
         Version::V6,
+        Version::V7,
     ];
 
     /// Whether the time mix keeps one `N × N` matrix per head (every version after 4).
@@ -47,6 +51,7 @@ impl fmt::Display for Version {
             Version::V5_1 => "5.1",
             Version::V5_2 => "5.2",
             Version::V6 => "6",
+            Version::V7 => "7",
         })
     }
 }
@@ -80,8 +85,15 @@ pub struct Config {
     pub vocab: usize,
     /// RWKV-6 token-shift LoRA rank (`time_maa_w1` is `[C, 5·D]`); 0 otherwise.
     pub dim_mix_lora: usize,
-    /// RWKV-6 decay LoRA rank (`time_decay_w1` is `[C, D]`); 0 otherwise.
+    /// Decay LoRA rank: RWKV-6 `time_decay_w1` or RWKV-7 `w1`, `[C, D]`; 0 otherwise.
     pub dim_decay_lora: usize,
+    /// RWKV-7 in-context learning rate LoRA rank (`a1` is `[C, D]`); 0 otherwise.
+    pub dim_a_lora: usize,
+    /// RWKV-7 value residual LoRA rank (`v1` of block 1 is `[C, D]`; 0 for one block, which
+    /// has no residual); 0 for other versions.
+    pub dim_v_lora: usize,
+    /// RWKV-7 gate LoRA rank (`g1` is `[C, D]`); 0 otherwise.
+    pub dim_g_lora: usize,
 }
 
 fn shape_of(src: &dyn TensorSource, name: &str) -> Result<Vec<usize>> {
@@ -122,11 +134,7 @@ fn count_layers(src: &dyn TensorSource) -> Result<usize> {
 fn detect_version(src: &dyn TensorSource) -> Result<Version> {
     let has = |name: &str| src.shape(&format!("blocks.0.att.{name}")).is_some();
     if has("r_k") || has("x_r") || has("k_k") {
-        return Err(Error::UnknownVersion(
-            "found RWKV-7 tensors (`blocks.0.att.r_k`/`x_r`); this build reads versions 4, 5.0, \
-             5.1, 5.2 and 6"
-                .into(),
-        ));
+        return Ok(Version::V7);
     }
     if has("time_maa_x") {
         return Ok(Version::V6);
@@ -153,7 +161,7 @@ fn detect_version(src: &dyn TensorSource) -> Result<Version> {
     att.sort_unstable();
     Err(Error::UnknownVersion(format!(
         "block 0's time-mix tensors {att:?} match no RWKV version (4: time_mix_k, time_decay, \
-         time_first; 5.x: ln_x; 6: time_maa_x)"
+         time_first; 5.x: ln_x; 6: time_maa_x; 7: r_k, x_r)"
     )))
 }
 
@@ -204,6 +212,9 @@ impl Config {
             vocab,
             dim_mix_lora: 0,
             dim_decay_lora: 0,
+            dim_a_lora: 0,
+            dim_v_lora: 0,
+            dim_g_lora: 0,
         };
         match version {
             Version::V4 => {}
@@ -241,6 +252,36 @@ impl Config {
                     _ => return Err(shape_error(name, &format!("[{n_embd}, D]"), w1)),
                 }
             }
+            Version::V7 => {
+                let name = "blocks.0.att.r_k";
+                let r_k = shape_of(src, name)?;
+                match r_k[..] {
+                    [h, n] if h * n == n_embd => (config.n_head, config.head_size) = (h, n),
+                    _ => {
+                        return Err(shape_error(
+                            name,
+                            &format!("[H, N] with H·N = {n_embd}"),
+                            r_k,
+                        ))
+                    }
+                }
+                // Block 0's v1 is never used (and may be absent): read the rank from block 1.
+                let v_layer = if n_layer > 1 { Some(1) } else { None };
+                for (lora, layer, dim) in [
+                    ("w1", Some(0), &mut config.dim_decay_lora),
+                    ("a1", Some(0), &mut config.dim_a_lora),
+                    ("v1", v_layer, &mut config.dim_v_lora),
+                    ("g1", Some(0), &mut config.dim_g_lora),
+                ] {
+                    let Some(layer) = layer else { continue };
+                    let name = format!("blocks.{layer}.att.{lora}");
+                    let shape = shape_of(src, &name)?;
+                    match shape[..] {
+                        [c, d] if c == n_embd && d > 0 => *dim = d,
+                        _ => return Err(shape_error(&name, &format!("[{n_embd}, D]"), shape)),
+                    }
+                }
+            }
         }
         Ok(config)
     }
@@ -264,6 +305,13 @@ impl fmt::Display for Config {
                 f,
                 " lora_mix={} lora_decay={}",
                 self.dim_mix_lora, self.dim_decay_lora
+            )?;
+        }
+        if self.version == Version::V7 {
+            write!(
+                f,
+                " lora_w={} lora_a={} lora_v={} lora_g={}",
+                self.dim_decay_lora, self.dim_a_lora, self.dim_v_lora, self.dim_g_lora
             )?;
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! `tokenshift`: RWKV recurrent language models on CPU, as ndarray operations.
 //!
-//! The crate runs RWKV checkpoints (versions 4, 5.0, 5.1, 5.2 and 6, BlinkDL tensor names,
+//! The crate runs RWKV checkpoints (versions 4, 5.0, 5.1, 5.2, 6 and 7, BlinkDL tensor names,
 //! safetensors with f32, f16 or bf16 tensors) token by token or a whole prompt at once, and
 //! exposes every layer on its own.
 //!
@@ -14,6 +14,13 @@
 //!
 //! ```text
 //! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S_{t−1}),     S_t = diag(w_t) S_{t−1} + k_t v_tᵀ
+//! ```
+//!
+//! and for RWKV-7 (state indexed `[value, key]`, `κ̂` the normalised key, `a` the in-context
+//! learning rate; see [`mixer::wkv7`], which also has a chunkwise form of the same recurrence)
+//!
+//! ```text
+//! S_t = S_{t−1} diag(w_t) − (S_{t−1} κ̂_t)(κ̂_t ⊙ a_t)ᵀ + v_t k_tᵀ,     y_t = S_t r_t
 //! ```
 //!
 //! # Example
@@ -40,6 +47,7 @@ pub mod block;
 pub mod channel_mix;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod mixer;
 pub mod model;
 pub mod ops;
@@ -56,6 +64,7 @@ pub struct ReadmeDoctests;
 
 pub use config::{Config, Version};
 pub use error::{Error, Result};
+pub use generate::{Session, StopReason, Text, TextStream, Tokens};
 pub use mixer::SequenceMixer;
 pub use model::{Logits, Model};
 pub use sample::{Sampler, SamplerConfig};

@@ -18,7 +18,8 @@ pub enum Logits {
     All,
 }
 
-/// An RWKV language model (versions 4, 5.0, 5.1, 5.2, 6) loaded from a BlinkDL-named checkpoint.
+/// An RWKV language model (versions 4, 5.0, 5.1, 5.2, 6, 7) loaded from a BlinkDL-named
+/// checkpoint.
 ///
 /// Immutable and `Send + Sync`: one model serves any number of [`State`]s, from any threads.
 #[derive(Clone, Debug)]
@@ -84,7 +85,7 @@ impl Model {
         let mut emb = root.linear("emb.weight", v, c)?;
         emb.map_rows(|row| ln0.forward_one(row));
         let blocks = (0..config.n_layer)
-            .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config))
+            .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config, i))
             .collect::<Result<Vec<_>>>()?;
         Ok(Model {
             emb,
@@ -119,6 +120,16 @@ impl Model {
     /// As [`State::load`].
     pub fn load_state(&self, path: impl AsRef<Path>) -> Result<State> {
         State::load(path, &self.config)
+    }
+
+    /// The initial state of a state-tuning file (`blocks.{l}.att.time_state`, safetensors; the
+    /// model's own checkpoint if the tuned states were merged into it). See
+    /// [`State::from_time_state`] for the orientation of each version.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Format`], and the errors of [`State::from_time_state`].
+    pub fn state_from_tuning(&self, path: impl AsRef<Path>) -> Result<State> {
+        State::from_time_state(&SafeTensorsFile::open(path)?, &self.config)
     }
 
     fn check_state(&self, state: &State) -> Result<()> {
@@ -175,9 +186,10 @@ impl Model {
             self.check_state(state)?;
         }
         let mut x = self.embed(tokens);
+        let mut v_first = None;
         for (l, block) in self.blocks.iter().enumerate() {
             let mut block_states: Vec<_> = states.iter_mut().map(|s| &mut s.blocks[l]).collect();
-            block.step_batch(&mut x, &mut block_states);
+            block.step_batch(&mut x, &mut block_states, &mut v_first);
         }
         Ok(self.head.forward(self.ln_out.forward(x.view()).view()))
     }
@@ -192,7 +204,7 @@ impl Model {
     }
 
     /// Bytes of weights one [`Model::step`] reads: every matrix of every block, the head, the
-    /// RWKV-6 low-rank matrices and one embedding row (per-channel vectors, under 0.1% of the
+    /// RWKV-6/7 low-rank matrices and one embedding row (per-channel vectors, under 0.1% of the
     /// total, are left out). Decode speed × this / memory bandwidth is decode's roofline ratio.
     pub fn decode_bytes_per_token(&self) -> usize {
         let c = &self.config;
@@ -221,22 +233,29 @@ impl Model {
             ..
         } = self.config;
         let att = match version {
-            Version::V4 | Version::V5_0 => 4 * c * c,
+            Version::V4 | Version::V5_0 | Version::V7 => 4 * c * c,
             Version::V5_1 | Version::V5_2 | Version::V6 => 5 * c * c,
         };
-        n_layer * (att + 2 * c * f + c * c)
+        // The channel mix's receptance (RWKV-7 has none).
+        let ffn_r = if version == Version::V7 { 0 } else { c * c };
+        n_layer * (att + 2 * c * f + ffn_r)
     }
 
-    /// Elements of RWKV-6's low-rank (LoRA) matrices, kept in f32.
+    /// Elements of RWKV-6/7's low-rank (LoRA) matrices, kept in f32 (block 0 of RWKV-7 has no
+    /// value-residual LoRA).
     fn lora_elements(&self) -> usize {
         let Config {
             n_embd: c,
             n_layer,
             dim_mix_lora: dm,
             dim_decay_lora: dd,
+            dim_a_lora: da,
+            dim_v_lora: dv,
+            dim_g_lora: dg,
             ..
         } = self.config;
-        n_layer * (2 * 5 * dm * c + 2 * dd * c)
+        let v7 = n_layer * 2 * (da + dg) * c + n_layer.saturating_sub(1) * 2 * dv * c;
+        n_layer * (2 * 5 * dm * c + 2 * dd * c) + v7
     }
 
     /// Runs a whole prompt at once (projections as matrix products over all tokens) and returns
@@ -250,8 +269,9 @@ impl Model {
         self.check_tokens(tokens)?;
         self.check_state(state)?;
         let mut x = self.embed(tokens);
+        let mut v_first = None;
         for (block, s) in self.blocks.iter().zip(state.blocks.iter_mut()) {
-            block.forward(&mut x, s);
+            block.forward(&mut x, s, &mut v_first);
         }
         let rows = match which {
             Logits::Last => x.slice(s![-1.., ..]),

@@ -9,19 +9,37 @@
 //! |---|---|---|
 //! | `blocks.{l}.att.x_prev` | `[C]` | previous token's `ln1` output |
 //! | `blocks.{l}.att.aa`, `.bb`, `.pp` | `[C]` | RWKV-4 WKV numerator, denominator, exponent |
-//! | `blocks.{l}.att.wkv` | `[H, N, N]` | RWKV-5/6 matrix per head, `[head, key, value]` |
+//! | `blocks.{l}.att.wkv` | `[H, N, N]` | matrix per head: RWKV-5/6 `[head, key, value]`, RWKV-7 `[head, value, key]` |
 //! | `blocks.{l}.ffn.x_prev` | `[C]` | previous token's `ln2` output |
 //!
 //! and the metadata `format = tokenshift-state`, `format_version = 1`, `version`, `n_layer`,
-//! `n_embd`, `n_head`, `head_size`. Loading checks all of them against the model.
+//! `n_embd`, `n_head`, `head_size`. Loading checks all of them against the model. The WKV
+//! matrix is in the official package's orientation for each version, so `att.wkv` is entry
+//! `3l + 1` of its state list as is.
+//!
+//! # State tuning
+//!
+//! A state-tuned checkpoint (RWKV-PEFT, "state tuning") holds one learned initial WKV matrix
+//! per block, `blocks.{l}.att.time_state` `[H, N, N]`, always stored `[head, value, key]` (the
+//! layout of the CUDA kernels that trained it). [`State::from_time_state`] turns it into an
+//! initial state:
+//!
+//! - RWKV-5/6: the transpose `time_state.transpose(1, 2)`, as the official package does when
+//!   a checkpoint contains `time_state`;
+//! - RWKV-7: `time_state` as stored, since the RWKV-7 state is `[head, value, key]` itself
+//!   (the official package 0.8.32 does not read `time_state` for RWKV-7; RWKV-PEFT's RWKV-7
+//!   state tuning passes it to the kernel as the initial state unchanged);
+//! - RWKV-4 has no matrix state and no state tuning.
+//!
+//! The token-shift entries start at zero, as in the official package.
 
 use crate::block::{BlockState, TimeMixState};
 use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::mixer::rwkv4::Rwkv4State;
 use crate::mixer::rwkv5::WkvState;
-use crate::weights::{SafeTensorsFile, Scope};
-use ndarray::{ArrayD, Ix3};
+use crate::weights::{SafeTensorsFile, Scope, TensorSource};
+use ndarray::{Array1, ArrayD, Ix3};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -122,7 +140,8 @@ impl State {
     }
 
     /// The state as the official Python package lists it: per block `[att_x_prev, aa, bb, pp,
-    /// ffn_x_prev]` (RWKV-4) or `[att_x_prev, S [H, N, N] (key, value), ffn_x_prev]` (RWKV-5/6).
+    /// ffn_x_prev]` (RWKV-4) or `[att_x_prev, S [H, N, N], ffn_x_prev]` with `S` indexed
+    /// `[head, key, value]` (RWKV-5/6) or `[head, value, key]` (RWKV-7).
     pub fn to_official_list(&self) -> Vec<ArrayD<f32>> {
         self.tensors().into_iter().map(|(_, a)| a).collect()
     }
@@ -175,6 +194,52 @@ impl State {
     /// [`State::load`] from the bytes of a file.
     pub fn from_bytes(bytes: Vec<u8>, config: &Config) -> Result<State> {
         Self::from_file(&SafeTensorsFile::from_bytes(bytes)?, config)
+    }
+
+    /// The initial state given by a state-tuning checkpoint: `blocks.{l}.att.time_state`
+    /// `[H, N, N]` of every block, in the orientation the module docs give for each version
+    /// (transposed for RWKV-5/6, as stored for RWKV-7); token-shift entries zero. `source` may
+    /// be the tuning file or a model checkpoint that contains `time_state`.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] for RWKV-4 (which has no matrix state);
+    /// [`Error::MissingTensor`] or [`Error::Shape`] naming the `time_state` tensor.
+    pub fn from_time_state(source: &dyn TensorSource, config: &Config) -> Result<State> {
+        if !config.version.has_matrix_state() {
+            return Err(Error::StateMismatch(format!(
+                "RWKV-{} has no matrix state to tune",
+                config.version
+            )));
+        }
+        let (h, n) = (config.n_head, config.head_size);
+        let root = Scope::new(source);
+        let blocks = (0..config.n_layer)
+            .map(|l| {
+                let name = format!("blocks.{l}.att.time_state");
+                let tuned = root
+                    .f32(&name, &[h, n, n])?
+                    .into_dimensionality::<Ix3>()
+                    .expect("reshaped to three axes");
+                let s = match config.version {
+                    Version::V7 => tuned,
+                    _ => tuned
+                        .permuted_axes([0, 2, 1])
+                        .as_standard_layout()
+                        .into_owned(),
+                };
+                Ok(BlockState {
+                    att: TimeMixState::Wkv(WkvState {
+                        x_prev: Array1::zeros(config.n_embd),
+                        s,
+                    }),
+                    ffn: Array1::zeros(config.n_embd),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(State {
+            shape: StateShape::from(config),
+            blocks,
+        })
     }
 
     fn from_file(file: &SafeTensorsFile, config: &Config) -> Result<State> {

@@ -73,6 +73,12 @@ fn check(config: &Config) -> Result<()> {
     if config.version == Version::V6 && (config.dim_mix_lora == 0 || config.dim_decay_lora == 0) {
         return bad("RWKV-6 needs positive LoRA sizes");
     }
+    let v7_loras = [config.dim_decay_lora, config.dim_a_lora, config.dim_g_lora];
+    if config.version == Version::V7
+        && (v7_loras.contains(&0) || (config.n_layer > 1 && config.dim_v_lora == 0))
+    {
+        return bad("RWKV-7 needs positive LoRA sizes");
+    }
     Ok(())
 }
 
@@ -103,14 +109,18 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
         }
         b.matrix(p("ffn.key.weight"), f, c);
         b.matrix(p("ffn.value.weight"), c, f);
-        b.matrix(p("ffn.receptance.weight"), c, c);
-        let shift = if config.version == Version::V6 {
-            "maa"
+        if config.version == Version::V7 {
+            b.small(p("ffn.x_k"), &[1, 1, c], 0.0, 1.0);
         } else {
-            "mix"
-        };
-        for s in ["k", "r"] {
-            b.small(p(&format!("ffn.time_{shift}_{s}")), &[1, 1, c], 0.0, 1.0);
+            b.matrix(p("ffn.receptance.weight"), c, c);
+            let shift = if config.version == Version::V6 {
+                "maa"
+            } else {
+                "mix"
+            };
+            for s in ["k", "r"] {
+                b.small(p(&format!("ffn.time_{shift}_{s}")), &[1, 1, c], 0.0, 1.0);
+            }
         }
         match config.version {
             Version::V4 => {
@@ -157,6 +167,29 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
                 b.matrix(p("att.gate.weight"), c, c);
                 b.layer_norm(&p("att.ln_x"), c);
             }
+            Version::V7 => {
+                for s in ["r", "w", "k", "v", "a", "g"] {
+                    b.small(p(&format!("att.x_{s}")), &[1, 1, c], 0.0, 1.0);
+                }
+                let lora = |inp: usize| 0.5 * (3.0 / inp as f32).sqrt();
+                let loras = [
+                    ('w', config.dim_decay_lora, (-7.0, 2.0)),
+                    ('a', config.dim_a_lora, (-1.0, 1.0)),
+                    ('v', config.dim_v_lora, (-1.0, 1.0)),
+                ];
+                for (name, d, (lo, hi)) in loras.into_iter().filter(|l| l.1 > 0) {
+                    b.small(p(&format!("att.{name}0")), &[1, 1, c], lo, hi);
+                    b.small(p(&format!("att.{name}1")), &[c, d], -lora(c), lora(c));
+                    b.small(p(&format!("att.{name}2")), &[d, c], -lora(d), lora(d));
+                }
+                let dg = config.dim_g_lora;
+                b.small(p("att.g1"), &[c, dg], -lora(c), lora(c));
+                b.small(p("att.g2"), &[dg, c], -lora(dg), lora(dg));
+                b.small(p("att.k_k"), &[1, 1, c], 0.7, 1.0);
+                b.small(p("att.k_a"), &[1, 1, c], 0.8, 1.2);
+                b.small(p("att.r_k"), &[h, n], -0.3, 0.3);
+                b.layer_norm(&p("att.ln_x"), c);
+            }
         }
     }
     Ok(b.map)
@@ -174,8 +207,9 @@ pub fn random_model(config: &Config, dtype: DType, seed: u64) -> Result<Model> {
 
 impl Config {
     /// The sizes of a released model family member: `n_layer` blocks of width `n_embd`, heads of
-    /// `head_size` (ignored for RWKV-4), the release's ffn width (4C for v4/5.0/5.1,
-    /// ⌊3.5C/32⌋·32 for 5.2/6) and RWKV-6 LoRA sizes (32/64, or 64/128 from C = 4096).
+    /// `head_size` (ignored for RWKV-4), the release's ffn width (4C for v4/5.0/5.1/7,
+    /// ⌊3.5C/32⌋·32 for 5.2/6), RWKV-6 LoRA sizes (32/64, or 64/128 from C = 4096) and RWKV-7
+    /// LoRA sizes (`max(32, round(f·√C/32)·32)` with f = 2.5, 2.5, 1.7, 5 for w, a, v, g).
     pub fn standard(
         version: Version,
         n_layer: usize,
@@ -189,6 +223,10 @@ impl Config {
             _ => 4 * n_embd,
         };
         let big = n_embd >= 4096;
+        // RWKV-7's LoRA ranks in the official training code: max(32, round(f·√C / 32)·32).
+        let v7 = version == Version::V7;
+        let v7_lora =
+            |f: f64| (((f * (n_embd as f64).sqrt() / 32.0).round() as usize) * 32).max(32);
         Config {
             version,
             n_layer,
@@ -206,7 +244,9 @@ impl Config {
             } else {
                 0
             },
-            dim_decay_lora: if version == Version::V6 {
+            dim_decay_lora: if v7 {
+                v7_lora(2.5)
+            } else if version == Version::V6 {
                 if big {
                     128
                 } else {
@@ -215,6 +255,10 @@ impl Config {
             } else {
                 0
             },
+            dim_a_lora: if v7 { v7_lora(2.5) } else { 0 },
+            // Block 0 has no value residual: a single block needs no rank.
+            dim_v_lora: if v7 && n_layer > 1 { v7_lora(1.7) } else { 0 },
+            dim_g_lora: if v7 { v7_lora(5.0) } else { 0 },
         }
     }
 }

@@ -64,6 +64,7 @@ fn every_layer_of_every_fixture_has_matching_paths() {
                 TimeMix::V4(m) => check_paths(m, c, &format!("{name} block {i} att")),
                 TimeMix::V5(m) => check_paths(m, c, &format!("{name} block {i} att")),
                 TimeMix::V6(m) => check_paths(m, c, &format!("{name} block {i} att")),
+                TimeMix::V7(m) => check_paths(m, c, &format!("{name} block {i} att")),
             }
             check_paths(&block.ffn, c, &format!("{name} block {i} ffn"));
         }

@@ -3,11 +3,34 @@
 //! Every mixer has a recurrent path ([`SequenceMixer::step`], O(1) work and a fixed-size state
 //! per token) and a sequence path ([`SequenceMixer::forward`], all `T` rows at once) that leaves
 //! the state exactly as `T` calls of `step` would. Tests pin the paths to each other.
+//!
+//! Mixers with more than one sequence algorithm (the recurrence, a masked quadratic "parallel"
+//! form, a chunkwise form) also implement [`MultiPath`], which runs any of them by name;
+//! `forward` picks the fastest. The family (spec/mixers.md):
+//!
+//! | module | mixer | kernel |
+//! |---|---|---|
+//! | [`linear_attention`] | Katharopoulos linear attention, Performer FAVOR+ | [`outer_product`], no gate, normaliser |
+//! | [`retention`] | RetNet multi-scale retention (+ xPos as a decay) | [`outer_product`], per-head (per-key) gate |
+//! | [`gla`] | gated linear attention | [`outer_product`], per-key per-token gate |
+//! | [`rwkv5`], [`rwkv6`] | RWKV-5/6 time mix | [`outer_product`], exclusive read-out + bonus |
+//! | [`rwkv7`] | RWKV-7 time mix | [`wkv7`], diagonal plus rank one (scan, chunkwise WY form) |
+//! | [`rwkv4`], [`aft`] | RWKV-4 WKV, AFT-simple, AFT-full, AFT-local | per-channel log-sum-exp ([`rwkv4::wkv4_scan`], [`rwkv4::wkv4_chunkwise`]) |
+//! | [`short_conv`] | short causal depthwise convolution | [`crate::ops::shift::causal_conv`] |
 
+pub mod aft;
+pub mod gla;
+pub mod linear_attention;
+pub mod outer_product;
+pub(crate) mod random;
+pub mod retention;
 pub mod rwkv4;
 pub mod rwkv5;
 pub mod rwkv6;
+pub mod rwkv7;
+pub mod short_conv;
 pub mod wkv;
+pub mod wkv7;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
@@ -62,4 +85,53 @@ pub trait SequenceMixer: Send + Sync {
         }
         out
     }
+}
+
+/// A sequence algorithm of a [`MultiPath`] mixer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Token by token, `O(1)` state work per token.
+    Recurrent,
+    /// The masked quadratic form over the whole call (`O(T²)`).
+    Parallel,
+    /// The quadratic form inside chunks of this many tokens (the last chunk may be shorter),
+    /// the state carried between them.
+    Chunkwise(usize),
+}
+
+/// A mixer whose sequence path can be run by any of its algorithms. Every path leaves the same
+/// state and gives the same output (up to rounding); tests pin them together.
+pub trait MultiPath: SequenceMixer {
+    /// Runs `xs` through `path`.
+    ///
+    /// # Shapes
+    /// `xs: [T, C]` → `[T, C]`.
+    ///
+    /// # Panics
+    /// If `C` is not the layer's width, or for `Path::Chunkwise(0)`.
+    fn forward_path(&self, xs: ArrayView2<f32>, state: &mut Self::State, path: Path)
+        -> Array2<f32>;
+}
+
+/// Runs `run` over chunks of `chunk` rows of `xs`, carrying the state, and stacks the outputs:
+/// the chunkwise form of any mixer whose parallel form starts from a carried state.
+///
+/// # Panics
+/// If `chunk` is 0.
+#[track_caller]
+pub fn by_chunks<S>(
+    xs: ArrayView2<f32>,
+    state: &mut S,
+    chunk: usize,
+    width: usize,
+    mut run: impl FnMut(ArrayView2<f32>, &mut S) -> Array2<f32>,
+) -> Array2<f32> {
+    assert!(chunk > 0, "chunk must be positive");
+    let mut out = Array2::zeros((xs.nrows(), width));
+    for (i, part) in xs.axis_chunks_iter(Axis(0), chunk).enumerate() {
+        let y = run(part, state);
+        out.slice_mut(ndarray::s![i * chunk..i * chunk + part.nrows(), ..])
+            .assign(&y);
+    }
+    out
 }

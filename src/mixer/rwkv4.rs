@@ -10,12 +10,12 @@
 //! The state keeps `aa = Σ e^{…−pp} v`, `bb = Σ e^{…−pp}` and the exponent `pp` per channel,
 //! exactly as the official implementation does (so states compare directly).
 
-use super::SequenceMixer;
+use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::{shift, sigmoid, Linear};
 use crate::weights::Scope;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Zip};
 
 /// `pp` before the first token: no past, so its weight `e^{pp}` is 0.
 pub const PP_INIT: f32 = -1e30;
@@ -143,6 +143,161 @@ pub fn wkv4_scan(
         }
     }
     y
+}
+
+/// The log-sum-exp ("parallel") form of the WKV over chunks of `chunk` rows, carrying
+/// `(aa, bb, pp)` between chunks; `chunk ≥ T` is the parallel form [`wkv4_parallel`], `chunk = 1`
+/// the recurrence.
+///
+/// For a chunk starting after the carried state and a row `j` in it (0-based), per channel with
+/// `λ = decay ≤ 0`, the exponents are `pp + j·λ` (the carried sums `aa`, `bb`),
+/// `k_i + (j−1−i)·λ` for the chunk's rows `i < j`, and `u + k_j` for row `j` itself; with `m`
+/// their maximum,
+///
+/// ```text
+/// wkv_j = (aa e^{pp+jλ−m} + Σ_{i<j} e^{k_i+(j−1−i)λ−m} v_i + e^{u+k_j−m} v_j)
+///       / (bb e^{pp+jλ−m} + Σ_{i<j} e^{k_i+(j−1−i)λ−m}     + e^{u+k_j−m})
+/// ```
+///
+/// and after a chunk of `n` rows `pp' = max(pp + nλ, max_i k_i + (n−1−i)λ)`, `aa'`, `bb'` the
+/// sums with exponents less `pp'` (the same representation the recurrence keeps). Every
+/// exponent is `≤ 0` after subtracting the maximum, so keys of any size are safe. Work per chunk
+/// is `O(n²)` per channel (the recurrence is `O(1)` per token, so this form is for testing and
+/// for callers that want the quadratic form).
+///
+/// # Shapes
+/// `k, v: [T, C]`, `decay, first: [C]` → `[T, C]`.
+///
+/// # Panics
+/// On mismatched shapes, or if `chunk` is 0.
+#[track_caller]
+pub fn wkv4_chunkwise(
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    decay: ArrayView1<f32>,
+    first: ArrayView1<f32>,
+    state: &mut Rwkv4State,
+    chunk: usize,
+) -> Array2<f32> {
+    let width = decay.len();
+    assert!(chunk > 0, "wkv4_chunkwise: chunk must be positive");
+    assert_eq!(k.dim(), v.dim(), "wkv4_chunkwise: k and v shapes");
+    assert_eq!(k.ncols(), width, "wkv4_chunkwise: width");
+    assert_eq!(first.len(), width, "wkv4_chunkwise: bonus width");
+    assert_eq!(state.pp.len(), width, "wkv4_chunkwise: state width");
+    let t_len = k.nrows();
+    let mut y = Array2::zeros(k.raw_dim());
+    let mut m = Array1::<f32>::zeros(width);
+    let mut num = Array1::<f32>::zeros(width);
+    let mut den = Array1::<f32>::zeros(width);
+    let mut c0 = 0;
+    while c0 < t_len {
+        let n = chunk.min(t_len - c0);
+        let kc = k.slice(s![c0..c0 + n, ..]);
+        let vc = v.slice(s![c0..c0 + n, ..]);
+        // Row j reads exponents pp + jλ, k_i + (j−1−i)λ (i < j) and u + k_j.
+        for j in 0..=n {
+            let at_end = j == n;
+            // The carried term.
+            Zip::from(&mut m)
+                .and(&state.pp)
+                .and(&decay)
+                .for_each(|m, &p, &w| *m = p + j as f32 * w);
+            // The chunk's earlier rows (up to the end when updating the state: lag n−1−i).
+            for i in 0..j {
+                let lag = (j - 1 - i) as f32;
+                Zip::from(&mut m)
+                    .and(kc.row(i))
+                    .and(&decay)
+                    .for_each(|m, &k, &w| *m = m.max(k + lag * w));
+            }
+            if !at_end {
+                Zip::from(&mut m)
+                    .and(kc.row(j))
+                    .and(&first)
+                    .for_each(|m, &k, &u| *m = m.max(u + k));
+            }
+            for c in 0..width {
+                let e = (state.pp[c] + j as f32 * decay[c] - m[c]).exp();
+                num[c] = state.aa[c] * e;
+                den[c] = state.bb[c] * e;
+            }
+            for i in 0..j {
+                let lag = (j - 1 - i) as f32;
+                Zip::from(&mut num)
+                    .and(&mut den)
+                    .and(&m)
+                    .and(kc.row(i))
+                    .and(vc.row(i))
+                    .and(&decay)
+                    .for_each(|num, den, &m, &k, &v, &w| {
+                        let e = (k + lag * w - m).exp();
+                        *num += e * v;
+                        *den += e;
+                    });
+            }
+            if at_end {
+                state.aa.assign(&num);
+                state.bb.assign(&den);
+                state.pp.assign(&m);
+            } else {
+                let (kj, vj) = (kc.row(j), vc.row(j));
+                let mut yj = y.row_mut(c0 + j);
+                for c in 0..width {
+                    let e = (first[c] + kj[c] - m[c]).exp();
+                    yj[c] = (num[c] + e * vj[c]) / (den[c] + e);
+                }
+            }
+        }
+        c0 += n;
+    }
+    y
+}
+
+/// The WKV's parallel form: [`wkv4_chunkwise`] with one chunk of all `T` rows (`O(T²)` per
+/// channel), starting from and updating the carried state.
+///
+/// # Shapes
+/// `k, v: [T, C]`, `decay, first: [C]` → `[T, C]`.
+///
+/// # Panics
+/// On mismatched shapes.
+#[track_caller]
+pub fn wkv4_parallel(
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    decay: ArrayView1<f32>,
+    first: ArrayView1<f32>,
+    state: &mut Rwkv4State,
+) -> Array2<f32> {
+    let t = k.nrows().max(1);
+    wkv4_chunkwise(k, v, decay, first, state, t)
+}
+
+/// The WKV on `path`.
+#[track_caller]
+pub(crate) fn wkv4_path(
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    decay: ArrayView1<f32>,
+    first: ArrayView1<f32>,
+    state: &mut Rwkv4State,
+    path: Path,
+) -> Array2<f32> {
+    match path {
+        Path::Recurrent => wkv4_scan(k, v, decay, first, state),
+        Path::Parallel => wkv4_parallel(k, v, decay, first, state),
+        Path::Chunkwise(c) => wkv4_chunkwise(k, v, decay, first, state, c),
+    }
+}
+
+impl MultiPath for Rwkv4TimeMix {
+    fn forward_path(&self, xs: ArrayView2<f32>, state: &mut Rwkv4State, path: Path) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        self.apply(xs, delta.view(), |k, v| {
+            wkv4_path(k, v, self.decay.view(), self.first.view(), state, path)
+        })
+    }
 }
 
 impl Rwkv4TimeMix {

@@ -8,21 +8,78 @@
 //! ```
 //!
 //! 5.0 and 5.1 have one decay and one bonus per head; 5.2 has one per channel.
+//!
+//! The WKV part is the [`outer_product`] kernel with a constant per-key decay `w` and the
+//! exclusive read-out plus bonus; [`SequenceMixer::forward`] runs it chunkwise in chunks of
+//! [`DEFAULT_CHUNK`] tokens (one token: the recurrence), and [`MultiPath::forward_path`] runs any
+//! path.
 
+use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
 use super::wkv::WkvInputs;
-use super::SequenceMixer;
+use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{shift, silu, GroupNorm, Linear};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, Array3, ArrayView2};
 
-/// Recurrent state of one RWKV-5/6 time mix.
+/// Chunk length of RWKV-5/6's default sequence path, chosen by measurement
+/// (`cargo bench --bench mixers -- rwkv`; see the README's "Mixers" section).
+pub const DEFAULT_CHUNK: usize = 16;
+
+/// The path `forward` takes for `t` tokens: the recurrence for a single token, chunks otherwise.
+pub fn default_path(t: usize) -> Path {
+    if t <= 1 {
+        Path::Recurrent
+    } else {
+        Path::Chunkwise(DEFAULT_CHUNK)
+    }
+}
+
+/// RWKV-5/6's WKV through the [`outer_product`] kernel on `path`.
+///
+/// # Shapes
+/// `x`: `[T, C]` each, `gate`: `[C]` or `[T, C]` log-decays, `bonus: [H, N]`, `s: [H, N, N]`.
+#[track_caller]
+pub(crate) fn wkv_path(
+    x: WkvInputs,
+    gate: Gate,
+    bonus: &Array2<f32>,
+    s: &mut Array3<f32>,
+    path: Path,
+) -> Array2<f32> {
+    let u = bonus
+        .view()
+        .into_shape_with_order(x.r.ncols())
+        .expect("[H, N] is contiguous");
+    let x = Inputs {
+        q: x.r.view(),
+        k: x.k.view(),
+        v: x.v.view(),
+        gate: gate.reborrow(),
+        read_out: ReadOut::Bonus(u.view()),
+        eps: 0.0,
+    };
+    let mut state = OuterState {
+        s: std::mem::take(s),
+        z: None,
+    };
+    let y = match path {
+        Path::Recurrent => outer_product::recurrent(&x, &mut state),
+        Path::Parallel => outer_product::parallel(&x, &mut state),
+        Path::Chunkwise(c) => outer_product::chunkwise(&x, &mut state, c),
+    };
+    *s = state.s;
+    y
+}
+
+/// Recurrent state of one RWKV-5/6/7 time mix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WkvState {
     /// The previous token's layer-normed input, `[C]`.
     pub x_prev: Array1<f32>,
-    /// One matrix per head, indexed `[head, key, value]`: `[H, N, N]`.
+    /// One matrix per head, `[H, N, N]`, in the official orientation of each version:
+    /// `[head, key, value]` for RWKV-5/6, `[head, value, key]` for RWKV-7.
     pub s: Array3<f32>,
 }
 
@@ -180,10 +237,7 @@ impl SequenceMixer for Rwkv5TimeMix {
     }
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
-        let delta = shift::advance(xs, &mut state.x_prev);
-        self.apply(xs, delta.view(), |inp| {
-            inp.scan(self.bonus.view(), &mut state.s)
-        })
+        self.forward_path(xs, state, default_path(xs.nrows()))
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
@@ -191,6 +245,20 @@ impl SequenceMixer for Rwkv5TimeMix {
         let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
         self.apply(xs, delta.view(), |inp| {
             inp.scan_each(self.bonus.view(), &mut s)
+        })
+    }
+}
+
+impl MultiPath for Rwkv5TimeMix {
+    fn forward_path(&self, xs: ArrayView2<f32>, state: &mut WkvState, path: Path) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        let w = self
+            .decay
+            .view()
+            .into_shape_with_order(xs.ncols())
+            .expect("[H, N] is contiguous");
+        self.apply(xs, delta.view(), |x| {
+            wkv_path(x, Gate::KeyDecay(w), &self.bonus, &mut state.s, path)
         })
     }
 }

@@ -7,10 +7,16 @@
 //! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S),   S ← diag(w_t) S + k_t v_tᵀ
 //! out = W_o (GroupNorm_H(y) ⊙ silu(W_g x_g))
 //! ```
+//!
+//! The WKV part is the [`outer_product`](super::outer_product) kernel with the per-token decay
+//! `w_t` (`Gate::KeyTokenDecay`, the same f32 decays the official code multiplies by) and the
+//! exclusive read-out plus bonus; `forward` runs it chunkwise
+//! ([`DEFAULT_CHUNK`](super::rwkv5::DEFAULT_CHUNK)).
 
-use super::rwkv5::{WkvOutput, WkvState};
+use super::outer_product::Gate;
+use super::rwkv5::{default_path, wkv_path, WkvOutput, WkvState};
 use super::wkv::WkvInputs;
-use super::SequenceMixer;
+use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
@@ -78,11 +84,17 @@ impl Rwkv6TimeMix {
 
     /// The per-token decay `w = exp(−exp(time_decay + tanh(x_w D1) D2))`, `[T, C]`.
     pub fn decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
+        self.log_decay(xw).mapv(f32::exp)
+    }
+
+    /// The per-token log-decay `ln w = −exp(time_decay + tanh(x_w D1) D2)`, `[T, C]` (formed
+    /// without going through `w`, so strong decays keep their value instead of underflowing).
+    pub fn log_decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
         let mut d = xw.dot(&self.decay_w1);
         d.mapv_inplace(f32::tanh);
         let mut d = d.dot(&self.decay_w2);
         d += &self.time_decay;
-        d.mapv_inplace(|d| (-d.exp()).exp());
+        d.mapv_inplace(|d| -d.exp());
         d
     }
 }
@@ -119,10 +131,7 @@ impl SequenceMixer for Rwkv6TimeMix {
     }
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
-        let delta = shift::advance(xs, &mut state.x_prev);
-        self.apply(xs, delta.view(), |inp| {
-            inp.scan(self.bonus.view(), &mut state.s)
-        })
+        self.forward_path(xs, state, default_path(xs.nrows()))
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
@@ -130,6 +139,16 @@ impl SequenceMixer for Rwkv6TimeMix {
         let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
         self.apply(xs, delta.view(), |inp| {
             inp.scan_each(self.bonus.view(), &mut s)
+        })
+    }
+}
+
+impl MultiPath for Rwkv6TimeMix {
+    fn forward_path(&self, xs: ArrayView2<f32>, state: &mut WkvState, path: Path) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        self.apply(xs, delta.view(), |x| {
+            let w = x.w;
+            wkv_path(x, Gate::KeyTokenDecay(w), &self.bonus, &mut state.s, path)
         })
     }
 }

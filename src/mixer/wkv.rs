@@ -1,4 +1,5 @@
-//! The decayed outer-product kernel shared by RWKV-5 and RWKV-6.
+//! RWKV-5/6's WKV: the recurrent path of the [`outer_product`](super::outer_product) kernel with
+//! a per-key, per-token decay and the exclusive read-out plus bonus.
 //!
 //! Per head `h`, with `S ∈ R^{N×N}` indexed `[key, value]`:
 //!
@@ -6,8 +7,29 @@
 //! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S_{t−1})        (exclusive read-out plus bonus u)
 //! S_t = diag(w_t) S_{t−1} + k_t v_tᵀ              (decay along the key index)
 //! ```
+//!
+//! The sequence paths (parallel and chunkwise) are [`outer_product::parallel`] and
+//! [`outer_product::chunkwise`] with the same `Gate::KeyTokenDecay(w)` (or `Gate::KeyDecay(w)`
+//! for RWKV-5's constant decay).
 
-use ndarray::{Array2, Array3, ArrayView2, Zip};
+use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
+use ndarray::{Array2, Array3, ArrayView2};
+
+/// The per-token inputs of RWKV-5/6's WKV.
+///
+/// # Shapes
+/// All `[T, C]`, `C = H·N` (a constant decay can be a broadcast view).
+#[derive(Clone, Copy, Debug)]
+pub struct WkvInputs<'a> {
+    /// Receptance (the query).
+    pub r: ArrayView2<'a, f32>,
+    /// Key.
+    pub k: ArrayView2<'a, f32>,
+    /// Value.
+    pub v: ArrayView2<'a, f32>,
+    /// Decay `w ∈ [0, 1]` (not its log).
+    pub w: ArrayView2<'a, f32>,
+}
 
 /// Runs the recurrence over `T` tokens, updating `s` in place.
 ///
@@ -29,59 +51,31 @@ pub fn scan(
     let (h, n, n2) = s.dim();
     assert_eq!(n, n2, "wkv::scan: state must be [H, N, N]");
     assert_eq!(u.dim(), (h, n), "wkv::scan: bonus must be [H, N]");
-    let dim = r.dim();
-    assert_eq!(dim.1, h * n, "wkv::scan: width must be H·N");
-    for (name, a) in [("k", &k), ("v", &v), ("w", &w)] {
-        assert_eq!(a.dim(), dim, "wkv::scan: `{name}` shape");
-    }
-    let mut y = Array2::<f32>::zeros(dim);
-    for t in 0..dim.0 {
-        for head in 0..h {
-            let c = head * n..(head + 1) * n;
-            let mut sh = s.index_axis_mut(ndarray::Axis(0), head);
-            let mut yh = y.slice_mut(ndarray::s![t, c.clone()]);
-            let vh = v.slice(ndarray::s![t, c.clone()]);
-            for i in 0..n {
-                let (ri, ki, wi, ui) = (
-                    r[[t, c.start + i]],
-                    k[[t, c.start + i]],
-                    w[[t, c.start + i]],
-                    u[[head, i]],
-                );
-                let rk_u = ri * ui * ki;
-                Zip::from(&mut yh)
-                    .and(sh.row_mut(i))
-                    .and(&vh)
-                    .for_each(|y, s, &v| {
-                        *y += rk_u * v + ri * *s;
-                        *s = *s * wi + ki * v;
-                    });
-            }
-        }
-    }
+    assert_eq!(w.dim(), r.dim(), "wkv::scan: `w` shape");
+    let u = u
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(h * n);
+    let u = u.expect("[H, N] in standard layout flattens");
+    let x = Inputs {
+        q: r,
+        k,
+        v,
+        gate: Gate::KeyTokenDecay(w),
+        read_out: ReadOut::Bonus(u.view()),
+        eps: 0.0,
+    };
+    let mut state = OuterState {
+        s: std::mem::take(s),
+        z: None,
+    };
+    let y = outer_product::recurrent(&x, &mut state);
+    *s = state.s;
     y
 }
 
-/// Per-token inputs of the recurrence, all `[T, C]` (a constant decay as a broadcast view).
-#[derive(Clone, Copy)]
-pub struct WkvInputs<'a> {
-    /// Receptance `r`.
-    pub r: ArrayView2<'a, f32>,
-    /// Key `k`.
-    pub k: ArrayView2<'a, f32>,
-    /// Value `v`.
-    pub v: ArrayView2<'a, f32>,
-    /// Decay `w` per key channel.
-    pub w: ArrayView2<'a, f32>,
-}
-
 impl WkvInputs<'_> {
-    /// [`scan`] over all rows, as one sequence with state `s`.
-    pub fn scan(&self, u: ArrayView2<f32>, s: &mut Array3<f32>) -> Array2<f32> {
-        scan(self.r, self.k, self.v, self.w, u, s)
-    }
-
-    /// Row `b` is one token of the sequence whose state is `states[b]`.
+    /// Row `b` is one token of the sequence whose state is `states[b]` (batched decode).
     ///
     /// # Panics
     /// If there is not one state per row.

@@ -10,4 +10,4 @@ pub mod shift;
 
 pub use activation::{relu_squared, sigmoid, silu};
 pub use linear::Linear;
-pub use norm::{GroupNorm, LayerNorm};
+pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};

@@ -116,3 +116,70 @@ impl GroupNorm {
         }
     }
 }
+
+/// What a [`HeadNorm`] subtracts and divides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x − mean) / sqrt(var + eps)` (GroupNorm, one group per head).
+    Layer,
+    /// `x / sqrt(mean(x²) + eps)` (RMSNorm per head).
+    Rms,
+}
+
+/// A per-head normalisation of the mixers' read-outs (RetNet's GroupNorm, GLA's RMSNorm), then
+/// a per-channel scale `weight`.
+#[derive(Clone, Debug)]
+pub struct HeadNorm {
+    /// Per-channel scale, `[H·V]` (ones for an affine-free norm).
+    pub weight: Array1<f32>,
+    /// Number of heads `H`.
+    pub heads: usize,
+    /// Added to the variance (or mean square).
+    pub eps: f32,
+    /// Layer or RMS.
+    pub kind: NormKind,
+}
+
+impl HeadNorm {
+    /// An affine-free norm of `heads` heads over `width` channels.
+    pub fn plain(width: usize, heads: usize, eps: f32, kind: NormKind) -> Self {
+        HeadNorm {
+            weight: Array1::ones(width),
+            heads,
+            eps,
+            kind,
+        }
+    }
+
+    /// Normalises each head of each row in place.
+    ///
+    /// # Shapes
+    /// `xs: [T, H·V]`.
+    ///
+    /// # Panics
+    /// If the width differs from the weight's.
+    #[track_caller]
+    pub fn forward_inplace(&self, xs: &mut Array2<f32>) {
+        let c = self.weight.len();
+        assert_eq!(xs.ncols(), c, "HeadNorm: width");
+        let n = c / self.heads;
+        for mut row in xs.rows_mut() {
+            for (mut x, w) in row
+                .exact_chunks_mut(n)
+                .into_iter()
+                .zip(self.weight.exact_chunks(n))
+            {
+                let len = n as f32;
+                let mean = match self.kind {
+                    NormKind::Layer => x.sum() / len,
+                    NormKind::Rms => 0.0,
+                };
+                let var = x.fold(0.0, |a, &v| a + (v - mean) * (v - mean)) / len;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                Zip::from(&mut x)
+                    .and(&w)
+                    .for_each(|v, &w| *v = (*v - mean) * inv * w);
+            }
+        }
+    }
+}

@@ -146,3 +146,59 @@ impl Ddlerp {
         })
     }
 }
+
+/// Short causal depthwise convolution (H3, Hyena, Mamba, fla's `ShortConvolution`):
+///
+/// ```text
+/// y_t[c] = b[c] + Σ_{j=0}^{K−1} W[c, K−1−j] x_{t−j}[c]
+/// ```
+///
+/// (PyTorch `Conv1d(groups = C, padding = K−1)` truncated to the first `T` outputs: the last
+/// tap `W[:, K−1]` multiplies the current token). The rows before the first are taken from
+/// `prev` (the previous call's last `K − 1` rows, oldest first; zeros at a sequence's start),
+/// which then receives this call's last `K − 1` rows. Token shift is the case `K = 2` with tied
+/// taps: `x_t + δ_t ⊙ μ = W[:,1] x_t + W[:,0] x_{t−1}` with `W = [μ, 1 − μ]`, no bias.
+///
+/// # Shapes
+/// `xs: [T, C]`, `weight: [C, K]`, `bias: [C]`, `prev: [K − 1, C]` → `[T, C]`.
+///
+/// # Panics
+/// On mismatched shapes, or `K = 0`.
+#[track_caller]
+pub fn causal_conv(
+    xs: ArrayView2<f32>,
+    weight: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    prev: &mut Array2<f32>,
+) -> Array2<f32> {
+    let (c, k) = weight.dim();
+    assert!(
+        k > 0,
+        "shift::causal_conv: the kernel needs at least one tap"
+    );
+    assert_eq!(xs.ncols(), c, "shift::causal_conv: width");
+    assert_eq!(
+        prev.dim(),
+        (k - 1, c),
+        "shift::causal_conv: state must be [K − 1, C]"
+    );
+    if let Some(b) = &bias {
+        assert_eq!(b.len(), c, "shift::causal_conv: bias width");
+    }
+    let t = xs.nrows();
+    // The padded input: the carried rows, then this call's rows.
+    let padded = ndarray::concatenate(Axis(0), &[prev.view(), xs]).expect("same width");
+    let mut y = match bias {
+        Some(b) => b.broadcast((t, c)).expect("bias is [C]").to_owned(),
+        None => Array2::zeros((t, c)),
+    };
+    for tap in 0..k {
+        // Tap `tap` multiplies x_{t−(K−1−tap)}: row t + tap of the padded input.
+        Zip::from(&mut y)
+            .and(padded.slice(s![tap..tap + t, ..]))
+            .and_broadcast(weight.column(tap))
+            .for_each(|y, &x, &w| *y += w * x);
+    }
+    prev.assign(&padded.slice(s![t.., ..]));
+    y
+}

@@ -12,7 +12,8 @@
 #
 # Every fixture directory tests/fixtures/<name>/ gets
 #   model.safetensors     random-weight model (f32, BlinkDL names and shapes)
-#   expected.safetensors  official logits/states for 24 random tokens
+#   expected.safetensors  official logits/states for 24 random tokens (40 for RWKV-7,
+#                         so the crate's chunked path runs, with a ragged last chunk)
 set -euo pipefail
 
 PYTHON="${PYTHON:-/work/venv/bin/python}"
@@ -54,6 +55,29 @@ while read -r name ver detected L C N V DM DD mseed tseed; do
         --n-tokens "$T" --seed "$tseed" --expect-version "$detected" \
         --max-self-diff 1e-5 --out "$dir/expected.safetensors"
 done <<< "$FIXTURE_TABLE"
+
+# RWKV-7, run by the package's RWKV_x070 class. v7-a: one head of the released size 64;
+# v7-b: four heads of 16, LoRA ranks of the released minimum 32, block 0 without v0/v1/v2.
+# name  n_layer n_embd head_size vocab  lora_w lora_a lora_v lora_g  block0_v  model_seed token_seed
+V7_TABLE="
+v7-a    2 64 64 128  16 16  8 32  keep  7001 7101
+v7-b    3 64 16 101  32 32 32 32  omit  7002 7102
+"
+while read -r name L C N V DW DA DV DG block0 mseed tseed; do
+    [ -z "$name" ] && continue
+    echo "=== $name"
+    dir="$FIXTURES/$name"
+    mkdir -p "$dir" "$WORK/$name"
+    omit=()
+    [ "$block0" = omit ] && omit=(--omit-block0-v)
+    "$PYTHON" "$ORACLE/make_model.py" --version 7 --n-layer "$L" --n-embd "$C" \
+        --head-size "$N" --vocab "$V" --lora-decay "$DW" --lora-a "$DA" --lora-v "$DV" \
+        --lora-g "$DG" "${omit[@]}" --seed "$mseed" --out "$WORK/$name/model"
+    cp "$WORK/$name/model.safetensors" "$dir/model.safetensors"
+    "$PYTHON" "$ORACLE/run_official.py" --model "$WORK/$name/model" \
+        --n-tokens 40 --seed "$tseed" --expect-version 7 \
+        --max-self-diff 1e-5 --out "$dir/expected.safetensors"
+done <<< "$V7_TABLE"
 
 # every fixture directory must stay under 1 MB
 echo "=== sizes"

@@ -10,8 +10,9 @@ Outputs, for --out PATH:
                     written by st_write.py (sorted header, byte-reproducible)
 
 Supported versions: 4, 5.0, 5.1, 5.2, 6 (the v4..v6 class of the official
-`rwkv` package). All random draws come from one numpy Generator seeded with
---seed, so the output is a pure function of the command line.
+`rwkv` package) and 7 (its RWKV_x070 class). All random draws come from one
+numpy Generator seeded with --seed, so the output is a pure function of the
+command line.
 
 Value ranges imitate trained checkpoints so that activations stay O(1) and the
 decays cover both slow and fast channels:
@@ -25,6 +26,11 @@ decays cover both slow and fast channels:
   * nn.Linear weights [out, in] ~ N(0,1)/sqrt(in); head ~ N(0,1)/sqrt(C)
   * v6 LoRA matrices ~ lora_scale * N(0,1)/sqrt(in) (default lora_scale 0.5,
     large enough that the data-dependent terms visibly change the logits)
+  * v7: x_* uniform [0, 1]; w0 uniform [-7, 2] (decay exp(-0.606531 sigmoid(.))
+    from 0.9995 down to 0.59); a0, v0 uniform [-1, 1] (learning rate and
+    value-residual mix around 0.5); k_k uniform [0.7, 1]; k_a uniform
+    [0.8, 1.2]; r_k ~ 0.1 N(0,1); the w/a/v LoRAs ~ lora_scale * N(0,1)/sqrt(in);
+    g1 ~ N(0,1)/sqrt(C), g2 ~ N(0,1)/sqrt(Dg) (the gate varies with the input)
   * embedding ~ 0.1 N(0,1) (ln0 normalises it at load time)
 """
 
@@ -38,7 +44,7 @@ import torch
 
 from st_write import write_safetensors  # deterministic writer next to this script
 
-VERSIONS = ["4", "5.0", "5.1", "5.2", "6"]
+VERSIONS = ["4", "5.0", "5.1", "5.2", "6", "7"]
 
 
 def parse_args():
@@ -50,11 +56,17 @@ def parse_args():
                    help="head size N (ignored for v4); n_head = n_embd / N")
     p.add_argument("--vocab", type=int, required=True)
     p.add_argument("--ffn", type=int, default=None,
-                   help="FFN size; default 4C for v4/5.0/5.1, int(3.5C)//32*32 for v5.2/v6")
+                   help="FFN size; default 4C for v4/5.0/5.1/7, int(3.5C)//32*32 for v5.2/v6")
     p.add_argument("--lora-mix", type=int, default=32, help="v6 time_maa LoRA dim (D_mix)")
-    p.add_argument("--lora-decay", type=int, default=64, help="v6 time_decay LoRA dim (D_decay)")
+    p.add_argument("--lora-decay", type=int, default=64,
+                   help="v6 time_decay / v7 w LoRA dim (D_decay)")
+    p.add_argument("--lora-a", type=int, default=64, help="v7 a (learning rate) LoRA dim")
+    p.add_argument("--lora-v", type=int, default=32, help="v7 v (value residual) LoRA dim")
+    p.add_argument("--lora-g", type=int, default=128, help="v7 g (gate) LoRA dim")
+    p.add_argument("--omit-block0-v", action="store_true",
+                   help="v7: leave out blocks.0.att.v0/v1/v2 (never used; some files omit them)")
     p.add_argument("--lora-scale", type=float, default=0.5,
-                   help="v6 LoRA weights are lora_scale * N(0,1)/sqrt(in)")
+                   help="v6/v7 LoRA weights are lora_scale * N(0,1)/sqrt(in)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output path without extension")
     return p.parse_args()
@@ -99,7 +111,7 @@ def build(args):
         H = C // N
     if args.ffn is not None:
         F = args.ffn
-    elif ver in ("4", "5.0", "5.1"):
+    elif ver in ("4", "5.0", "5.1", "7"):
         F = 4 * C
     else:
         F = int(3.5 * C) // 32 * 32
@@ -175,6 +187,33 @@ def build(args):
             w, bias = g.ln(C)
             add(a + "ln_x.weight", w)
             add(a + "ln_x.bias", bias)
+        elif ver == "7":
+            # RWKV_Tmix_x070: x_r/w/k/v/a/g [1,1,C]; w1 [C,Dw], w2 [Dw,C], w0 [1,1,C];
+            # a1, a2, a0; v1, v2, v0; g1 [C,Dg], g2 [Dg,C]; k_k, k_a [1,1,C]; r_k [H,N];
+            # receptance, key, value, output; ln_x. LoRA matrices are stored [in, out].
+            for s in "rwkvag":
+                mix(a + "x_" + s)
+            ls = args.lora_scale
+            loras = [("w", args.lora_decay, -7.0, 2.0), ("a", args.lora_a, -1.0, 1.0),
+                     ("v", args.lora_v, -1.0, 1.0)]
+            for name, D, lo, hi in loras:
+                if name == "v" and i == 0 and args.omit_block0_v:
+                    continue
+                add(a + name + "1", g.normal((C, D), std=ls / np.sqrt(C)))
+                add(a + name + "2", g.normal((D, C), std=ls / np.sqrt(D)))
+                add(a + name + "0", g.uniform((1, 1, C), lo, hi))
+            add(a + "g1", g.normal((C, args.lora_g), std=1.0 / np.sqrt(C)))
+            add(a + "g2", g.normal((args.lora_g, C), std=1.0 / np.sqrt(args.lora_g)))
+            add(a + "k_k", g.uniform((1, 1, C), 0.7, 1.0))
+            add(a + "k_a", g.uniform((1, 1, C), 0.8, 1.2))
+            add(a + "r_k", g.normal((H, N), std=0.1))
+            add(a + "receptance.weight", g.linear(C, C))
+            add(a + "key.weight", g.linear(C, C))
+            add(a + "value.weight", g.linear(C, C))
+            add(a + "output.weight", g.linear(C, C))
+            w, bias = g.ln(C)
+            add(a + "ln_x.weight", w)
+            add(a + "ln_x.bias", bias)
         else:  # v6
             # RWKV_Tmix_x060: time_maa_x/w/k/v/r/g, time_maa_w1 [C,5Dm],
             # time_maa_w2 [5,Dm,C], time_decay [1,1,C], time_decay_w1 [C,Dd],
@@ -199,6 +238,12 @@ def build(args):
             add(a + "ln_x.bias", bias)
 
         f = b + "ffn."
+        if ver == "7":
+            # RWKV_CMix_x070: x_k [1,1,C], key [F,C], value [C,F]; no receptance
+            mix(f + "x_k")
+            add(f + "key.weight", g.linear(F, C))
+            add(f + "value.weight", g.linear(C, F))
+            continue
         # ChannelMix: time_mix_k/r (v6: time_maa_k/r), key [F,C], receptance [C,C], value [C,F]
         prefix = "time_maa_" if ver == "6" else "time_mix_"
         mix(f + prefix + "k")
@@ -250,6 +295,13 @@ def main():
         meta["lora_mix"] = str(args.lora_mix)
         meta["lora_decay"] = str(args.lora_decay)
         meta["lora_scale"] = repr(args.lora_scale)
+    if args.version == "7":
+        meta["lora_decay"] = str(args.lora_decay)
+        meta["lora_a"] = str(args.lora_a)
+        meta["lora_v"] = str(args.lora_v)
+        meta["lora_g"] = str(args.lora_g)
+        meta["lora_scale"] = repr(args.lora_scale)
+        meta["block0_v"] = "absent" if args.omit_block0_v else "present"
     write_safetensors(args.out + ".safetensors", {n: t for n, t in tensors}, metadata=meta)
 
     n_params = sum(t.numel() for _, t in tensors)

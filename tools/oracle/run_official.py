@@ -2,7 +2,10 @@
 """Run the official `rwkv` package (PyPI rwkv 0.8.32, strategy 'cpu fp32') on a
 token list and save logits and final states as ground truth.
 
-The model is given as PATH without extension; PATH.pth is loaded.
+The model is given as PATH without extension; PATH.pth is loaded. A checkpoint
+with RWKV-7 tensors (`blocks.0.att.r_k`) is run by the package's RWKV_x070
+class (RWKV_V7_ON=1, which must be set before the import); any other by its
+v4-v6 class.
 The tokens are run twice from a zero state (state=None):
   (a) sequence mode: one call forward(tokens, None, full_output=True) -> [T,V]
   (b) token by token: T calls forward([tok], state), logits stacked -> [T,V]
@@ -13,7 +16,8 @@ Output safetensors tensors:
   logits_step     f32 [T,V]
   state_seq.{i}   f32, final state entry i of the official list after (a)
   state_step.{i}  f32, final state entry i after (b)
-Metadata (str -> str): version (as detected by the official loader), n_layer,
+Metadata (str -> str): version (as detected by the official loader; "7" for
+the x070 class, which records no version), n_layer,
 n_embd, n_head, head_size (both 0 for v4), n_ffn, vocab, n_state,
 rwkv_package_version, torch_version, command.
 """
@@ -23,19 +27,24 @@ import os
 import shlex
 import sys
 
-# The package reads these at import time: plain Python (no TorchScript), no CUDA
-# kernels, the v4-v6 class (not RWKV-7), and no forced fp16 rescaling.
-os.environ["RWKV_JIT_ON"] = "0"
-os.environ["RWKV_CUDA_ON"] = "0"
-os.environ["RWKV_V7_ON"] = "0"
-os.environ.pop("RWKV_RESCALE_LAYER", None)
+import numpy as np
+import torch
+from importlib.metadata import version as pkg_version
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from importlib.metadata import version as pkg_version  # noqa: E402
-from rwkv.model import RWKV  # noqa: E402
+from st_write import write_safetensors  # deterministic writer next to this script
 
-from st_write import write_safetensors  # noqa: E402  (deterministic writer next to this script)
+
+def import_rwkv(v7):
+    """The package's model class. It reads these at import time: plain Python (no
+    TorchScript; the x070 class scripts its functions regardless), no CUDA
+    kernels, the v4-v6 class or RWKV_x070, and no forced fp16 rescaling."""
+    os.environ["RWKV_JIT_ON"] = "0"
+    os.environ["RWKV_CUDA_ON"] = "0"
+    os.environ["RWKV_V7_ON"] = "1" if v7 else "0"
+    os.environ.pop("RWKV_RESCALE_LAYER", None)
+    os.environ.pop("RWKV_DE_VERSION", None)
+    from rwkv.model import RWKV
+    return RWKV
 
 
 def parse_args():
@@ -70,13 +79,21 @@ def main():
     args = parse_args()
     torch.set_grad_enabled(False)
 
-    model = RWKV(model=args.model, strategy="cpu fp32", verbose=False)
+    keys = torch.load(args.model + ".pth", map_location="cpu", mmap=True).keys()
+    v7 = "blocks.0.att.r_k" in keys
+    RWKV = import_rwkv(v7)
+    if v7:
+        # RWKV_x070(model, strategy): no verbose flag, weights in model.z, no version field
+        model = RWKV(model=args.model, strategy="cpu fp32")
+        weights, ver = model.z, "7"
+    else:
+        model = RWKV(model=args.model, strategy="cpu fp32", verbose=False)
+        weights, ver = model.w, version_string(model.version)
     a = model.args
-    ver = version_string(model.version)
     if args.expect_version is not None and ver != args.expect_version:
         sys.exit(f"official loader detected version {ver}, expected {args.expect_version}")
 
-    V = model.w["emb.weight"].shape[0]
+    V = weights["emb.weight"].shape[0]
     if args.tokens is not None:
         tokens = [int(t) for t in args.tokens.split(",") if t.strip() != ""]
     else:
@@ -108,9 +125,13 @@ def main():
 
     if ver == "4":
         n_head, head_size = 0, 0
+    elif v7:
+        n_head, head_size = model.n_head, model.head_size
     else:
         n_head = a.n_head
         head_size = a.n_att // a.n_head
+    # the x070 class keeps ffn.key.weight transposed, [C, F]
+    n_ffn = weights["blocks.0.ffn.key.weight"].shape[1] if v7 else a.n_ffn
 
     tensors = {
         "tokens": torch.tensor(tokens, dtype=torch.int64),
@@ -128,7 +149,7 @@ def main():
         "n_embd": str(a.n_embd),
         "n_head": str(n_head),
         "head_size": str(head_size),
-        "n_ffn": str(a.n_ffn),
+        "n_ffn": str(n_ffn),
         "vocab": str(V),
         "n_state": str(len(state_seq)),
         "rwkv_package_version": pkg_version("rwkv"),

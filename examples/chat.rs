@@ -1,0 +1,160 @@
+//! An interactive chat on stdin, in the official RWKV chat format, keeping the state between
+//! turns.
+//!
+//! ```text
+//! cargo run --release --example chat -- [--model M.safetensors] [--vocab FILE|world|bytes]
+//!     [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
+//!     [--state-in S.safetensors] [--state-out S.safetensors]
+//! printf 'Hello\nWho are you?\n' | cargo run --release --example chat -- --model M.safetensors
+//! ```
+//!
+//! Each line of stdin is one message; an empty line or the end of input ends the chat. A turn
+//! reads `"User: {message}\n\nAssistant:"` (a "\n\n" inside the message collapsed to "\n") and
+//! generates until the reply contains "\n\n" (not printed) or `--max-tokens` (default 500)
+//! tokens. The end-of-text token 0 is banned. Sampling uses the official chat settings
+//! (temperature 1, top-p 0.3, presence and frequency penalties 0.5, decay 0.996).
+//!
+//! Without `--model` it runs the shipped `assets/models/kjv-rwkv6.safetensors`, which is not a
+//! chat model (it continues in the style of the King James Bible). `--vocab` defaults to
+//! `bytes` for byte-level models (at most 257 outputs) and to the shipped World vocabulary
+//! otherwise. `--state-in` starts from a saved state; `--state-out` saves the state at the end.
+//! Works the same when stdin is a pipe (each message is then echoed after "User: ").
+
+mod args;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+use tokenshift::{
+    ByteTokenizer, Model, Sampler, SamplerConfig, Session, StopReason, Tokenizer, WorldTokenizer,
+};
+
+const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/models/kjv-rwkv6.safetensors"
+);
+
+/// The message as the official chat demo feeds it: trimmed, with no blank lines ("\n\n" ends a
+/// turn in this format).
+fn clean_message(line: &str) -> String {
+    let mut msg = line.trim().replace("\r\n", "\n");
+    while msg.contains("\n\n") {
+        msg = msg.replace("\n\n", "\n");
+    }
+    msg
+}
+
+fn write_out(out: &mut impl Write, text: &str) -> Result<(), String> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn main() {
+    args::run(|| {
+        let args = args::Args::parse(
+            &[
+                "model",
+                "vocab",
+                "max-tokens",
+                "temperature",
+                "top-p",
+                "top-k",
+                "seed",
+                "state-in",
+                "state-out",
+            ],
+            &[],
+        )?;
+        let model =
+            Model::load(args.get("model").unwrap_or(DEFAULT_MODEL)).map_err(|e| e.to_string())?;
+        eprintln!("{}", model.config());
+
+        let owned;
+        let tokenizer: &dyn Tokenizer = match args.get("vocab") {
+            Some("bytes") => &ByteTokenizer,
+            Some("world") => WorldTokenizer::world(),
+            Some(path) => {
+                owned = WorldTokenizer::from_file(path).map_err(|e| e.to_string())?;
+                &owned
+            }
+            None if model.config().vocab <= ByteTokenizer.vocab_size() => &ByteTokenizer,
+            None => WorldTokenizer::world(),
+        };
+
+        let config = SamplerConfig {
+            temperature: args.parsed("temperature", 1.0)?,
+            top_p: args.parsed("top-p", 0.3)?,
+            top_k: args.parsed("top-k", 0)?,
+            alpha_presence: 0.5,
+            alpha_frequency: 0.5,
+            alpha_decay: 0.996,
+            token_ban: vec![0],
+            stop_strings: vec!["\n\n".into()],
+            ..SamplerConfig::default()
+        };
+        let sampler = Sampler::new(config, args.parsed("seed", 0)?).map_err(|e| e.to_string())?;
+        let mut session = Session::new(&model, tokenizer, sampler);
+        if let Some(path) = args.get("state-in") {
+            let state = model.load_state(path).map_err(|e| e.to_string())?;
+            session = session
+                .with_initial_state(state)
+                .map_err(|e| e.to_string())?;
+        }
+        let max_tokens: usize = args.parsed("max-tokens", 500)?;
+
+        let stdin = std::io::stdin();
+        let interactive = stdin.is_terminal();
+        let mut lines = stdin.lock().lines();
+        let mut out = std::io::stdout().lock();
+        // A reply cut by --max-tokens did not end with "\n\n": the next turn starts with it.
+        let mut separator = "";
+        let (mut generated, mut gen_time) = (0, Duration::ZERO);
+        loop {
+            if interactive {
+                write_out(&mut out, "User: ")?;
+            }
+            let line = match lines.next() {
+                None => break,
+                Some(line) => line.map_err(|e| format!("cannot read stdin: {e}"))?,
+            };
+            let msg = clean_message(&line);
+            if msg.is_empty() {
+                break;
+            }
+            if !interactive {
+                write_out(&mut out, &format!("User: {msg}\n"))?;
+            }
+            session
+                .prefill_text(&format!("{separator}User: {msg}\n\nAssistant:"))
+                .map_err(|e| e.to_string())?;
+            write_out(&mut out, "\nAssistant:")?;
+            let start = Instant::now();
+            let mut reply = session.text(max_tokens);
+            for piece in reply.by_ref() {
+                write_out(&mut out, &piece.map_err(|e| e.to_string())?)?;
+            }
+            generated += reply.generated();
+            separator = match reply.stop_reason() {
+                Some(StopReason::StopString(_)) => "",
+                _ => "\n\n",
+            };
+            drop(reply);
+            gen_time += start.elapsed();
+            write_out(&mut out, "\n\n")?;
+        }
+        if generated > 0 {
+            eprintln!(
+                "generated {generated} tokens in {:.2} s ({:.1} tokens/s)",
+                gen_time.as_secs_f64(),
+                generated as f64 / gen_time.as_secs_f64()
+            );
+        }
+        if let Some(path) = args.get("state-out") {
+            // Saved at a turn boundary, so a later run can start with "User: ...".
+            session.prefill_text(separator).map_err(|e| e.to_string())?;
+            session.state().save(path).map_err(|e| e.to_string())?;
+            eprintln!("state saved to {path}");
+        }
+        Ok(())
+    });
+}

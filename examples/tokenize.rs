@@ -1,0 +1,73 @@
+//! Encodes bytes to token ids, or decodes token ids to bytes.
+//!
+//! ```text
+//! cargo run --release --example tokenize -- [--vocab FILE|world|bytes] --text-file F
+//! cargo run --release --example tokenize -- [--vocab FILE|world|bytes] --text "Hello"
+//! cargo run --release --example tokenize -- [--vocab FILE|world|bytes] --decode 1,2,3 [--out F]
+//! ```
+//!
+//! Encoding prints the ids of the file's bytes (or of the text's UTF-8), comma-separated on one
+//! line. Decoding writes the tokens' bytes to `--out`, or to stdout. `--vocab` is a World
+//! vocabulary file (`rwkv_vocab_v20230424.txt` format), `world` for the shipped World
+//! vocabulary (the default) or `bytes` for the byte-level one (id = byte + 1).
+
+mod args;
+
+use std::io::Write;
+use tokenshift::{ByteTokenizer, Tokenizer, WorldTokenizer};
+
+fn main() {
+    args::run(|| {
+        let args = args::Args::parse(&["vocab", "text-file", "text", "decode", "out"], &[])?;
+        let owned;
+        let tokenizer: &dyn Tokenizer = match args.get("vocab").unwrap_or("world") {
+            "bytes" => &ByteTokenizer,
+            "world" => WorldTokenizer::world(),
+            path => {
+                owned = WorldTokenizer::from_file(path).map_err(|e| e.to_string())?;
+                &owned
+            }
+        };
+        let given = ["text-file", "text", "decode"]
+            .iter()
+            .filter(|f| args.get(f).is_some())
+            .count();
+        if given != 1 {
+            return Err("give exactly one of --text-file, --text, --decode".into());
+        }
+
+        if let Some(list) = args.get("decode") {
+            let ids = list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.parse::<u32>()
+                        .map_err(|_| format!("--decode: `{t}` is not a token id"))
+                })
+                .collect::<Result<Vec<u32>, String>>()?;
+            let bytes = tokenizer.decode(&ids).map_err(|e| e.to_string())?;
+            return match args.get("out") {
+                Some(path) => {
+                    std::fs::write(path, &bytes).map_err(|e| format!("cannot write `{path}`: {e}"))
+                }
+                None => std::io::stdout()
+                    .lock()
+                    .write_all(&bytes)
+                    .map_err(|e| format!("cannot write to stdout: {e}")),
+            };
+        }
+
+        if args.get("out").is_some() {
+            return Err("--out goes with --decode".into());
+        }
+        let bytes = match args.get("text-file") {
+            Some(path) => std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?,
+            None => args.get("text").unwrap_or_default().as_bytes().to_vec(),
+        };
+        let ids = tokenizer.encode_bytes(&bytes);
+        let line = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        writeln!(std::io::stdout().lock(), "{line}")
+            .map_err(|e| format!("cannot write to stdout: {e}"))
+    });
+}

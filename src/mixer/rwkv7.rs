@@ -1,0 +1,358 @@
+//! RWKV-7 time mix ("Goose", x070): the generalised delta rule with a value residual.
+//!
+//! ```text
+//! x_s = x + δ ⊙ μ_s                         for s ∈ {r, w, k, v, a, g}   (static token shift)
+//! r, k, v = W_r x_r, W_k x_k, W_v x_v
+//! w = exp(−0.606531 · σ(w0 + tanh(x_w W1) W2))        decay, in (0.545, 1)
+//! a = σ(a0 + (x_a A1) A2)                              in-context learning rate
+//! g = σ(x_g G1) G2                                     output gate
+//! v ← v + (v_first − v) ⊙ σ(v0 + (x_v V1) V2)          value residual (blocks after the first)
+//! κ̂ = normalise_per_head(k ⊙ k_k);  k ← k ⊙ (1 + (a − 1) ⊙ k_a)
+//! S ← S diag(w) + (S (−κ̂)) (κ̂ ⊙ a)ᵀ + v kᵀ;  y = S r    (see [`super::wkv7`])
+//! out = W_o ((GroupNorm_H(y) + (Σ_{j∈h} r_j k_j r_k[h, j]) v_h) ⊙ g)
+//! ```
+//!
+//! `v_first` is block 0's `v` for the same tokens: the model hands it from block to block (see
+//! [`Rwkv7TimeMix::forward_with_v_first`]). All of this is the official package's
+//! `RWKV_x070_TMix_seq` / `_one`, operation for operation.
+
+use super::rwkv5::WkvState;
+use super::{wkv7, MultiPath, Path, SequenceMixer};
+use crate::config::Config;
+use crate::error::Result;
+use crate::ops::{shift, sigmoid, GroupNorm, Linear};
+use crate::weights::Scope;
+use ndarray::{Array1, Array2, ArrayView2, Zip};
+
+/// The decay scale `0.606531 ≈ e^{−1/2}`, as the official code writes it: `w = exp(−0.606531 σ(·))`.
+pub const DECAY_SCALE: f32 = 0.606_531;
+
+/// Whether [`Rwkv7TimeMix`]'s sequence path runs [`wkv7::chunked`] (chunks of [`CHUNK`], from
+/// [`CHUNKED_FROM`] tokens on) rather than [`wkv7::scan`]: whichever is faster for the target
+/// the crate is compiled for. Measured by `wkv7_speed` in tests/rwkv7.rs (H = 12, N = 64, on a
+/// 2-core AVX-512 x86-64 shared with other work): with the default target (SSE2 loops; the
+/// matrix products pick AVX2/FMA at run time) the chunked form is 1.13–1.2× faster for
+/// T = 8..64 and 1.03–1.09× at T = 512, slower below 8 tokens; compiled with AVX2 (e.g.
+/// `-C target-cpu=native`) the scan's loops vectorise as widely and the scan is 1.14–1.27×
+/// faster at every T. Other targets (e.g. aarch64) are unmeasured and take the chunked form.
+pub const USE_CHUNKED: bool = !cfg!(target_feature = "avx2");
+
+/// Fewest tokens for which [`Rwkv7TimeMix`] uses [`wkv7::chunked`] (see [`USE_CHUNKED`]).
+pub const CHUNKED_FROM: usize = 8;
+
+/// Chunk length of [`Rwkv7TimeMix`]'s sequence path (16 was fastest of 8, 16, 24, 32).
+pub const CHUNK: usize = 16;
+
+/// A low-rank projection `x ↦ f(x A) B`, stored as the checkpoint does (`[in, out]`, used as
+/// `x A`).
+#[derive(Clone, Debug)]
+pub struct Lora {
+    /// `*1`, `[C, D]`.
+    pub a: Array2<f32>,
+    /// `*2`, `[D, C]`.
+    pub b: Array2<f32>,
+}
+
+impl Lora {
+    fn load(att: &Scope, name: char, c: usize, d: usize) -> Result<Self> {
+        Ok(Lora {
+            a: att.matrix(&format!("{name}1"), c, d)?,
+            b: att.matrix(&format!("{name}2"), d, c)?,
+        })
+    }
+
+    /// `inner(x A) B`.
+    fn forward(&self, x: ArrayView2<f32>, inner: impl Fn(&mut Array2<f32>)) -> Array2<f32> {
+        let mut z = x.dot(&self.a);
+        inner(&mut z);
+        z.dot(&self.b)
+    }
+}
+
+/// The value residual of a block after the first: how far `v` moves toward block 0's values.
+#[derive(Clone, Debug)]
+pub struct ValueResidual {
+    /// `att.v0`, `[C]`.
+    pub v0: Array1<f32>,
+    /// `att.v1`, `att.v2`.
+    pub lora: Lora,
+}
+
+/// The RWKV-7 time mix of one block.
+#[derive(Clone, Debug)]
+pub struct Rwkv7TimeMix {
+    /// Token-shift coefficients `att.x_r, x_w, x_k, x_v, x_a, x_g` as stored (`x + δ ⊙ μ`),
+    /// each `[C]`, in that order.
+    pub shift: [Array1<f32>; 6],
+    /// `att.w0`, `[C]`: the decay's bias.
+    pub w0: Array1<f32>,
+    /// `att.w1`, `att.w2` (inner `tanh`).
+    pub decay: Lora,
+    /// `att.a0`, `[C]`: the in-context learning rate's bias.
+    pub a0: Array1<f32>,
+    /// `att.a1`, `att.a2` (no inner activation).
+    pub iclr: Lora,
+    /// `att.v0, v1, v2`; `None` in block 0, whose values are `v_first` (its `v*` tensors are
+    /// never read, as in the official loader).
+    pub value_residual: Option<ValueResidual>,
+    /// `att.g1`, `att.g2` (inner `σ`, none outside).
+    pub gate: Lora,
+    /// `att.k_k`, `[C]`: scales `k` before the per-head normalisation that gives `κ̂`.
+    pub k_k: Array1<f32>,
+    /// `att.k_a`, `[C]`: how much the learning rate scales the written key.
+    pub k_a: Array1<f32>,
+    /// `att.r_k`, `[H, N]`: weights of the per-head bonus `(Σ r k r_k) v`.
+    pub r_k: Array2<f32>,
+    /// `att.receptance.weight`, `[C, C]`.
+    pub receptance: Linear,
+    /// `att.key.weight`, `[C, C]`.
+    pub key: Linear,
+    /// `att.value.weight`, `[C, C]`.
+    pub value: Linear,
+    /// `att.output.weight`, `[C, C]`.
+    pub output: Linear,
+    /// `att.ln_x`, per head, eps 64e-5.
+    pub ln_x: GroupNorm,
+}
+
+/// Divides each head's `n` channels of every row by their L2 norm (at least 1e-12), as
+/// `F.normalize(·, dim=-1)` does.
+fn normalise_heads(x: &mut Array2<f32>, n: usize) {
+    for mut row in x.rows_mut() {
+        for mut head in row.exact_chunks_mut(n) {
+            let norm = head.dot(&head).sqrt().max(1e-12);
+            head /= norm;
+        }
+    }
+}
+
+impl Rwkv7TimeMix {
+    /// Loads the tensors under `att` (e.g. scope `blocks.3.att`) of block `layer`. Block 0 reads
+    /// no `v0`, `v1`, `v2`.
+    ///
+    /// # Errors
+    /// A missing tensor or a wrong shape, named in full.
+    pub fn load(att: &Scope, config: &Config, layer: usize) -> Result<Self> {
+        let c = config.n_embd;
+        let (h, n) = (config.n_head, config.head_size);
+        let vector = |name: &str| att.vector(name, c);
+        let shift = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"]
+            .map(vector)
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let value_residual = (layer > 0)
+            .then(|| -> Result<ValueResidual> {
+                Ok(ValueResidual {
+                    v0: vector("v0")?,
+                    lora: Lora::load(att, 'v', c, config.dim_v_lora)?,
+                })
+            })
+            .transpose()?;
+        Ok(Rwkv7TimeMix {
+            shift: shift.try_into().expect("six vectors"),
+            w0: vector("w0")?,
+            decay: Lora::load(att, 'w', c, config.dim_decay_lora)?,
+            a0: vector("a0")?,
+            iclr: Lora::load(att, 'a', c, config.dim_a_lora)?,
+            value_residual,
+            gate: Lora::load(att, 'g', c, config.dim_g_lora)?,
+            k_k: vector("k_k")?,
+            k_a: vector("k_a")?,
+            r_k: att.matrix("r_k", h, n)?,
+            receptance: att.linear("receptance.weight", c, c)?,
+            key: att.linear("key.weight", c, c)?,
+            value: att.linear("value.weight", c, c)?,
+            output: att.linear("output.weight", c, c)?,
+            ln_x: GroupNorm::new(
+                att.vector("ln_x.weight", c)?,
+                att.vector("ln_x.bias", c)?,
+                h,
+            ),
+        })
+    }
+
+    /// The per-token decay `w = exp(−0.606531 · σ(w0 + tanh(x_w W1) W2))`, `[T, C]`.
+    pub fn decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
+        let mut d = self.decay.forward(xw, |z| z.mapv_inplace(f32::tanh));
+        d += &self.w0;
+        d.mapv_inplace(|z| (-DECAY_SCALE / (1.0 + (-z).exp())).exp());
+        d
+    }
+
+    /// The sequence path with the value residual: `v_first` holds block 0's values `[T, C]`
+    /// for the rows of `xs`. Block 0 (no [`ValueResidual`]), or any block given `None`, stores
+    /// its own values there; the blocks after it mix toward them.
+    ///
+    /// # Shapes
+    /// `xs: [T, C]` → `[T, C]`; `v_first: [T, C]`.
+    ///
+    /// # Panics
+    /// If `xs` or `v_first` has the wrong shape.
+    #[track_caller]
+    pub fn forward_with_v_first(
+        &self,
+        xs: ArrayView2<f32>,
+        v_first: &mut Option<Array2<f32>>,
+        state: &mut WkvState,
+    ) -> Array2<f32> {
+        self.forward_path_with_v_first(xs, v_first, state, default_path(xs.nrows()))
+    }
+
+    /// [`Rwkv7TimeMix::forward_with_v_first`] with the WKV recurrence run by `path`:
+    /// [`wkv7::scan`] (`Recurrent`), [`wkv7::chunked`] (`Chunkwise(c)`), or one chunk of the
+    /// whole call (`Parallel`).
+    ///
+    /// # Panics
+    /// As [`Rwkv7TimeMix::forward_with_v_first`], or for `Path::Chunkwise(0)`.
+    #[track_caller]
+    pub fn forward_path_with_v_first(
+        &self,
+        xs: ArrayView2<f32>,
+        v_first: &mut Option<Array2<f32>>,
+        state: &mut WkvState,
+        path: Path,
+    ) -> Array2<f32> {
+        let delta = shift::advance(xs, &mut state.x_prev);
+        self.apply(xs, delta.view(), v_first, |[r, w, k, v, a, b]| match path {
+            Path::Recurrent => wkv7::scan(r, w, k, v, a, b, &mut state.s),
+            Path::Chunkwise(c) => wkv7::chunked(r, w, k, v, a, b, &mut state.s, c),
+            Path::Parallel => wkv7::chunked(r, w, k, v, a, b, &mut state.s, r.nrows().max(1)),
+        })
+    }
+
+    /// One token of each of `B` sequences (row `b` of `xs` with `states[b]`), with the value
+    /// residual: `v_first` holds block 0's values `[B, C]` for these rows (filled by block 0,
+    /// as in [`Rwkv7TimeMix::forward_with_v_first`]).
+    ///
+    /// # Shapes
+    /// `xs: [B, C]` → `[B, C]`; `v_first: [B, C]`.
+    ///
+    /// # Panics
+    /// If `states.len() != B`, or on wrong shapes.
+    #[track_caller]
+    pub fn step_batch_with_v_first(
+        &self,
+        xs: ArrayView2<f32>,
+        v_first: &mut Option<Array2<f32>>,
+        states: &mut [&mut WkvState],
+    ) -> Array2<f32> {
+        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
+        self.apply(xs, delta.view(), v_first, |x| {
+            let mut y = Array2::zeros(x[0].raw_dim());
+            for (b, state) in states.iter_mut().enumerate() {
+                let [r, w, k, v, a, b_] = x.map(|m| m.slice_move(ndarray::s![b..b + 1, ..]));
+                y.row_mut(b)
+                    .assign(&wkv7::scan(r, w, k, v, a, b_, &mut state.s).row(0));
+            }
+            y
+        })
+    }
+
+    /// The layer given the shift differences and `v_first`, with the WKV recurrence supplied
+    /// by the caller (it gets `[r, w, k, v, a, b]`, each `[T, C]`).
+    fn apply(
+        &self,
+        xs: ArrayView2<f32>,
+        delta: ArrayView2<f32>,
+        v_first: &mut Option<Array2<f32>>,
+        recur: impl FnOnce([ArrayView2<f32>; 6]) -> Array2<f32>,
+    ) -> Array2<f32> {
+        let n = self.r_k.ncols();
+        let [xr, xw, xk, xv, xa, xg] = self
+            .shift
+            .each_ref()
+            .map(|mu| shift::mix(xs, delta, mu.view()));
+        let r = self.receptance.forward(xr.view());
+        let mut k = self.key.forward(xk.view());
+        let mut v = self.value.forward(xv.view());
+        let w = self.decay(xw.view());
+        let mut a = self.iclr.forward(xa.view(), |_| ());
+        a += &self.a0;
+        sigmoid(&mut a);
+        let g = self.gate.forward(xg.view(), sigmoid);
+
+        let mut kappa = &k * &self.k_k;
+        normalise_heads(&mut kappa, n);
+        Zip::from(k.rows_mut()).and(a.rows()).for_each(|mut k, a| {
+            Zip::from(&mut k)
+                .and(&a)
+                .and(&self.k_a)
+                .for_each(|k, &a, &ka| *k *= 1.0 + (a - 1.0) * ka)
+        });
+        if let (Some(res), Some(first)) = (&self.value_residual, v_first.as_ref()) {
+            assert_eq!(first.dim(), v.dim(), "Rwkv7TimeMix: v_first shape");
+            let mut mix = res.lora.forward(xv.view(), |_| ());
+            mix += &res.v0;
+            sigmoid(&mut mix);
+            Zip::from(&mut v)
+                .and(first)
+                .and(&mix)
+                .for_each(|v, &f, &m| *v += (f - *v) * m);
+        } else {
+            *v_first = Some(v.clone());
+        }
+
+        let neg_kappa = kappa.mapv(|x| -x);
+        kappa *= &a;
+        let mut y = recur([
+            r.view(),
+            w.view(),
+            k.view(),
+            v.view(),
+            neg_kappa.view(),
+            kappa.view(),
+        ]);
+        self.ln_x.forward_inplace(&mut y);
+        Zip::from(y.rows_mut())
+            .and(r.rows())
+            .and(k.rows())
+            .and(v.rows())
+            .for_each(|mut y, r, k, v| {
+                for (h, mut yh) in y.exact_chunks_mut(n).into_iter().enumerate() {
+                    let cols = h * n..(h + 1) * n;
+                    let bonus: f32 = Zip::from(r.slice(ndarray::s![cols.clone()]))
+                        .and(k.slice(ndarray::s![cols.clone()]))
+                        .and(self.r_k.row(h))
+                        .fold(0.0, |acc, &r, &k, &rk| acc + r * k * rk);
+                    yh.scaled_add(bonus, &v.slice(ndarray::s![cols]));
+                }
+            });
+        y *= &g;
+        self.output.forward(y.view())
+    }
+}
+
+/// The path [`Rwkv7TimeMix`]'s `forward` takes for `t` tokens (see [`USE_CHUNKED`]).
+pub fn default_path(t: usize) -> Path {
+    if USE_CHUNKED && t >= CHUNKED_FROM {
+        Path::Chunkwise(CHUNK)
+    } else {
+        Path::Recurrent
+    }
+}
+
+/// On its own, a block is its own first block: with no `v_first` given, the value residual
+/// leaves `v` unchanged (see [`Rwkv7TimeMix::forward_with_v_first`]).
+impl SequenceMixer for Rwkv7TimeMix {
+    type State = WkvState;
+
+    fn init_state(&self) -> WkvState {
+        let (h, n) = self.r_k.dim();
+        WkvState::new(h, n)
+    }
+
+    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
+        self.forward_with_v_first(xs, &mut None, state)
+    }
+
+    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
+        self.step_batch_with_v_first(xs, &mut None, states)
+    }
+}
+
+/// Paths as in [`Rwkv7TimeMix::forward_path_with_v_first`], the block on its own.
+impl MultiPath for Rwkv7TimeMix {
+    fn forward_path(&self, xs: ArrayView2<f32>, state: &mut WkvState, path: Path) -> Array2<f32> {
+        self.forward_path_with_v_first(xs, &mut None, state, path)
+    }
+}
