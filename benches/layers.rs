@@ -63,7 +63,7 @@ fn linear(c: &mut Criterion) {
 }
 
 fn time_mix(c: &mut Criterion) {
-    for version in [Version::V4, Version::V5_2, Version::V6] {
+    for version in [Version::V4, Version::V5_2, Version::V6, Version::V7] {
         let config = Config::standard(version, 1, 768, 64, 256);
         let model = random_model(&config, DType::F32, 3).unwrap();
         let att = &model.blocks()[0].att;

@@ -124,7 +124,7 @@ fn mixers(c: &mut Criterion) {
     let xpos = Retention::random(w, 4, 64, true, 3);
     bench_mixer(c, "retention_xpos", &xpos, 64, true);
     bench_mixer(c, "gla", &Gla::random(w, 4, 64, 4), 16, true);
-    for version in [Version::V4, Version::V5_2, Version::V6] {
+    for version in [Version::V4, Version::V5_2, Version::V6, Version::V7] {
         let config = Config::standard(version, 1, w, 64, 256);
         let model = random_model(&config, DType::F32, 3).unwrap();
         let name = format!("rwkv{version}");
@@ -132,8 +132,7 @@ fn mixers(c: &mut Criterion) {
             TimeMix::V4(m) => bench_mixer(c, &name, m, 64, true),
             TimeMix::V5(m) => bench_mixer(c, &name, m, DEFAULT_CHUNK, true),
             TimeMix::V6(m) => bench_mixer(c, &name, m, DEFAULT_CHUNK, true),
-            #[allow(unreachable_patterns)]
-            _ => {}
+            TimeMix::V7(m) => bench_mixer(c, &name, m, tokenshift::mixer::rwkv7::CHUNK, true),
         }
     }
     bench_mixer(c, "aft_simple", &AftSimple::random(w, 5), 64, true);

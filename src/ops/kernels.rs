@@ -78,7 +78,7 @@ impl Weight for f32 {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma_f16c() {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
-            unsafe { avx2::dots(w, xs, out, avx2::load_f32) };
+            unsafe { avx2::dots_f32(w, xs, out) };
             return;
         }
         dots_plain(w, xs, out);
@@ -96,7 +96,7 @@ impl Weight for f16 {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma_f16c() {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
-            unsafe { avx2::dots(w, xs, out, avx2::load_f16) };
+            unsafe { avx2::dots_f16(w, xs, out) };
             return;
         }
         dots_plain(w, xs, out);
@@ -114,7 +114,7 @@ impl Weight for bf16 {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma_f16c() {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
-            unsafe { avx2::dots(w, xs, out, avx2::load_bf16) };
+            unsafe { avx2::dots_bf16(w, xs, out) };
             return;
         }
         dots_plain(w, xs, out);
@@ -127,29 +127,29 @@ mod avx2 {
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
-    /// Loads 8 weights starting at `p` as 8 f32 lanes.
-    pub type Load<T> = unsafe fn(*const T) -> __m256;
-
     /// # Safety
     /// `p` must point to 8 readable f32; the CPU must have AVX.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn load_f32(p: *const f32) -> __m256 {
+    unsafe fn load_f32(p: *const f32) -> __m256 {
         // SAFETY: the caller guarantees 8 readable values at `p`; loadu has no alignment need.
         unsafe { _mm256_loadu_ps(p) }
     }
 
     /// # Safety
     /// `p` must point to 8 readable f16; the CPU must have F16C.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn load_f16(p: *const f16) -> __m256 {
+    unsafe fn load_f16(p: *const f16) -> __m256 {
         // SAFETY: 8 f16 = 16 readable bytes at `p` (caller); loadu has no alignment need.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
 
     /// # Safety
     /// `p` must point to 8 readable bf16; the CPU must have AVX2.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn load_bf16(p: *const bf16) -> __m256 {
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
         // SAFETY: 8 bf16 = 16 readable bytes at `p` (caller). A bf16 is the top half of an f32.
         unsafe {
             let h = _mm_loadu_si128(p as *const __m128i);
@@ -157,6 +157,7 @@ mod avx2 {
         }
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -167,77 +168,78 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `out[j] = Σ_i w[i] · xs[j][i]` for `M` vectors: one pass over `w`, two accumulators
-    /// per vector (16 weights per iteration) kept in registers, a scalar tail.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots_m<T: Weight, const M: usize>(
-        w: &[T],
-        xs: [&[f32]; M],
-        out: &mut [f32],
-        load: Load<T>,
-    ) {
-        let n = w.len();
-        let mut acc0 = [_mm256_setzero_ps(); M];
-        let mut acc1 = [_mm256_setzero_ps(); M];
-        let wp = w.as_ptr();
-        let xp = xs.map(|x| x.as_ptr());
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n, so 16 weights and 16 activations are readable at offset i.
-            unsafe {
-                let w0 = load(wp.add(i));
-                let w1 = load(wp.add(i + 8));
+    /// Defines `$dots`, `out[j] = Σ_i w[i] · xs[j][i]` for up to [`GROUP`] vectors of `$t`
+    /// weights loaded by `$load`, and `$dots_m`, its body for exactly `M` vectors: one pass over
+    /// `w`, two accumulators per vector (16 weights per iteration) kept in registers, a scalar
+    /// tail. One function per weight type, so the load is inlined.
+    macro_rules! dots_for {
+        ($dots:ident, $dots_m:ident, $t:ty, $load:ident) => {
+            /// # Safety
+            /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $dots_m<const M: usize>(w: &[$t], xs: [&[f32]; M], out: &mut [f32]) {
+                let n = w.len();
+                let mut acc0 = [_mm256_setzero_ps(); M];
+                let mut acc1 = [_mm256_setzero_ps(); M];
+                let wp = w.as_ptr();
+                let xp = xs.map(|x| x.as_ptr());
+                let mut i = 0;
+                while i + 16 <= n {
+                    // SAFETY: i + 16 <= n: 16 weights and 16 activations are readable at i.
+                    unsafe {
+                        let w0 = $load(wp.add(i));
+                        let w1 = $load(wp.add(i + 8));
+                        for j in 0..M {
+                            acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc0[j]);
+                            acc1[j] =
+                                _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp[j].add(i + 8)), acc1[j]);
+                        }
+                    }
+                    i += 16;
+                }
+                if i + 8 <= n {
+                    // SAFETY: i + 8 <= n.
+                    unsafe {
+                        let w0 = $load(wp.add(i));
+                        for j in 0..M {
+                            acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc0[j]);
+                        }
+                    }
+                    i += 8;
+                }
                 for j in 0..M {
-                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc0[j]);
-                    acc1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp[j].add(i + 8)), acc1[j]);
+                    let mut s = hsum(_mm256_add_ps(acc0[j], acc1[j]));
+                    for k in i..n {
+                        s += w[k].widen() * xs[j][k];
+                    }
+                    out[j] = s;
                 }
             }
-            i += 16;
-        }
-        if i + 8 <= n {
-            // SAFETY: i + 8 <= n.
-            unsafe {
-                let w0 = load(wp.add(i));
-                for j in 0..M {
-                    acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc0[j]);
+
+            /// # Safety
+            /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`, with
+            /// `xs.len() <= GROUP` and `out.len() == xs.len()`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $dots(w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
+                debug_assert!(xs.len() <= GROUP);
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match *xs {
+                        [] => {}
+                        [a] => $dots_m(w, [a], out),
+                        [a, b] => $dots_m(w, [a, b], out),
+                        [a, b, c] => $dots_m(w, [a, b, c], out),
+                        [a, b, c, d] => $dots_m(w, [a, b, c, d], out),
+                        _ => unreachable!("at most GROUP vectors"),
+                    }
                 }
             }
-            i += 8;
-        }
-        for j in 0..M {
-            // SAFETY: AVX is available (caller).
-            let mut s = unsafe { hsum(_mm256_add_ps(acc0[j], acc1[j])) };
-            for k in i..n {
-                s += w[k].widen() * xs[j][k];
-            }
-            out[j] = s;
-        }
+        };
     }
 
-    /// `out[j] = Σ_i w[i] · xs[j][i]` for every vector, dispatched to a kernel specialised for
-    /// the number of vectors.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`, with
-    /// `xs.len() <= GROUP` and `out.len() == xs.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32], load: Load<T>) {
-        debug_assert!(xs.len() <= GROUP);
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match *xs {
-                [] => {}
-                [a] => dots_m(w, [a], out, load),
-                [a, b] => dots_m(w, [a, b], out, load),
-                [a, b, c] => dots_m(w, [a, b, c], out, load),
-                [a, b, c, d] => dots_m(w, [a, b, c, d], out, load),
-                _ => unreachable!("at most GROUP vectors"),
-            }
-        }
-    }
+    dots_for!(dots_f32, dots_m_f32, f32, load_f32);
+    dots_for!(dots_f16, dots_m_f16, f16, load_f16);
+    dots_for!(dots_bf16, dots_m_bf16, bf16, load_bf16);
 }
 
 #[cfg(test)]
