@@ -9,7 +9,7 @@
 use half::{bf16, f16};
 
 /// Activation vectors served by one pass over a weight row.
-pub const GROUP: usize = 4;
+pub const GROUP: usize = 8;
 
 /// A weight element type the kernels read.
 pub trait Weight: Copy + Send + Sync + 'static {
@@ -173,7 +173,7 @@ mod avx2 {
     /// `w`, two accumulators per vector (16 weights per iteration) kept in registers, a scalar
     /// tail. One function per weight type, so the load is inlined.
     macro_rules! dots_for {
-        ($dots:ident, $dots_m:ident, $t:ty, $load:ident) => {
+        ($dots:ident, $dots_m:ident, $dots_1:ident, $dots_wide:ident, $t:ty, $load:ident) => {
             /// # Safety
             /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`.
             #[target_feature(enable = "avx2,fma,f16c")]
@@ -216,6 +216,76 @@ mod avx2 {
                 }
             }
 
+            /// `M` (5 to 8) vectors: one accumulator each (8 weights per iteration), which keeps
+            /// every accumulator in a register.
+            ///
+            /// # Safety
+            /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $dots_wide<const M: usize>(w: &[$t], xs: [&[f32]; M], out: &mut [f32]) {
+                let n = w.len();
+                let mut acc = [_mm256_setzero_ps(); M];
+                let wp = w.as_ptr();
+                let xp = xs.map(|x| x.as_ptr());
+                let mut i = 0;
+                while i + 8 <= n {
+                    // SAFETY: i + 8 <= n: 8 weights and 8 activations are readable at i.
+                    unsafe {
+                        let w0 = $load(wp.add(i));
+                        for j in 0..M {
+                            acc[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[j].add(i)), acc[j]);
+                        }
+                    }
+                    i += 8;
+                }
+                for j in 0..M {
+                    let mut s = hsum(acc[j]);
+                    for k in i..n {
+                        s += w[k].widen() * xs[j][k];
+                    }
+                    out[j] = s;
+                }
+            }
+
+            /// One vector: four independent accumulators (32 weights per iteration), so the
+            /// FMA latency does not bound a single dot product.
+            ///
+            /// # Safety
+            /// The CPU must have AVX2, FMA and F16C; `x` must be as long as `w`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $dots_1(w: &[$t], x: &[f32]) -> f32 {
+                let n = w.len();
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let mut i = 0;
+                while i + 32 <= n {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: i + 32 <= n: 32 weights and activations are readable at i.
+                        unsafe {
+                            let at = i + 8 * u;
+                            *a =
+                                _mm256_fmadd_ps($load(wp.add(at)), _mm256_loadu_ps(xp.add(at)), *a);
+                        }
+                    }
+                    i += 32;
+                }
+                while i + 8 <= n {
+                    // SAFETY: i + 8 <= n.
+                    unsafe {
+                        acc[0] =
+                            _mm256_fmadd_ps($load(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+                    }
+                    i += 8;
+                }
+                let sum =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                let mut s = hsum(sum);
+                for k in i..n {
+                    s += w[k].widen() * x[k];
+                }
+                s
+            }
+
             /// # Safety
             /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`, with
             /// `xs.len() <= GROUP` and `out.len() == xs.len()`.
@@ -226,10 +296,14 @@ mod avx2 {
                 unsafe {
                     match *xs {
                         [] => {}
-                        [a] => $dots_m(w, [a], out),
+                        [a] => out[0] = $dots_1(w, a),
                         [a, b] => $dots_m(w, [a, b], out),
                         [a, b, c] => $dots_m(w, [a, b, c], out),
                         [a, b, c, d] => $dots_m(w, [a, b, c, d], out),
+                        [a, b, c, d, e] => $dots_wide(w, [a, b, c, d, e], out),
+                        [a, b, c, d, e, f] => $dots_wide(w, [a, b, c, d, e, f], out),
+                        [a, b, c, d, e, f, g] => $dots_wide(w, [a, b, c, d, e, f, g], out),
+                        [a, b, c, d, e, f, g, h] => $dots_wide(w, [a, b, c, d, e, f, g, h], out),
                         _ => unreachable!("at most GROUP vectors"),
                     }
                 }
@@ -237,9 +311,30 @@ mod avx2 {
         };
     }
 
-    dots_for!(dots_f32, dots_m_f32, f32, load_f32);
-    dots_for!(dots_f16, dots_m_f16, f16, load_f16);
-    dots_for!(dots_bf16, dots_m_bf16, bf16, load_bf16);
+    dots_for!(
+        dots_f32,
+        dots_m_f32,
+        dots_1_f32,
+        dots_wide_f32,
+        f32,
+        load_f32
+    );
+    dots_for!(
+        dots_f16,
+        dots_m_f16,
+        dots_1_f16,
+        dots_wide_f16,
+        f16,
+        load_f16
+    );
+    dots_for!(
+        dots_bf16,
+        dots_m_bf16,
+        dots_1_bf16,
+        dots_wide_bf16,
+        bf16,
+        load_bf16
+    );
 }
 
 #[cfg(test)]
@@ -255,7 +350,9 @@ mod tests {
 
     fn check_type<T: Weight>(from: fn(f32) -> T) {
         // Lengths around every boundary of the 16- and 8-wide loops.
-        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 768, 1000] {
+        for n in [
+            0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 100, 768, 1000,
+        ] {
             let w: Vec<T> = (0..n)
                 .map(|i| from(((i * 37 % 101) as f32 - 50.0) / 25.0))
                 .collect();

@@ -154,40 +154,56 @@ impl Linear {
 fn streamed<T: Weight>(w: ArrayView2<T>, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>) {
     let (out, inp) = w.dim();
     let t = xs.nrows();
+    assert!(t <= SMALL_BATCH, "streamed: at most SMALL_BATCH rows");
     if t == 0 || out == 0 {
         return;
     }
+    // No heap allocation here: views of standard-layout inputs are borrowed, the input rows
+    // live in a fixed array, and the output is split in place.
     let w = w.as_standard_layout();
     let xs = xs.as_standard_layout();
     let w = w.as_slice().expect("standard layout");
-    let x_rows: Vec<&[f32]> = xs
-        .as_slice()
-        .expect("standard layout")
-        .chunks_exact(inp.max(1))
-        .take(t)
-        .collect();
-    let rows_per_task = out.div_ceil(64).max(8);
-    let run = |(task, mut block): (usize, ArrayViewMut2<f32>)| {
+    let mut rows: [&[f32]; SMALL_BATCH] = [&[]; SMALL_BATCH];
+    for (slot, row) in rows.iter_mut().zip(
+        xs.as_slice()
+            .expect("standard layout")
+            .chunks_exact(inp.max(1)),
+    ) {
+        *slot = row;
+    }
+    let x_rows = &rows[..t];
+    let row_dots = |r: usize, y_row: &mut dyn FnMut(usize, f32)| {
         let mut buf = [0.0f32; GROUP];
-        for (i, mut y_row) in block.outer_iter_mut().enumerate() {
-            let r = task * rows_per_task + i;
-            let w_row = &w[r * inp..(r + 1) * inp];
-            for (g, group) in x_rows.chunks(GROUP).enumerate() {
-                T::dots(w_row, group, &mut buf[..group.len()]);
-                for (k, v) in buf[..group.len()].iter().enumerate() {
-                    y_row[g * GROUP + k] = *v;
-                }
+        let w_row = &w[r * inp..(r + 1) * inp];
+        for (g, group) in x_rows.chunks(GROUP).enumerate() {
+            T::dots(w_row, group, &mut buf[..group.len()]);
+            for (k, v) in buf[..group.len()].iter().enumerate() {
+                y_row(g * GROUP + k, *v);
             }
         }
     };
-    let blocks: Vec<_> = yt
-        .axis_chunks_iter_mut(Axis(0), rows_per_task)
-        .enumerate()
-        .collect();
-    if out * inp * t < PARALLEL_MIN_WORK {
-        blocks.into_iter().for_each(run);
-    } else {
-        blocks.into_par_iter().for_each(run);
+    let rows_per_task = out.div_ceil(64).max(8);
+    let serial = out * inp * t < PARALLEL_MIN_WORK;
+    match yt.as_slice_mut() {
+        Some(y) => {
+            let task = |(i, chunk): (usize, &mut [f32])| {
+                for (j, y_row) in chunk.chunks_mut(t).enumerate() {
+                    row_dots(i * rows_per_task + j, &mut |k, v| y_row[k] = v);
+                }
+            };
+            if serial {
+                y.chunks_mut(rows_per_task * t).enumerate().for_each(task);
+            } else {
+                y.par_chunks_mut(rows_per_task * t)
+                    .enumerate()
+                    .for_each(task);
+            }
+        }
+        None => {
+            for (r, mut y_row) in yt.outer_iter_mut().enumerate() {
+                row_dots(r, &mut |k, v| y_row[k] = v);
+            }
+        }
     }
 }
 

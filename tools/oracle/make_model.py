@@ -5,7 +5,7 @@ Outputs, for --out PATH:
   PATH.pth          torch.save of a plain dict name -> fp32 tensor, keys in the
                     order the RWKV-LM training code registers its parameters
                     (this order matters for the official loader's version
-                    detection, see shared/spec/rwkv.md X4)
+                    detection)
   PATH.safetensors  the same tensors (same names, same shapes), fp32, contiguous,
                     written by st_write.py (sorted header, byte-reproducible)
 

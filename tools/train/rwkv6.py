@@ -1,7 +1,7 @@
 """A small RWKV-6 ("Finch", x060) language model in plain PyTorch, for CPU training.
 
 Parameters are stored under the BlinkDL checkpoint names and in the BlinkDL shapes
-(see /work/shared/spec/rwkv.md, A.4 and X3), so a state dict of this module *is* a
+(BlinkDL x060 names and shapes), so a state dict of this module *is* a
 checkpoint that the official `rwkv` package and the `tokenshift` crate can load.
 
 Math (per layer, x̂ = LayerNorm output, `prev` = x̂ of the previous token):
