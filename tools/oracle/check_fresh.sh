@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-/work/venv/bin/python}"
 WORK="${ORACLE_WORK:-/tmp/tokenshift-fresh}"
 cd "$(dirname "$0")/../.."
 versions=("$@")
-[ ${#versions[@]} -eq 0 ] && versions=(4 5.0 5.1 5.2 6)
+[ ${#versions[@]} -eq 0 ] && versions=(4 5.0 5.1 5.2 6 7)
 
 cargo build --release --example logits -q
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -20,7 +20,7 @@ for ver in "${versions[@]}"; do
     # A shape unlike the fixtures: 4 layers, 80 wide (5 heads of 16), vocab 203, 40 tokens.
     m="$WORK/v$ver"
     "$PYTHON" tools/oracle/make_model.py --version "$ver" --n-layer 4 --n-embd 80 \
-        --head-size 16 --vocab 203 --lora-mix 16 --lora-decay 32 --seed 777 --out "$m" >/dev/null
+        --head-size 16 --vocab 203 --lora-mix 16 --lora-decay 32 --lora-a 16 --lora-v 8 --lora-g 24 --seed 777 --out "$m" >/dev/null
     "$PYTHON" tools/oracle/run_official.py --model "$m" --n-tokens 40 --seed 778 \
         --out "$m.expected.safetensors" >/dev/null
     tokens=$("$PYTHON" -c "
