@@ -1,17 +1,17 @@
 //! One residual block: `x += TimeMix(LN1(x)); x += ChannelMix(LN2(x))`, with the time mix chosen
 //! by version at load time.
 
-use crate::channel_mix::ChannelMix;
+use crate::channel_mix::{ChannelMix, ChannelMixScratch};
 use crate::config::{Config, Version};
 use crate::error::Result;
-use crate::mixer::rwkv4::{Rwkv4State, Rwkv4TimeMix};
-use crate::mixer::rwkv5::{Rwkv5TimeMix, WkvState};
+use crate::mixer::rwkv4::{Rwkv4Scratch, Rwkv4State, Rwkv4TimeMix};
+use crate::mixer::rwkv5::{Rwkv5TimeMix, WkvScratch, WkvState};
 use crate::mixer::rwkv6::Rwkv6TimeMix;
-use crate::mixer::rwkv7::Rwkv7TimeMix;
+use crate::mixer::rwkv7::{Rwkv7Scratch, Rwkv7TimeMix};
 use crate::mixer::SequenceMixer;
 use crate::ops::LayerNorm;
 use crate::weights::Scope;
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// The time mix of a block, one variant per architecture family.
 // One value per block, built once at load: the variants' sizes do not matter.
@@ -37,7 +37,67 @@ pub enum TimeMixState {
     Wkv(WkvState),
 }
 
+/// Buffers for [`TimeMix::step_into`], one variant per family (made by [`TimeMix::scratch`]).
+// One value per state, made once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum TimeMixScratch {
+    /// RWKV-4.
+    V4(Rwkv4Scratch),
+    /// RWKV-5 and RWKV-6.
+    Wkv(WkvScratch),
+    /// RWKV-7.
+    V7(Rwkv7Scratch),
+}
+
 impl TimeMix {
+    /// Buffers for [`TimeMix::step_into`] (for RWKV-7, those of a block after the first also
+    /// serve block 0).
+    pub fn scratch(&self) -> TimeMixScratch {
+        match self {
+            TimeMix::V4(m) => TimeMixScratch::V4(m.scratch()),
+            TimeMix::V5(m) => TimeMixScratch::Wkv(m.scratch()),
+            TimeMix::V6(m) => TimeMixScratch::Wkv(m.scratch()),
+            TimeMix::V7(m) => TimeMixScratch::V7(m.scratch()),
+        }
+    }
+
+    /// The recurrent path for one token into `out`, with every intermediate in `scratch`: no
+    /// heap allocation (beyond what [`crate::ops::Linear::matvec_into`] does). `v_first`
+    /// carries RWKV-7's value residual as in [`Rwkv7TimeMix::step_into`]; other versions
+    /// ignore it.
+    ///
+    /// # Shapes
+    /// `x, out, v_first: [C]`.
+    ///
+    /// # Panics
+    /// If the state or the scratch is of another family than the mixer, or on wrong lengths.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        state: &mut TimeMixState,
+        out: ArrayViewMut1<f32>,
+        scratch: &mut TimeMixScratch,
+        v_first: Option<ArrayViewMut1<f32>>,
+    ) {
+        match (self, state, scratch) {
+            (TimeMix::V4(m), TimeMixState::V4(s), TimeMixScratch::V4(b)) => {
+                m.step_into(x, s, out, b)
+            }
+            (TimeMix::V5(m), TimeMixState::Wkv(s), TimeMixScratch::Wkv(b)) => {
+                m.step_into(x, s, out, b)
+            }
+            (TimeMix::V6(m), TimeMixState::Wkv(s), TimeMixScratch::Wkv(b)) => {
+                m.step_into(x, s, out, b)
+            }
+            (TimeMix::V7(m), TimeMixState::Wkv(s), TimeMixScratch::V7(b)) => {
+                m.step_into(x, v_first, s, out, b)
+            }
+            _ => panic!("TimeMix::step_into: state or scratch of another RWKV version"),
+        }
+    }
+
     fn load(att: &Scope, config: &Config, layer: usize) -> Result<Self> {
         Ok(match config.version {
             Version::V4 => TimeMix::V4(Rwkv4TimeMix::load(att, config)?),
@@ -162,6 +222,17 @@ pub struct BlockState {
     pub ffn: Array1<f32>,
 }
 
+/// Buffers for [`Block::step_into`] (made by [`Block::scratch`]).
+#[derive(Clone, Debug)]
+pub struct BlockScratch {
+    /// The layer-normed input of a sub-layer, `[C]`.
+    xn: Array1<f32>,
+    /// A sub-layer's output, `[C]`.
+    out: Array1<f32>,
+    att: TimeMixScratch,
+    ffn: ChannelMixScratch,
+}
+
 /// One residual block.
 #[derive(Clone, Debug)]
 pub struct Block {
@@ -200,6 +271,51 @@ impl Block {
             att: self.att.init_state(),
             ffn: self.ffn.init_state(),
         }
+    }
+
+    /// Buffers for [`Block::step_into`] (for RWKV-7, those of a block after the first also serve
+    /// block 0).
+    pub fn scratch(&self) -> BlockScratch {
+        let c = self.ln1.weight.len();
+        BlockScratch {
+            xn: Array1::zeros(c),
+            out: Array1::zeros(c),
+            att: self.att.scratch(),
+            ffn: self.ffn.scratch(),
+        }
+    }
+
+    /// Runs one token through the block, updating the residual stream `x` in place, with
+    /// every intermediate in `scratch`: no heap allocation (beyond what
+    /// [`crate::ops::Linear::matvec_into`] does). `v_first` as in [`TimeMix::step_into`].
+    ///
+    /// # Shapes
+    /// `x, v_first: [C]`.
+    ///
+    /// # Panics
+    /// If the state or the scratch does not belong to a block of this shape.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        mut x: ArrayViewMut1<f32>,
+        state: &mut BlockState,
+        scratch: &mut BlockScratch,
+        v_first: Option<ArrayViewMut1<f32>>,
+    ) {
+        let sc = scratch;
+        self.ln1.forward_into(x.view(), sc.xn.view_mut());
+        self.att.step_into(
+            sc.xn.view(),
+            &mut state.att,
+            sc.out.view_mut(),
+            &mut sc.att,
+            v_first,
+        );
+        x += &sc.out;
+        self.ln2.forward_into(x.view(), sc.xn.view_mut());
+        self.ffn
+            .step_into(sc.xn.view(), &mut state.ffn, sc.out.view_mut(), &mut sc.ffn);
+        x += &sc.out;
     }
 
     /// Runs the block over the rows of `x` in place. `v_first` carries RWKV-7's value residual

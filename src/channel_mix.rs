@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::mixer::SequenceMixer;
 use crate::ops::{relu_squared, shift, sigmoid, Linear};
 use crate::weights::Scope;
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// The channel mix of one block. Its state is the previous token's layer-normed input `[C]`.
 #[derive(Clone, Debug)]
@@ -65,6 +65,63 @@ impl ChannelMix {
     }
 }
 
+/// Buffers for [`ChannelMix::step_into`]: made once by [`ChannelMix::scratch`], reused for
+/// every token.
+#[derive(Clone, Debug)]
+pub struct ChannelMixScratch {
+    delta: Array1<f32>,
+    xk: Array1<f32>,
+    xr: Array1<f32>,
+    /// The hidden activations, `[F]`.
+    k: Array1<f32>,
+    r: Array1<f32>,
+}
+
+impl ChannelMix {
+    /// Buffers for [`ChannelMix::step_into`].
+    pub fn scratch(&self) -> ChannelMixScratch {
+        let (f, c) = self.key.dim();
+        ChannelMixScratch {
+            delta: Array1::zeros(c),
+            xk: Array1::zeros(c),
+            xr: Array1::zeros(c),
+            k: Array1::zeros(f),
+            r: Array1::zeros(c),
+        }
+    }
+
+    /// The recurrent path for one token, writing the output into `out` and every intermediate
+    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does).
+    ///
+    /// # Shapes
+    /// `x, x_prev, out: [C]`.
+    ///
+    /// # Panics
+    /// If a length differs from the layer's width, or `scratch` was made for another layer
+    /// shape.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        x_prev: &mut Array1<f32>,
+        mut out: ArrayViewMut1<f32>,
+        scratch: &mut ChannelMixScratch,
+    ) {
+        let sc = scratch;
+        shift::advance_into(x, x_prev, sc.delta.view_mut());
+        shift::mix_into(x, sc.delta.view(), self.maa_k.view(), sc.xk.view_mut());
+        self.key.matvec_into(sc.xk.view(), sc.k.view_mut());
+        relu_squared(&mut sc.k);
+        self.value.matvec_into(sc.k.view(), out.view_mut());
+        if let Some(gate) = &self.receptance {
+            shift::mix_into(x, sc.delta.view(), gate.maa_r.view(), sc.xr.view_mut());
+            gate.weight.matvec_into(sc.xr.view(), sc.r.view_mut());
+            sigmoid(&mut sc.r);
+            out *= &sc.r;
+        }
+    }
+}
+
 impl ChannelMix {
     /// The layer given the shift differences.
     fn apply(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> Array2<f32> {
@@ -94,6 +151,13 @@ impl SequenceMixer for ChannelMix {
     fn forward(&self, xs: ArrayView2<f32>, x_prev: &mut Array1<f32>) -> Array2<f32> {
         let delta = shift::advance(xs, x_prev);
         self.apply(xs, delta.view())
+    }
+
+    /// Through [`ChannelMix::step_into`] with a fresh scratch.
+    fn step(&self, x: ArrayView1<f32>, x_prev: &mut Array1<f32>) -> Array1<f32> {
+        let mut out = Array1::zeros(self.maa_k.len());
+        self.step_into(x, x_prev, out.view_mut(), &mut self.scratch());
+        out
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut Array1<f32>]) -> Array2<f32> {

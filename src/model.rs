@@ -1,12 +1,12 @@
 //! The full RWKV model: embedding, blocks, output head.
 
-use crate::block::Block;
+use crate::block::{Block, BlockScratch};
 use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::ops::{LayerNorm, Linear};
 use crate::state::{State, StateShape};
 use crate::weights::{DType, SafeTensorsFile, Scope, TensorSource};
-use ndarray::{s, Array1, Array2};
+use ndarray::{s, Array1, Array2, ArrayViewMut1};
 use std::path::Path;
 
 /// Which logits [`Model::forward`] returns.
@@ -16,6 +16,27 @@ pub enum Logits {
     Last,
     /// Every token's, `[T, V]`.
     All,
+}
+
+/// The buffers of [`Model::step_into`]: kept in a [`State`] (made with it, or on its first
+/// step), cloned with it, never saved, loaded or compared.
+#[derive(Clone)]
+pub(crate) struct Workspace {
+    /// The model configuration the buffers were sized for.
+    config: Config,
+    /// The residual stream, `[C]`.
+    x: Array1<f32>,
+    /// `ln_out` of the residual stream, `[C]`.
+    xn: Array1<f32>,
+    /// RWKV-7's block-0 values, `[C]`.
+    v_first: Array1<f32>,
+    block: BlockScratch,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").finish_non_exhaustive()
+    }
 }
 
 /// An RWKV language model (versions 4, 5.0, 5.1, 5.2, 6, 7) loaded from a BlinkDL-named
@@ -111,6 +132,21 @@ impl Model {
         State {
             shape: StateShape::from(&self.config),
             blocks: self.blocks.iter().map(Block::init_state).collect(),
+            workspace: Some(Box::new(self.workspace())),
+        }
+    }
+
+    /// Fresh buffers for [`Model::step_into`].
+    fn workspace(&self) -> Workspace {
+        let c = self.config.n_embd;
+        // RWKV-7's block 0 has no value residual: a later block's buffers serve every block.
+        let last = self.blocks.last().expect("a model has at least one block");
+        Workspace {
+            config: self.config.clone(),
+            x: Array1::zeros(c),
+            xn: Array1::zeros(c),
+            v_first: Array1::zeros(c),
+            block: last.scratch(),
         }
     }
 
@@ -154,13 +190,59 @@ impl Model {
         }
     }
 
-    /// Runs one token and returns its logits `[V]`: the recurrent path.
+    /// Runs one token and returns its logits `[V]`: the recurrent path, [`Model::step_into`]
+    /// into a new vector (the only heap allocation of the call once the state has been used).
     ///
     /// # Errors
     /// [`Error::TokenOutOfRange`]; [`Error::StateMismatch`] for a state of another model.
     pub fn step(&self, token: u32, state: &mut State) -> Result<Array1<f32>> {
-        let logits = self.forward(&[token], state, Logits::Last)?;
-        Ok(logits.index_axis_move(ndarray::Axis(0), 0))
+        let mut logits = Array1::zeros(self.config.vocab);
+        self.step_into(token, state, logits.view_mut())?;
+        Ok(logits)
+    }
+
+    /// Runs one token and writes its logits `[V]` into `logits`: the recurrent path, every
+    /// intermediate in buffers kept in the state. After the state's first step (or none, for
+    /// a state from [`Model::init_state`]) it allocates nothing on the heap, given a
+    /// [`Linear::matvec_into`] that allocates nothing. Gives the same logits and state as
+    /// [`Model::forward`] on the one token (up to rounding).
+    ///
+    /// # Errors
+    /// [`Error::TokenOutOfRange`]; [`Error::StateMismatch`] for a state of another model;
+    /// [`Error::InputShape`] if `logits` is not `[V]`. No state changes on error.
+    pub fn step_into(
+        &self,
+        token: u32,
+        state: &mut State,
+        mut logits: ArrayViewMut1<f32>,
+    ) -> Result<()> {
+        self.check_tokens(std::slice::from_ref(&token))?;
+        self.check_state(state)?;
+        if logits.len() != self.config.vocab {
+            return Err(Error::InputShape {
+                what: "step_into logits".into(),
+                expected: format!("[{}]", self.config.vocab),
+                found: vec![logits.len()],
+            });
+        }
+        let State {
+            blocks, workspace, ..
+        } = state;
+        // A state made by another model of the same state shape may carry buffers of other
+        // sizes (e.g. another `dim_ffn`): remake them.
+        if workspace.as_ref().map_or(true, |w| w.config != self.config) {
+            *workspace = Some(Box::new(self.workspace()));
+        }
+        let ws = workspace.as_mut().expect("made above");
+        self.emb.row_into(token as usize, ws.x.view_mut());
+        let v7 = self.config.version == Version::V7;
+        for (block, s) in self.blocks.iter().zip(blocks.iter_mut()) {
+            let v_first = v7.then(|| ws.v_first.view_mut());
+            block.step_into(ws.x.view_mut(), s, &mut ws.block, v_first);
+        }
+        self.ln_out.forward_into(ws.x.view(), ws.xn.view_mut());
+        self.head.matvec_into(ws.xn.view(), logits.view_mut());
+        Ok(())
     }
 
     /// Advances `B` independent sequences by one token each: `tokens[b]` with `states[b]`,

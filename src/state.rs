@@ -38,6 +38,7 @@ use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::mixer::rwkv4::Rwkv4State;
 use crate::mixer::rwkv5::WkvState;
+use crate::model::Workspace;
 use crate::weights::{SafeTensorsFile, Scope, TensorSource};
 use ndarray::{Array1, ArrayD, Ix3};
 use safetensors::tensor::{Dtype, TensorView};
@@ -95,10 +96,22 @@ impl StateShape {
 /// Everything a model carries from one token to the next, for every block.
 ///
 /// Create one with [`crate::Model::init_state`]; clone it to snapshot or fork a conversation.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Besides the recurrent values it holds the scratch buffers of [`crate::Model::step_into`]
+/// (made with the state, or on its first step after loading), which are cloned with it but
+/// never compared, listed, saved or loaded: two states are equal when their shapes and block
+/// states are.
+#[derive(Clone, Debug)]
 pub struct State {
     pub(crate) shape: StateShape,
     pub(crate) blocks: Vec<BlockState>,
+    pub(crate) workspace: Option<Box<Workspace>>,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.blocks == other.blocks
+    }
 }
 
 impl State {
@@ -239,6 +252,7 @@ impl State {
         Ok(State {
             shape: StateShape::from(config),
             blocks,
+            workspace: None,
         })
     }
 
@@ -283,6 +297,10 @@ impl State {
             })
             .collect::<Result<Vec<_>>>()
             .map_err(mismatch)?;
-        Ok(State { shape, blocks })
+        Ok(State {
+            shape,
+            blocks,
+            workspace: None,
+        })
     }
 }

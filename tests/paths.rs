@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ndarray::{concatenate, s, stack, Array2, Axis};
+use ndarray::{concatenate, s, stack, Array1, Array2, Axis};
 use tokenshift::{Logits, Model, State};
 
 /// f32 matrix products in another order (matrix-matrix vs matrix-vector) move logits by ~1e-6.
@@ -57,6 +57,55 @@ fn forward_equals_steps() {
             assert_eq!(last.dim(), (1, model.config().vocab));
             let d = max_abs_diff(last.view(), all.slice(s![t - 1.., ..]));
             assert!(d <= TOL, "{dir:?} T={t}: last logits differ by {d}");
+        }
+    }
+}
+
+/// `step_into` with one reused logits buffer equals the sequence path: token by token (one-token
+/// `forward` calls, to rounding: only the low-rank products differ in order) and over the whole
+/// prompt, from a state made by `init_state` and from a loaded state (whose buffers are made
+/// on its first step); a logits buffer of the wrong length is an error that leaves the state
+/// unchanged.
+#[test]
+fn step_into_equals_forward() {
+    for dir in fixtures() {
+        let model = load_model(&dir);
+        let vocab = model.config().vocab;
+        // The tokens of `forward_equals_steps` (the chunked sequence path sums in another order;
+        // with some other tokens RWKV-5.0's fixture b differs from the recurrence by 1.5e-4).
+        let tokens = Rng(7).tokens(40, vocab);
+        let mut seq_state = model.init_state();
+        let all = model.forward(&tokens, &mut seq_state, Logits::All).unwrap();
+        let fresh = model.init_state();
+        let loaded = State::from_bytes(fresh.to_bytes().unwrap(), model.config()).unwrap();
+        for (how, mut state) in [("init_state", fresh), ("loaded", loaded)] {
+            let mut one_state = model.init_state();
+            let mut logits = Array1::zeros(vocab);
+            for (t, &token) in tokens.iter().enumerate() {
+                model
+                    .step_into(token, &mut state, logits.view_mut())
+                    .unwrap();
+                let one = model
+                    .forward(&[token], &mut one_state, Logits::Last)
+                    .unwrap();
+                let d = max_abs_diff(logits.view(), one.row(0));
+                assert!(
+                    d <= 1e-5,
+                    "{dir:?} {how} token {t}: one-token logits differ by {d}"
+                );
+                let d = max_abs_diff(logits.view(), all.row(t));
+                assert!(d <= TOL, "{dir:?} {how} token {t}: logits differ by {d}");
+            }
+            let d = state_diff(&state, &one_state);
+            assert!(d <= 1e-5, "{dir:?} {how}: one-token state differs by {d}");
+            let d = state_diff(&state, &seq_state);
+            assert!(d <= TOL, "{dir:?} {how}: state differs by {d}");
+            let before = state.clone();
+            let mut short = Array1::zeros(vocab - 1);
+            assert!(model
+                .step_into(tokens[0], &mut state, short.view_mut())
+                .is_err());
+            assert_eq!(state, before, "{dir:?} {how}: no change on error");
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::ops::{shift, sigmoid, Linear};
 use crate::weights::Scope;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 /// `pp` before the first token: no past, so its weight `e^{pp}` is 0.
 pub const PP_INIT: f32 = -1e30;
@@ -143,6 +143,38 @@ pub fn wkv4_scan(
         }
     }
     y
+}
+
+/// One token of the WKV without allocating: writes `wkv` into `out` and advances
+/// `(aa, bb, pp)` (the same operations as [`wkv4_scan`] for one row).
+///
+/// # Shapes
+/// `k, v, decay, first, out: [C]`.
+///
+/// # Panics
+/// On mismatched shapes.
+#[track_caller]
+pub fn wkv4_step_into(
+    k: ArrayView1<f32>,
+    v: ArrayView1<f32>,
+    decay: ArrayView1<f32>,
+    first: ArrayView1<f32>,
+    state: &mut Rwkv4State,
+    mut out: ArrayViewMut1<f32>,
+) {
+    let width = decay.len();
+    for (name, x) in [("k", &k), ("v", &v), ("first", &first)] {
+        assert_eq!(x.len(), width, "wkv4_step_into: `{name}` width");
+    }
+    assert_eq!(out.len(), width, "wkv4_step_into: output width");
+    assert_eq!(state.pp.len(), width, "wkv4_step_into: state width");
+    let Rwkv4State { aa, bb, pp, .. } = state;
+    let params = decay.iter().zip(&first);
+    let kv = k.iter().zip(&v);
+    let abp = aa.iter_mut().zip(bb.iter_mut()).zip(pp.iter_mut());
+    for (((o, (&k, &v)), (&w, &u)), ((aa, bb), pp)) in out.iter_mut().zip(kv).zip(params).zip(abp) {
+        *o = wkv4_channel(k, v, w, u, aa, bb, pp);
+    }
 }
 
 /// The log-sum-exp ("parallel") form of the WKV over chunks of `chunk` rows, carrying
@@ -300,6 +332,74 @@ impl MultiPath for Rwkv4TimeMix {
     }
 }
 
+/// Buffers for [`Rwkv4TimeMix::step_into`]: made once by [`Rwkv4TimeMix::scratch`], reused
+/// for every token.
+#[derive(Clone, Debug)]
+pub struct Rwkv4Scratch {
+    delta: Array1<f32>,
+    xk: Array1<f32>,
+    xv: Array1<f32>,
+    xr: Array1<f32>,
+    k: Array1<f32>,
+    v: Array1<f32>,
+    r: Array1<f32>,
+}
+
+impl Rwkv4TimeMix {
+    /// Buffers for [`Rwkv4TimeMix::step_into`].
+    pub fn scratch(&self) -> Rwkv4Scratch {
+        let z = || Array1::zeros(self.decay.len());
+        Rwkv4Scratch {
+            delta: z(),
+            xk: z(),
+            xv: z(),
+            xr: z(),
+            k: z(),
+            v: z(),
+            r: z(),
+        }
+    }
+
+    /// The recurrent path for one token, writing the output into `out` and every intermediate
+    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does).
+    ///
+    /// # Shapes
+    /// `x, out: [C]`.
+    ///
+    /// # Panics
+    /// If a length differs from the layer's width, or `scratch` was made for another width.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        state: &mut Rwkv4State,
+        out: ArrayViewMut1<f32>,
+        scratch: &mut Rwkv4Scratch,
+    ) {
+        let sc = scratch;
+        shift::advance_into(x, &mut state.x_prev, sc.delta.view_mut());
+        let d = sc.delta.view();
+        shift::mix_into(x, d, self.maa_k.view(), sc.xk.view_mut());
+        shift::mix_into(x, d, self.maa_v.view(), sc.xv.view_mut());
+        shift::mix_into(x, d, self.maa_r.view(), sc.xr.view_mut());
+        self.receptance.matvec_into(sc.xr.view(), sc.r.view_mut());
+        sigmoid(&mut sc.r);
+        self.key.matvec_into(sc.xk.view(), sc.k.view_mut());
+        self.value.matvec_into(sc.xv.view(), sc.v.view_mut());
+        // The WKV goes into `xk`, then `σ(r) ⊙ wkv`.
+        wkv4_step_into(
+            sc.k.view(),
+            sc.v.view(),
+            self.decay.view(),
+            self.first.view(),
+            state,
+            sc.xk.view_mut(),
+        );
+        sc.xk *= &sc.r;
+        self.output.matvec_into(sc.xk.view(), out);
+    }
+}
+
 impl Rwkv4TimeMix {
     /// The layer given the shift differences, with the recurrence over `(k, v)` supplied by the
     /// caller.
@@ -333,6 +433,13 @@ impl SequenceMixer for Rwkv4TimeMix {
         self.apply(xs, delta.view(), |k, v| {
             wkv4_scan(k, v, self.decay.view(), self.first.view(), state)
         })
+    }
+
+    /// Through [`Rwkv4TimeMix::step_into`] with a fresh scratch.
+    fn step(&self, x: ArrayView1<f32>, state: &mut Rwkv4State) -> Array1<f32> {
+        let mut out = Array1::zeros(self.decay.len());
+        self.step_into(x, state, out.view_mut(), &mut self.scratch());
+        out
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut Rwkv4State]) -> Array2<f32> {

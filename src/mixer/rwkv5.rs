@@ -15,13 +15,13 @@
 //! path.
 
 use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
-use super::wkv::WkvInputs;
+use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{shift, silu, GroupNorm, Linear};
 use crate::weights::Scope;
-use ndarray::{Array1, Array2, Array3, ArrayView2};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// Chunk length of RWKV-5/6's default sequence path, chosen by measurement
 /// (`cargo bench --bench mixers -- rwkv`; see the README's "Mixers" section).
@@ -128,6 +128,69 @@ impl WkvOutput {
         }
         self.output.forward(y.view())
     }
+
+    /// One token of `W_o (GroupNorm(y) ⊙ silu(W_g x_g))` into `out`, with `y` normalised and
+    /// gated in place and `g` as scratch (no allocation); `xg` is ignored when there is no gate.
+    ///
+    /// # Shapes
+    /// `y, xg, g, out: [C]`.
+    #[track_caller]
+    pub(crate) fn step_into(
+        &self,
+        mut y: ArrayViewMut1<f32>,
+        xg: ArrayView1<f32>,
+        mut g: ArrayViewMut1<f32>,
+        out: ArrayViewMut1<f32>,
+    ) {
+        self.ln_x.forward_one_inplace(y.view_mut());
+        if let Some(gate) = &self.gate {
+            gate.matvec_into(xg, g.view_mut());
+            silu(&mut g);
+            y *= &g;
+        }
+        self.output.matvec_into(y.view(), out);
+    }
+}
+
+/// Buffers for the one-token paths of RWKV-5 and RWKV-6 ([`Rwkv5TimeMix::step_into`],
+/// [`super::rwkv6::Rwkv6TimeMix::step_into`]): made once by their `scratch` methods, reused
+/// for every token.
+#[derive(Clone, Debug)]
+pub struct WkvScratch {
+    pub(crate) delta: Array1<f32>,
+    /// The shifted inputs, one row each: `x_w, x_k, x_v, x_r, x_g` (RWKV-5 leaves `x_w`
+    /// unused), `[5, C]`.
+    pub(crate) mixed: Array2<f32>,
+    pub(crate) r: Array1<f32>,
+    pub(crate) k: Array1<f32>,
+    pub(crate) v: Array1<f32>,
+    pub(crate) g: Array1<f32>,
+    /// RWKV-6's per-token decay, `[C]`.
+    pub(crate) w: Array1<f32>,
+    pub(crate) y: Array1<f32>,
+    /// RWKV-6's low-rank intermediates: the ddlerp's `[5·D]`, the decay's `[D_w]`.
+    pub(crate) z_mix: Array1<f32>,
+    pub(crate) z_decay: Array1<f32>,
+}
+
+impl WkvScratch {
+    /// Buffers for width `c` with low-rank sizes `mix` (five times the ddlerp's `D`) and
+    /// `decay`.
+    pub(crate) fn new(c: usize, mix: usize, decay: usize) -> Self {
+        let z = || Array1::zeros(c);
+        WkvScratch {
+            delta: z(),
+            mixed: Array2::zeros((5, c)),
+            r: z(),
+            k: z(),
+            v: z(),
+            g: z(),
+            w: z(),
+            y: z(),
+            z_mix: Array1::zeros(mix),
+            z_decay: Array1::zeros(decay),
+        }
+    }
 }
 
 /// The RWKV-5.x time mix of one block.
@@ -228,6 +291,69 @@ impl Rwkv5TimeMix {
     }
 }
 
+/// An `[H, N]` parameter as `[C]`.
+fn flat(a: &Array2<f32>, c: usize) -> ArrayView1<'_, f32> {
+    a.view()
+        .into_shape_with_order(c)
+        .expect("[H, N] is contiguous")
+}
+
+impl Rwkv5TimeMix {
+    /// Buffers for [`Rwkv5TimeMix::step_into`].
+    pub fn scratch(&self) -> WkvScratch {
+        WkvScratch::new(self.maa_k.len(), 0, 0)
+    }
+
+    /// The recurrent path for one token, writing the output into `out` and every intermediate
+    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does). The same
+    /// operations as the sequence path for one token.
+    ///
+    /// # Shapes
+    /// `x, out: [C]`.
+    ///
+    /// # Panics
+    /// If a length differs from the layer's width, or `scratch` was made for another shape.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        state: &mut WkvState,
+        out: ArrayViewMut1<f32>,
+        scratch: &mut WkvScratch,
+    ) {
+        let sc = scratch;
+        let c = x.len();
+        shift::advance_into(x, &mut state.x_prev, sc.delta.view_mut());
+        let d = sc.delta.view();
+        let maa = [
+            Some(&self.maa_k),
+            Some(&self.maa_v),
+            Some(&self.maa_r),
+            self.maa_g.as_ref(),
+        ];
+        for (maa, row) in maa.into_iter().zip(1..5) {
+            if let Some(maa) = maa {
+                shift::mix_into(x, d, maa.view(), sc.mixed.row_mut(row));
+            }
+        }
+        let m = &sc.mixed;
+        self.key.matvec_into(m.row(1), sc.k.view_mut());
+        self.value.matvec_into(m.row(2), sc.v.view_mut());
+        self.receptance.matvec_into(m.row(3), sc.r.view_mut());
+        wkv::step_into(
+            sc.r.view(),
+            sc.k.view(),
+            sc.v.view(),
+            flat(&self.decay, c),
+            flat(&self.bonus, c),
+            &mut state.s,
+            sc.y.view_mut(),
+        );
+        self.out
+            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out);
+    }
+}
+
 impl SequenceMixer for Rwkv5TimeMix {
     type State = WkvState;
 
@@ -238,6 +364,13 @@ impl SequenceMixer for Rwkv5TimeMix {
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
         self.forward_path(xs, state, default_path(xs.nrows()))
+    }
+
+    /// Through [`Rwkv5TimeMix::step_into`] with a fresh scratch.
+    fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
+        let mut out = Array1::zeros(x.len());
+        self.step_into(x, state, out.view_mut(), &mut self.scratch());
+        out
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {

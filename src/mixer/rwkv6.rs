@@ -14,15 +14,17 @@
 //! ([`DEFAULT_CHUNK`](super::rwkv5::DEFAULT_CHUNK)).
 
 use super::outer_product::Gate;
-use super::rwkv5::{default_path, wkv_path, WkvOutput, WkvState};
-use super::wkv::WkvInputs;
+use super::rwkv5::{default_path, wkv_path, WkvOutput, WkvScratch, WkvState};
+use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
-use crate::ops::Linear;
+use crate::ops::{vec_mat_into, Linear};
 use crate::weights::Scope;
-use ndarray::{stack, Array1, Array2, Array3, ArrayView2, Axis, Ix3};
+use ndarray::{
+    stack, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Ix3, Zip,
+};
 
 /// The RWKV-6 time mix of one block.
 #[derive(Clone, Debug)]
@@ -122,6 +124,73 @@ impl Rwkv6TimeMix {
     }
 }
 
+impl Rwkv6TimeMix {
+    /// Buffers for [`Rwkv6TimeMix::step_into`].
+    pub fn scratch(&self) -> WkvScratch {
+        WkvScratch::new(
+            self.time_decay.len(),
+            self.shift.w1.ncols(),
+            self.decay_w1.ncols(),
+        )
+    }
+
+    /// The recurrent path for one token, writing the output into `out` and every intermediate
+    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does). The
+    /// ddlerp and decay low-rank products run as vector-matrix products.
+    ///
+    /// # Shapes
+    /// `x, out: [C]`.
+    ///
+    /// # Panics
+    /// If a length differs from the layer's width, or `scratch` was made for another shape.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        state: &mut WkvState,
+        out: ArrayViewMut1<f32>,
+        scratch: &mut WkvScratch,
+    ) {
+        let sc = scratch;
+        let c = x.len();
+        shift::advance_into(x, &mut state.x_prev, sc.delta.view_mut());
+        // `y` is free until the WKV: the ddlerp's scratch row.
+        self.shift.step_into(
+            x,
+            sc.delta.view(),
+            sc.z_mix.view_mut(),
+            sc.y.view_mut(),
+            sc.mixed.view_mut(),
+        );
+        let m = &sc.mixed;
+        self.receptance.matvec_into(m.row(3), sc.r.view_mut());
+        self.key.matvec_into(m.row(1), sc.k.view_mut());
+        self.value.matvec_into(m.row(2), sc.v.view_mut());
+        vec_mat_into(m.row(0), self.decay_w1.view(), sc.z_decay.view_mut());
+        sc.z_decay.mapv_inplace(f32::tanh);
+        vec_mat_into(sc.z_decay.view(), self.decay_w2.view(), sc.w.view_mut());
+        Zip::from(&mut sc.w)
+            .and(&self.time_decay)
+            .for_each(|w, &d| *w = (-(*w + d).exp()).exp());
+        let u = self
+            .bonus
+            .view()
+            .into_shape_with_order(c)
+            .expect("[H, N] is contiguous");
+        wkv::step_into(
+            sc.r.view(),
+            sc.k.view(),
+            sc.v.view(),
+            sc.w.view(),
+            u,
+            &mut state.s,
+            sc.y.view_mut(),
+        );
+        self.out
+            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out);
+    }
+}
+
 impl SequenceMixer for Rwkv6TimeMix {
     type State = WkvState;
 
@@ -132,6 +201,13 @@ impl SequenceMixer for Rwkv6TimeMix {
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
         self.forward_path(xs, state, default_path(xs.nrows()))
+    }
+
+    /// Through [`Rwkv6TimeMix::step_into`] with a fresh scratch.
+    fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
+        let mut out = Array1::zeros(x.len());
+        self.step_into(x, state, out.view_mut(), &mut self.scratch());
+        out
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {

@@ -20,9 +20,9 @@ use super::rwkv5::WkvState;
 use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
-use crate::ops::{shift, sigmoid, GroupNorm, Linear};
+use crate::ops::{shift, sigmoid, vec_mat_into, GroupNorm, Linear};
 use crate::weights::Scope;
-use ndarray::{Array1, Array2, ArrayView2, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 /// The decay scale `0.606531 ≈ e^{−1/2}`, as the official code writes it: `w = exp(−0.606531 σ(·))`.
 pub const DECAY_SCALE: f32 = 0.606_531;
@@ -59,6 +59,25 @@ impl Lora {
             a: att.matrix(&format!("{name}1"), c, d)?,
             b: att.matrix(&format!("{name}2"), d, c)?,
         })
+    }
+
+    /// One vector: `inner(x A) B` into `out`, with `mid` (at least `D` long) as scratch.
+    fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        mid: &mut Array1<f32>,
+        out: ArrayViewMut1<f32>,
+        inner: impl FnOnce(ArrayViewMut1<f32>),
+    ) {
+        let d = self.a.ncols();
+        assert!(
+            mid.len() >= d,
+            "Rwkv7TimeMix: scratch made for another layer shape"
+        );
+        let mut z = mid.slice_mut(s![..d]);
+        vec_mat_into(x, self.a.view(), z.view_mut());
+        inner(z.view_mut());
+        vec_mat_into(z.view(), self.b.view(), out);
     }
 
     /// `inner(x A) B`.
@@ -322,6 +341,165 @@ impl Rwkv7TimeMix {
     }
 }
 
+/// Buffers for [`Rwkv7TimeMix::step_into`]: made once by [`Rwkv7TimeMix::scratch`], reused
+/// for every token.
+#[derive(Clone, Debug)]
+pub struct Rwkv7Scratch {
+    delta: Array1<f32>,
+    /// The shifted inputs `x_r, x_w, x_k, x_v, x_a, x_g`, `[6, C]`.
+    mixed: Array2<f32>,
+    r: Array1<f32>,
+    w: Array1<f32>,
+    k: Array1<f32>,
+    v: Array1<f32>,
+    a: Array1<f32>,
+    g: Array1<f32>,
+    /// `κ̂`, then `κ̂ ⊙ a`.
+    kappa: Array1<f32>,
+    /// `−κ̂`.
+    neg_kappa: Array1<f32>,
+    /// The value residual's mix.
+    mix: Array1<f32>,
+    y: Array1<f32>,
+    /// Low-rank intermediates, as long as the widest LoRA.
+    mid: Array1<f32>,
+}
+
+impl Rwkv7TimeMix {
+    /// Buffers for [`Rwkv7TimeMix::step_into`]. Those of a block with a value residual also
+    /// serve block 0 (with the same sizes), not the other way round.
+    pub fn scratch(&self) -> Rwkv7Scratch {
+        let c = self.w0.len();
+        let z = || Array1::zeros(c);
+        let mid = [&self.decay, &self.iclr, &self.gate]
+            .into_iter()
+            .chain(self.value_residual.as_ref().map(|r| &r.lora))
+            .map(|l| l.a.ncols())
+            .max()
+            .unwrap_or(0);
+        Rwkv7Scratch {
+            delta: z(),
+            mixed: Array2::zeros((6, c)),
+            r: z(),
+            w: z(),
+            k: z(),
+            v: z(),
+            a: z(),
+            g: z(),
+            kappa: z(),
+            neg_kappa: z(),
+            mix: z(),
+            y: z(),
+            mid: Array1::zeros(mid),
+        }
+    }
+
+    /// The recurrent path for one token, writing the output into `out` and every intermediate
+    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does). The same
+    /// operations as [`Rwkv7TimeMix::forward_with_v_first`] for one token, the low-rank
+    /// products as vector-matrix products.
+    ///
+    /// `v_first` carries the value residual: given a buffer, a block without a
+    /// [`ValueResidual`] (block 0) writes its values into it and a block with one mixes toward
+    /// it; `None` runs the block on its own (its own first block: `v` unchanged).
+    ///
+    /// # Shapes
+    /// `x, out, v_first: [C]`.
+    ///
+    /// # Panics
+    /// If a length differs from the layer's width, or `scratch` was made for another shape.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        v_first: Option<ArrayViewMut1<f32>>,
+        state: &mut WkvState,
+        out: ArrayViewMut1<f32>,
+        scratch: &mut Rwkv7Scratch,
+    ) {
+        let sc = scratch;
+        let n = self.r_k.ncols();
+        shift::advance_into(x, &mut state.x_prev, sc.delta.view_mut());
+        for (mu, row) in self.shift.iter().zip(sc.mixed.rows_mut()) {
+            shift::mix_into(x, sc.delta.view(), mu.view(), row);
+        }
+        let m = &sc.mixed;
+        let (xr, xw, xk, xv, xa, xg) = (m.row(0), m.row(1), m.row(2), m.row(3), m.row(4), m.row(5));
+        self.receptance.matvec_into(xr, sc.r.view_mut());
+        self.key.matvec_into(xk, sc.k.view_mut());
+        self.value.matvec_into(xv, sc.v.view_mut());
+        self.decay
+            .step_into(xw, &mut sc.mid, sc.w.view_mut(), |mut z| {
+                z.mapv_inplace(f32::tanh)
+            });
+        Zip::from(&mut sc.w)
+            .and(&self.w0)
+            .for_each(|w, &w0| *w = (-DECAY_SCALE / (1.0 + (-(*w + w0)).exp())).exp());
+        self.iclr
+            .step_into(xa, &mut sc.mid, sc.a.view_mut(), |_| ());
+        sc.a += &self.a0;
+        sigmoid(&mut sc.a);
+        self.gate
+            .step_into(xg, &mut sc.mid, sc.g.view_mut(), |mut z| sigmoid(&mut z));
+
+        Zip::from(&mut sc.kappa)
+            .and(&sc.k)
+            .and(&self.k_k)
+            .for_each(|kappa, &k, &kk| *kappa = k * kk);
+        for mut head in sc.kappa.exact_chunks_mut(n) {
+            let norm = head.dot(&head).sqrt().max(1e-12);
+            head /= norm;
+        }
+        Zip::from(&mut sc.k)
+            .and(&sc.a)
+            .and(&self.k_a)
+            .for_each(|k, &a, &ka| *k *= 1.0 + (a - 1.0) * ka);
+        match (&self.value_residual, v_first) {
+            (Some(res), Some(first)) => {
+                res.lora
+                    .step_into(xv, &mut sc.mid, sc.mix.view_mut(), |_| ());
+                sc.mix += &res.v0;
+                sigmoid(&mut sc.mix);
+                Zip::from(&mut sc.v)
+                    .and(&first)
+                    .and(&sc.mix)
+                    .for_each(|v, &f, &m| *v += (f - *v) * m);
+            }
+            (None, Some(mut first)) => first.assign(&sc.v),
+            (_, None) => {}
+        }
+
+        Zip::from(&mut sc.neg_kappa)
+            .and(&mut sc.kappa)
+            .and(&sc.a)
+            .for_each(|neg, kappa, &a| {
+                *neg = -*kappa;
+                *kappa *= a;
+            });
+        wkv7::step_into(
+            sc.r.view(),
+            sc.w.view(),
+            sc.k.view(),
+            sc.v.view(),
+            sc.neg_kappa.view(),
+            sc.kappa.view(),
+            &mut state.s,
+            sc.y.view_mut(),
+        );
+        self.ln_x.forward_one_inplace(sc.y.view_mut());
+        for (h, mut yh) in sc.y.exact_chunks_mut(n).into_iter().enumerate() {
+            let cols = s![h * n..(h + 1) * n];
+            let bonus: f32 = Zip::from(sc.r.slice(cols))
+                .and(sc.k.slice(cols))
+                .and(self.r_k.row(h))
+                .fold(0.0, |acc, &r, &k, &rk| acc + r * k * rk);
+            yh.scaled_add(bonus, &sc.v.slice(cols));
+        }
+        sc.y *= &sc.g;
+        self.output.matvec_into(sc.y.view(), out);
+    }
+}
+
 /// The path [`Rwkv7TimeMix`]'s `forward` takes for `t` tokens (see [`USE_CHUNKED`]).
 pub fn default_path(t: usize) -> Path {
     if USE_CHUNKED && t >= CHUNKED_FROM {
@@ -343,6 +521,13 @@ impl SequenceMixer for Rwkv7TimeMix {
 
     fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
         self.forward_with_v_first(xs, &mut None, state)
+    }
+
+    /// Through [`Rwkv7TimeMix::step_into`] with a fresh scratch and no `v_first`.
+    fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
+        let mut out = Array1::zeros(x.len());
+        self.step_into(x, None, state, out.view_mut(), &mut self.scratch());
+        out
     }
 
     fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {

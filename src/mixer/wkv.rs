@@ -13,7 +13,7 @@
 //! for RWKV-5's constant decay).
 
 use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
-use ndarray::{Array2, Array3, ArrayView2};
+use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, CowArray, Ix1};
 
 /// The per-token inputs of RWKV-5/6's WKV.
 ///
@@ -72,6 +72,73 @@ pub fn scan(
     let y = outer_product::recurrent(&x, &mut state);
     *s = state.s;
     y
+}
+
+/// `x` borrowed if it is contiguous, else copied.
+pub(crate) fn contiguous<'a>(x: ArrayView1<'a, f32>) -> CowArray<'a, f32, Ix1> {
+    if x.is_standard_layout() {
+        CowArray::from(x)
+    } else {
+        CowArray::from(x.to_owned())
+    }
+}
+
+/// One token of the recurrence, in place and without allocating: per head,
+/// `y_j = Σ_i r_i (u_i k_i v_j + S_ij)`, then `S_ij ← w_i S_ij + k_i v_j` (the same operations,
+/// in the same order, as [`scan`] for one token).
+///
+/// # Shapes
+/// `r, k, v, w, u, y: [C]`, `s: [H, N, N]` indexed `[head, key, value]`, `C = H·N`.
+///
+/// # Panics
+/// On mismatched shapes. (Non-contiguous inputs or a non-standard-layout state are copied, the
+/// only case that allocates.)
+#[track_caller]
+pub fn step_into(
+    r: ArrayView1<f32>,
+    k: ArrayView1<f32>,
+    v: ArrayView1<f32>,
+    w: ArrayView1<f32>,
+    u: ArrayView1<f32>,
+    s: &mut Array3<f32>,
+    mut y: ArrayViewMut1<f32>,
+) {
+    let (h, n, n2) = s.dim();
+    assert_eq!(n, n2, "wkv::step_into: state must be [H, N, N]");
+    for (name, x) in [("r", &r), ("k", &k), ("v", &v), ("w", &w), ("u", &u)] {
+        assert_eq!(x.len(), h * n, "wkv::step_into: `{name}` length");
+    }
+    assert_eq!(y.len(), h * n, "wkv::step_into: `y` length");
+    if !s.is_standard_layout() {
+        *s = s.as_standard_layout().into_owned();
+    }
+    let [r, k, v, w, u] = [r, k, v, w, u].map(contiguous);
+    let [r, k, v, w, u] = [&r, &k, &v, &w, &u].map(|x| x.as_slice().expect("standard"));
+    let state = s.as_slice_mut().expect("standard layout");
+    let kernel = |y: &mut [f32], state: &mut [f32]| {
+        y.fill(0.0);
+        for (head, sh) in state.chunks_exact_mut(n * n).enumerate() {
+            let cols = head * n..(head + 1) * n;
+            let (yh, vh) = (&mut y[cols.clone()], &v[cols]);
+            for (i, row) in sh.chunks_exact_mut(n).enumerate() {
+                let c = head * n + i;
+                let (ri, ki, wi) = (r[c], k[c], w[c]);
+                let rk_u = ri * u[c] * ki;
+                for ((y, s), &v) in yh.iter_mut().zip(row.iter_mut()).zip(vh) {
+                    *y += rk_u * v + ri * *s;
+                    *s = *s * wi + ki * v;
+                }
+            }
+        }
+    };
+    match y.as_slice_mut() {
+        Some(ys) => kernel(ys, state),
+        None => {
+            let mut ys = vec![0.0; h * n];
+            kernel(&mut ys, state);
+            y.assign(&ArrayView1::from(&ys));
+        }
+    }
 }
 
 impl WkvInputs<'_> {

@@ -24,8 +24,12 @@
 //! cannot overflow however strong the decay. tests/rwkv7.rs pins [`chunked`] to [`scan`] and both
 //! to a plain f64 recurrence, extreme decays and 4096-token sequences included.
 
+use super::wkv::contiguous;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
+use ndarray::{
+    s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis,
+    CowArray, Ix2,
+};
 
 /// Width of the partial sums in [`dot`] (eight lanes vectorise on every x86-64 and ARM target).
 const LANES: usize = 8;
@@ -167,6 +171,61 @@ pub fn scan(
         }
     }
     y
+}
+
+/// One token of the recurrence, in place and without allocating: [`scan`] for `T = 1`, with
+/// the output written into `y` (the same operations in the same order).
+///
+/// # Shapes
+/// `r, w, k, v, a, b, y: [C]`, `s: [H, N, N]` indexed `[head, value, key]`, `C = H·N`.
+///
+/// # Panics
+/// On mismatched shapes. (Non-contiguous inputs or a non-standard-layout state are copied, the
+/// only case that allocates.)
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn step_into(
+    r: ArrayView1<f32>,
+    w: ArrayView1<f32>,
+    k: ArrayView1<f32>,
+    v: ArrayView1<f32>,
+    a: ArrayView1<f32>,
+    b: ArrayView1<f32>,
+    s: &mut Array3<f32>,
+    mut y: ArrayViewMut1<f32>,
+) {
+    let (h, n, n2) = s.dim();
+    assert_eq!(n, n2, "wkv7::step_into: state must be [H, N, N]");
+    let inputs = [r, w, k, v, a, b];
+    for (name, x) in ["r", "w", "k", "v", "a", "b"].iter().zip(&inputs) {
+        assert_eq!(x.len(), h * n, "wkv7::step_into: `{name}` length");
+    }
+    assert_eq!(y.len(), h * n, "wkv7::step_into: `y` length");
+    if !s.is_standard_layout() {
+        *s = s.as_standard_layout().into_owned();
+    }
+    let inputs = inputs.map(contiguous);
+    let [r, w, k, v, a, b] = [0, 1, 2, 3, 4, 5].map(|i| inputs[i].as_slice().expect("standard"));
+    let state = s.as_slice_mut().expect("standard layout");
+    let kernel = |y: &mut [f32], state: &mut [f32]| {
+        for (head, sh) in state.chunks_exact_mut(n * n).enumerate() {
+            let cols = head * n..(head + 1) * n;
+            let (rt, wt, kt) = (&r[cols.clone()], &w[cols.clone()], &k[cols.clone()]);
+            let (vt, at, bt) = (&v[cols.clone()], &a[cols.clone()], &b[cols.clone()]);
+            for ((si, yi), &vi) in sh.chunks_exact_mut(n).zip(&mut y[cols]).zip(vt) {
+                let sa = dot(si, at);
+                *yi = update_row(si, wt, bt, kt, rt, sa, vi);
+            }
+        }
+    };
+    match y.as_slice_mut() {
+        Some(ys) => kernel(ys, state),
+        None => {
+            let mut ys = vec![0.0; h * n];
+            kernel(&mut ys, state);
+            y.assign(&ArrayView1::from(&ys));
+        }
+    }
 }
 
 /// Below this, a chunk's decay from its start is too strong for the quotient form of the

@@ -7,7 +7,9 @@ pub mod kernels;
 mod linear;
 mod norm;
 pub mod shift;
+mod vecmat;
 
 pub use activation::{relu_squared, sigmoid, silu};
 pub use linear::Linear;
 pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
+pub use vecmat::vec_mat_into;

@@ -47,6 +47,21 @@ impl LayerNorm {
         y
     }
 
+    /// Normalises one vector into `out` (no allocation).
+    ///
+    /// # Shapes
+    /// `x: [C]`, `out: [C]`.
+    ///
+    /// # Panics
+    /// If either length differs from the parameters'.
+    #[track_caller]
+    pub fn forward_into(&self, x: ArrayView1<f32>, mut out: ArrayViewMut1<f32>) {
+        assert_eq!(x.len(), self.weight.len(), "LayerNorm: width");
+        assert_eq!(out.len(), self.weight.len(), "LayerNorm: output width");
+        out.assign(&x);
+        normalise(out, self.weight.view(), self.bias.view(), self.eps);
+    }
+
     /// Normalises every row.
     ///
     /// # Shapes
@@ -102,17 +117,31 @@ impl GroupNorm {
     pub fn forward_inplace(&self, xs: &mut Array2<f32>) {
         let c = self.weight.len();
         assert_eq!(xs.ncols(), c, "GroupNorm: width");
+        for row in xs.rows_mut() {
+            self.forward_one_inplace(row);
+        }
+    }
+
+    /// Normalises each group of one vector in place (no allocation).
+    ///
+    /// # Shapes
+    /// `x: [C]`, `C = groups · N`.
+    ///
+    /// # Panics
+    /// If `C` differs from the parameters' length.
+    #[track_caller]
+    pub fn forward_one_inplace(&self, mut x: ArrayViewMut1<f32>) {
+        let c = self.weight.len();
+        assert_eq!(x.len(), c, "GroupNorm: width");
         let n = c / self.groups;
-        for mut row in xs.rows_mut() {
-            for g in 0..self.groups {
-                let r = g * n..(g + 1) * n;
-                normalise(
-                    row.slice_mut(ndarray::s![r.clone()]),
-                    self.weight.slice(ndarray::s![r.clone()]),
-                    self.bias.slice(ndarray::s![r]),
-                    self.eps,
-                );
-            }
+        for g in 0..self.groups {
+            let r = g * n..(g + 1) * n;
+            normalise(
+                x.slice_mut(ndarray::s![r.clone()]),
+                self.weight.slice(ndarray::s![r.clone()]),
+                self.bias.slice(ndarray::s![r]),
+                self.eps,
+            );
         }
     }
 }

@@ -4,7 +4,10 @@
 //! RWKV-6/7). RWKV-4/5 store the complementary "mix" coefficients (`x·μ' + prev·(1−μ')`); their
 //! loaders convert with `μ = 1 − μ'`, which is the same function.
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, Zip};
+use super::vec_mat_into;
+use ndarray::{
+    s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip,
+};
 
 /// The shift differences `δ_t = x_{t−1} − x_t`, with `x_{−1} = prev` (the last row of the
 /// previous call, kept in the state).
@@ -47,6 +50,44 @@ pub fn advance(xs: ArrayView2<f32>, prev: &mut Array1<f32>) -> Array2<f32> {
         prev.assign(&xs.row(last));
     }
     d
+}
+
+/// One token's shift difference into `delta`: `δ = prev − x`; then `prev ← x` (no allocation).
+///
+/// # Shapes
+/// `x, prev, delta: [C]`.
+///
+/// # Panics
+/// On mismatched lengths.
+#[track_caller]
+pub fn advance_into(x: ArrayView1<f32>, prev: &mut Array1<f32>, mut delta: ArrayViewMut1<f32>) {
+    assert_eq!(x.len(), prev.len(), "shift::advance_into: width");
+    Zip::from(&mut delta)
+        .and(&*prev)
+        .and(&x)
+        .for_each(|d, &p, &x| *d = p - x);
+    prev.assign(&x);
+}
+
+/// One token's static token shift into `out`: `out = x + δ ⊙ μ` (no allocation).
+///
+/// # Shapes
+/// `x, delta, maa, out: [C]`.
+///
+/// # Panics
+/// On mismatched lengths.
+#[track_caller]
+pub fn mix_into(
+    x: ArrayView1<f32>,
+    delta: ArrayView1<f32>,
+    maa: ArrayView1<f32>,
+    mut out: ArrayViewMut1<f32>,
+) {
+    Zip::from(&mut out)
+        .and(&x)
+        .and(&delta)
+        .and(&maa)
+        .for_each(|o, &x, &d, &m| *o = x + d * m);
 }
 
 /// The shift differences of `B` independent sequences, one token each: row `b` of `xs` follows
@@ -144,6 +185,42 @@ impl Ddlerp {
                 .for_each(|o, &c, &x| *o = x + *o * c);
             out
         })
+    }
+
+    /// One token's five shifted inputs into the rows of `out` (`x_w, x_k, x_v, x_r, x_g`),
+    /// with `z: [5·D]` and `tmp: [C]` as scratch (no allocation).
+    ///
+    /// # Shapes
+    /// `x, delta: [C]`, `z: [5·D]`, `tmp: [C]`, `out: [5, C]`.
+    ///
+    /// # Panics
+    /// On mismatched shapes.
+    #[track_caller]
+    pub fn step_into(
+        &self,
+        x: ArrayView1<f32>,
+        delta: ArrayView1<f32>,
+        mut z: ArrayViewMut1<f32>,
+        mut tmp: ArrayViewMut1<f32>,
+        mut out: ArrayViewMut2<f32>,
+    ) {
+        let d = self.w2.shape()[1];
+        assert_eq!(out.nrows(), 5, "Ddlerp::step_into: five outputs");
+        mix_into(x, delta, self.maa_x.view(), tmp.view_mut());
+        vec_mat_into(tmp.view(), self.w1.view(), z.view_mut());
+        z.mapv_inplace(f32::tanh);
+        for (s, mut o) in out.rows_mut().into_iter().enumerate() {
+            vec_mat_into(
+                z.slice(s![s * d..(s + 1) * d]),
+                self.w2.index_axis(Axis(0), s),
+                o.view_mut(),
+            );
+            Zip::from(&mut o)
+                .and(&self.maa.row(s))
+                .and(&x)
+                .and(&delta)
+                .for_each(|o, &m, &x, &d| *o = x + d * (*o + m));
+        }
     }
 }
 
