@@ -22,9 +22,7 @@ mod args;
 
 use std::io::{ErrorKind, Write};
 use std::time::Instant;
-use tokenshift::{
-    ByteTokenizer, Model, Sampler, SamplerConfig, Session, StopReason, Tokenizer, WorldTokenizer,
-};
+use tokenshift::{Model, Sampler, SamplerConfig, Session, StopReason};
 
 const DEFAULT_MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -53,17 +51,11 @@ fn main() {
         let model = Model::load(model_path).map_err(|e| e.to_string())?;
         eprintln!("{}", model.config());
 
-        let owned;
-        let tokenizer: &dyn Tokenizer = match args.get("vocab") {
-            Some("bytes") => &ByteTokenizer,
-            Some("world") => WorldTokenizer::world(),
-            Some(path) => {
-                owned = WorldTokenizer::from_file(path).map_err(|e| e.to_string())?;
-                &owned
-            }
-            None if model.config().vocab <= ByteTokenizer.vocab_size() => &ByteTokenizer,
-            None => WorldTokenizer::world(),
-        };
+        let vocab = args::Vocab::from_flag(
+            args.get("vocab"),
+            args::Vocab::for_model(model.config().vocab),
+        )?;
+        let tokenizer = vocab.tokenizer();
 
         let config = SamplerConfig {
             temperature: args.parsed("temperature", 1.0)?,

@@ -14,20 +14,12 @@
 mod args;
 
 use std::io::Write;
-use tokenshift::{ByteTokenizer, Tokenizer, WorldTokenizer};
 
 fn main() {
     args::run(|| {
         let args = args::Args::parse(&["vocab", "text-file", "text", "decode", "out"], &[])?;
-        let owned;
-        let tokenizer: &dyn Tokenizer = match args.get("vocab").unwrap_or("world") {
-            "bytes" => &ByteTokenizer,
-            "world" => WorldTokenizer::world(),
-            path => {
-                owned = WorldTokenizer::from_file(path).map_err(|e| e.to_string())?;
-                &owned
-            }
-        };
+        let vocab = args::Vocab::from_flag(args.get("vocab"), args::Vocab::World)?;
+        let tokenizer = vocab.tokenizer();
         let given = ["text-file", "text", "decode"]
             .iter()
             .filter(|f| args.get(f).is_some())

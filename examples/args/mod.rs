@@ -1,8 +1,9 @@
-//! A small `--flag value` parser shared by the examples.
+//! What the examples share: a small `--flag value` parser and the choice of tokenizer.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use tokenshift::{ByteTokenizer, Tokenizer, WorldTokenizer};
 
 /// Parsed `--name value` pairs and bare `--switch`es.
 pub struct Args {
@@ -75,5 +76,48 @@ pub fn run(main: impl FnOnce() -> Result<(), String>) {
     if let Err(e) = main() {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The tokenizer picked by `--vocab`: `bytes`, `world` (the shipped World vocabulary) or a
+/// World vocabulary file.
+pub enum Vocab {
+    /// Byte level (id = byte + 1).
+    Bytes,
+    /// The shipped World vocabulary.
+    World,
+    /// A World vocabulary read from a file.
+    File(Box<WorldTokenizer>),
+}
+
+impl Vocab {
+    /// `--vocab`'s value, or `default` when it is absent.
+    pub fn from_flag(value: Option<&str>, default: Vocab) -> Result<Vocab, String> {
+        Ok(match value {
+            None => default,
+            Some("bytes") => Vocab::Bytes,
+            Some("world") => Vocab::World,
+            Some(path) => Vocab::File(Box::new(
+                WorldTokenizer::from_file(path).map_err(|e| e.to_string())?,
+            )),
+        })
+    }
+
+    /// The default for a model with `vocab` outputs: bytes if they fit, World otherwise.
+    pub fn for_model(vocab: usize) -> Vocab {
+        if vocab <= ByteTokenizer.vocab_size() {
+            Vocab::Bytes
+        } else {
+            Vocab::World
+        }
+    }
+
+    /// The tokenizer itself.
+    pub fn tokenizer(&self) -> &dyn Tokenizer {
+        match self {
+            Vocab::Bytes => &ByteTokenizer,
+            Vocab::World => WorldTokenizer::world(),
+            Vocab::File(t) => &**t,
+        }
     }
 }

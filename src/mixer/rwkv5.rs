@@ -354,33 +354,42 @@ impl Rwkv5TimeMix {
     }
 }
 
-impl SequenceMixer for Rwkv5TimeMix {
-    type State = WkvState;
+/// The [`SequenceMixer`] impl shared by the RWKV-5 and RWKV-6 time mixes, which differ only in
+/// how they form `r, k, v, w` (their `apply`, `step_into` and `forward_path`).
+macro_rules! wkv_time_mix_sequence_mixer {
+    ($ty:ty) => {
+        impl SequenceMixer for $ty {
+            type State = WkvState;
 
-    fn init_state(&self) -> WkvState {
-        let (h, n) = self.decay.dim();
-        WkvState::new(h, n)
-    }
+            fn init_state(&self) -> WkvState {
+                let (h, n) = self.bonus.dim();
+                WkvState::new(h, n)
+            }
 
-    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
-        self.forward_path(xs, state, default_path(xs.nrows()))
-    }
+            fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
+                self.forward_path(xs, state, default_path(xs.nrows()))
+            }
 
-    /// Through [`Rwkv5TimeMix::step_into`] with a fresh scratch.
-    fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
-        let mut out = Array1::zeros(x.len());
-        self.step_into(x, state, out.view_mut(), &mut self.scratch());
-        out
-    }
+            /// Through `step_into` with a fresh scratch.
+            fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
+                let mut out = Array1::zeros(x.len());
+                self.step_into(x, state, out.view_mut(), &mut self.scratch());
+                out
+            }
 
-    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
-        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
-        let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
-        self.apply(xs, delta.view(), |inp| {
-            inp.scan_each(self.bonus.view(), &mut s)
-        })
-    }
+            fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
+                let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
+                let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
+                self.apply(xs, delta.view(), |inp| {
+                    inp.scan_each(self.bonus.view(), &mut s)
+                })
+            }
+        }
+    };
 }
+pub(crate) use wkv_time_mix_sequence_mixer;
+
+wkv_time_mix_sequence_mixer!(Rwkv5TimeMix);
 
 impl MultiPath for Rwkv5TimeMix {
     fn forward_path(&self, xs: ArrayView2<f32>, state: &mut WkvState, path: Path) -> Array2<f32> {

@@ -191,33 +191,7 @@ impl Rwkv6TimeMix {
     }
 }
 
-impl SequenceMixer for Rwkv6TimeMix {
-    type State = WkvState;
-
-    fn init_state(&self) -> WkvState {
-        let (h, n) = self.bonus.dim();
-        WkvState::new(h, n)
-    }
-
-    fn forward(&self, xs: ArrayView2<f32>, state: &mut WkvState) -> Array2<f32> {
-        self.forward_path(xs, state, default_path(xs.nrows()))
-    }
-
-    /// Through [`Rwkv6TimeMix::step_into`] with a fresh scratch.
-    fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
-        let mut out = Array1::zeros(x.len());
-        self.step_into(x, state, out.view_mut(), &mut self.scratch());
-        out
-    }
-
-    fn step_batch(&self, xs: ArrayView2<f32>, states: &mut [&mut WkvState]) -> Array2<f32> {
-        let delta = shift::advance_each(xs, states.iter_mut().map(|s| &mut s.x_prev));
-        let mut s: Vec<_> = states.iter_mut().map(|s| &mut s.s).collect();
-        self.apply(xs, delta.view(), |inp| {
-            inp.scan_each(self.bonus.view(), &mut s)
-        })
-    }
-}
+super::rwkv5::wkv_time_mix_sequence_mixer!(Rwkv6TimeMix);
 
 impl MultiPath for Rwkv6TimeMix {
     fn forward_path(&self, xs: ArrayView2<f32>, state: &mut WkvState, path: Path) -> Array2<f32> {
