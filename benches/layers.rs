@@ -1,5 +1,8 @@
 //! Single layers: the RWKV-5/6 WKV kernel, linear layers, and each time mix's two paths.
 
+mod common;
+
+use common::filled;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
 use std::time::Duration;
@@ -12,17 +15,7 @@ fn settings<'a>(
     c: &'a mut Criterion,
     name: &str,
 ) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(name);
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
-    g
-}
-
-fn filled(rows: usize, cols: usize) -> Array2<f32> {
-    Array2::from_shape_fn((rows, cols), |(i, j)| {
-        ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5
-    })
+    common::group(c, name, Duration::from_millis(300), Duration::from_secs(2))
 }
 
 fn wkv_kernel(c: &mut Criterion) {

@@ -4,8 +4,11 @@
 //! `cargo bench --bench mixers` (all), `cargo bench --bench mixers -- wkv_chunk` (the sweep).
 //! Sized for a 2-core machine: 10 samples, short measurement times.
 
+mod common;
+
+use common::filled;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 use std::time::Duration;
 use tokenshift::block::TimeMix;
 use tokenshift::mixer::aft::{AftFull, AftLocal, AftSimple};
@@ -23,17 +26,12 @@ fn settings<'a>(
     c: &'a mut Criterion,
     name: &str,
 ) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(name);
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_millis(1200));
-    g
-}
-
-fn filled(rows: usize, cols: usize) -> Array2<f32> {
-    Array2::from_shape_fn((rows, cols), |(i, j)| {
-        ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5
-    })
+    common::group(
+        c,
+        name,
+        Duration::from_millis(200),
+        Duration::from_millis(1200),
+    )
 }
 
 /// RWKV-5/6's WKV kernel (12 heads of 64, the size of a 768-wide model) on every path and at

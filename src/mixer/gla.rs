@@ -72,13 +72,18 @@ impl Gla {
     ) -> Self {
         let c = w_q.ncols();
         let r = w_a1.nrows();
-        assert_eq!(w_q.dim(), (heads * key, c), "Gla: W_q must be [H·K, C]");
-        assert_eq!(w_k.dim(), (heads * key, c), "Gla: W_k must be [H·K, C]");
-        assert_eq!(w_v.dim(), (heads * value, c), "Gla: W_v must be [H·V, C]");
-        assert_eq!(w_r.dim(), (heads * value, c), "Gla: W_r must be [H·V, C]");
-        assert_eq!(w_o.dim(), (c, heads * value), "Gla: W_o must be [C, H·V]");
-        assert_eq!(w_a1.dim(), (r, c), "Gla: W_α1 must be [R, C]");
-        assert_eq!(w_a2.dim(), (heads * key, r), "Gla: W_α2 must be [H·K, R]");
+        super::assert_dims(
+            "Gla",
+            &[
+                ("W_q", w_q.dim(), (heads * key, c), "[H·K, C]"),
+                ("W_k", w_k.dim(), (heads * key, c), "[H·K, C]"),
+                ("W_v", w_v.dim(), (heads * value, c), "[H·V, C]"),
+                ("W_r", w_r.dim(), (heads * value, c), "[H·V, C]"),
+                ("W_o", w_o.dim(), (c, heads * value), "[C, H·V]"),
+                ("W_α1", w_a1.dim(), (r, c), "[R, C]"),
+                ("W_α2", w_a2.dim(), (heads * key, r), "[H·K, R]"),
+            ],
+        );
         assert_eq!(b_alpha.len(), heads * key, "Gla: b_α must be [H·K]");
         assert_eq!(norm.weight.len(), heads * value, "Gla: norm width");
         Gla {

@@ -199,25 +199,14 @@ impl LinearAttention {
         feature: FeatureMap,
     ) -> Self {
         let c = w_q.ncols();
-        assert_eq!(
-            w_q.dim(),
-            (heads * key, c),
-            "LinearAttention: W_q must be [H·K, C]"
-        );
-        assert_eq!(
-            w_k.dim(),
-            (heads * key, c),
-            "LinearAttention: W_k must be [H·K, C]"
-        );
-        assert_eq!(
-            w_v.dim(),
-            (heads * value, c),
-            "LinearAttention: W_v must be [H·V, C]"
-        );
-        assert_eq!(
-            w_o.dim(),
-            (c, heads * value),
-            "LinearAttention: W_o must be [C, H·V]"
+        super::assert_dims(
+            "LinearAttention",
+            &[
+                ("W_q", w_q.dim(), (heads * key, c), "[H·K, C]"),
+                ("W_k", w_k.dim(), (heads * key, c), "[H·K, C]"),
+                ("W_v", w_v.dim(), (heads * value, c), "[H·V, C]"),
+                ("W_o", w_o.dim(), (c, heads * value), "[C, H·V]"),
+            ],
         );
         let eps = match &feature {
             FeatureMap::EluPlusOne => ELU_EPS,

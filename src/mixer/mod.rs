@@ -135,3 +135,17 @@ pub fn by_chunks<S>(
     }
     out
 }
+
+/// One shape check: matrix name, found dims, expected dims, expected shape written out.
+pub(crate) type DimCheck<'a> = (&'a str, (usize, usize), (usize, usize), &'a str);
+
+/// Checks a layer's matrix shapes.
+///
+/// # Panics
+/// On the first mismatch, naming the layer, the matrix and the shape it must have.
+#[track_caller]
+pub(crate) fn assert_dims(layer: &str, checks: &[DimCheck]) {
+    for &(name, found, expected, shape) in checks {
+        assert_eq!(found, expected, "{layer}: {name} must be {shape}");
+    }
+}

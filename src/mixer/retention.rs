@@ -101,30 +101,15 @@ impl Retention {
             key % 2 == 0 && key >= 4,
             "Retention: the key size must be even and ≥ 4"
         );
-        assert_eq!(
-            w_q.dim(),
-            (heads * key, c),
-            "Retention: W_q must be [H·K, C]"
-        );
-        assert_eq!(
-            w_k.dim(),
-            (heads * key, c),
-            "Retention: W_k must be [H·K, C]"
-        );
-        assert_eq!(
-            w_v.dim(),
-            (heads * value, c),
-            "Retention: W_v must be [H·V, C]"
-        );
-        assert_eq!(
-            w_g.dim(),
-            (heads * value, c),
-            "Retention: W_g must be [H·V, C]"
-        );
-        assert_eq!(
-            w_o.dim(),
-            (c, heads * value),
-            "Retention: W_o must be [C, H·V]"
+        super::assert_dims(
+            "Retention",
+            &[
+                ("W_q", w_q.dim(), (heads * key, c), "[H·K, C]"),
+                ("W_k", w_k.dim(), (heads * key, c), "[H·K, C]"),
+                ("W_v", w_v.dim(), (heads * value, c), "[H·V, C]"),
+                ("W_g", w_g.dim(), (heads * value, c), "[H·V, C]"),
+                ("W_o", w_o.dim(), (c, heads * value), "[C, H·V]"),
+            ],
         );
         assert_eq!(log_gamma.len(), heads, "Retention: one decay per head");
         assert!(
