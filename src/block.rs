@@ -9,7 +9,7 @@ use crate::mixer::rwkv5::{Rwkv5TimeMix, WkvScratch, WkvState};
 use crate::mixer::rwkv6::Rwkv6TimeMix;
 use crate::mixer::rwkv7::{Rwkv7Scratch, Rwkv7TimeMix};
 use crate::mixer::SequenceMixer;
-use crate::ops::LayerNorm;
+use crate::ops::{LayerNorm, Team};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -63,7 +63,7 @@ impl TimeMix {
     }
 
     /// The recurrent path for one token into `out`, with every intermediate in `scratch`: no
-    /// heap allocation (beyond what [`crate::ops::Linear::matvec_into`] does). `v_first`
+    /// heap allocation; the products run where `team` says. `v_first`
     /// carries RWKV-7's value residual as in [`Rwkv7TimeMix::step_into`]; other versions
     /// ignore it.
     ///
@@ -73,26 +73,27 @@ impl TimeMix {
     /// # Panics
     /// If the state or the scratch is of another family than the mixer, or on wrong lengths.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         state: &mut TimeMixState,
         out: ArrayViewMut1<f32>,
         scratch: &mut TimeMixScratch,
         v_first: Option<ArrayViewMut1<f32>>,
+        team: &Team<'_, 'w>,
     ) {
         match (self, state, scratch) {
             (TimeMix::V4(m), TimeMixState::V4(s), TimeMixScratch::V4(b)) => {
-                m.step_into(x, s, out, b)
+                m.step_into(x, s, out, b, team)
             }
             (TimeMix::V5(m), TimeMixState::Wkv(s), TimeMixScratch::Wkv(b)) => {
-                m.step_into(x, s, out, b)
+                m.step_into(x, s, out, b, team)
             }
             (TimeMix::V6(m), TimeMixState::Wkv(s), TimeMixScratch::Wkv(b)) => {
-                m.step_into(x, s, out, b)
+                m.step_into(x, s, out, b, team)
             }
             (TimeMix::V7(m), TimeMixState::Wkv(s), TimeMixScratch::V7(b)) => {
-                m.step_into(x, v_first, s, out, b)
+                m.step_into(x, v_first, s, out, b, team)
             }
             _ => panic!("TimeMix::step_into: state or scratch of another RWKV version"),
         }
@@ -286,8 +287,8 @@ impl Block {
     }
 
     /// Runs one token through the block, updating the residual stream `x` in place, with
-    /// every intermediate in `scratch`: no heap allocation (beyond what
-    /// [`crate::ops::Linear::matvec_into`] does). `v_first` as in [`TimeMix::step_into`].
+    /// every intermediate in `scratch`: no heap allocation; the products run where `team`
+    /// says. `v_first` as in [`TimeMix::step_into`].
     ///
     /// # Shapes
     /// `x, v_first: [C]`.
@@ -295,12 +296,13 @@ impl Block {
     /// # Panics
     /// If the state or the scratch does not belong to a block of this shape.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         mut x: ArrayViewMut1<f32>,
         state: &mut BlockState,
         scratch: &mut BlockScratch,
         v_first: Option<ArrayViewMut1<f32>>,
+        team: &Team<'_, 'w>,
     ) {
         let sc = scratch;
         self.ln1.forward_into(x.view(), sc.xn.view_mut());
@@ -310,11 +312,17 @@ impl Block {
             sc.out.view_mut(),
             &mut sc.att,
             v_first,
+            team,
         );
         x += &sc.out;
         self.ln2.forward_into(x.view(), sc.xn.view_mut());
-        self.ffn
-            .step_into(sc.xn.view(), &mut state.ffn, sc.out.view_mut(), &mut sc.ffn);
+        self.ffn.step_into(
+            sc.xn.view(),
+            &mut state.ffn,
+            sc.out.view_mut(),
+            &mut sc.ffn,
+            team,
+        );
         x += &sc.out;
     }
 

@@ -8,7 +8,7 @@
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::mixer::SequenceMixer;
-use crate::ops::{relu_squared, shift, sigmoid, Linear};
+use crate::ops::{relu_squared, shift, sigmoid, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -91,7 +91,7 @@ impl ChannelMix {
     }
 
     /// The recurrent path for one token, writing the output into `out` and every intermediate
-    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does).
+    /// into `scratch`: no heap allocation; the products run where `team` says.
     ///
     /// # Shapes
     /// `x, x_prev, out: [C]`.
@@ -100,22 +100,23 @@ impl ChannelMix {
     /// If a length differs from the layer's width, or `scratch` was made for another layer
     /// shape.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         x_prev: &mut Array1<f32>,
         mut out: ArrayViewMut1<f32>,
         scratch: &mut ChannelMixScratch,
+        team: &Team<'_, 'w>,
     ) {
         let sc = scratch;
         shift::advance_into(x, x_prev, sc.delta.view_mut());
         shift::mix_into(x, sc.delta.view(), self.maa_k.view(), sc.xk.view_mut());
-        self.key.matvec_into(sc.xk.view(), sc.k.view_mut());
+        team.matvec_into(&self.key, sc.xk.view(), sc.k.view_mut());
         relu_squared(&mut sc.k);
-        self.value.matvec_into(sc.k.view(), out.view_mut());
+        team.matvec_into(&self.value, sc.k.view(), out.view_mut());
         if let Some(gate) = &self.receptance {
             shift::mix_into(x, sc.delta.view(), gate.maa_r.view(), sc.xr.view_mut());
-            gate.weight.matvec_into(sc.xr.view(), sc.r.view_mut());
+            team.matvec_into(&gate.weight, sc.xr.view(), sc.r.view_mut());
             sigmoid(&mut sc.r);
             out *= &sc.r;
         }
@@ -156,7 +157,13 @@ impl SequenceMixer for ChannelMix {
     /// Through [`ChannelMix::step_into`] with a fresh scratch.
     fn step(&self, x: ArrayView1<f32>, x_prev: &mut Array1<f32>) -> Array1<f32> {
         let mut out = Array1::zeros(self.maa_k.len());
-        self.step_into(x, x_prev, out.view_mut(), &mut self.scratch());
+        self.step_into(
+            x,
+            x_prev,
+            out.view_mut(),
+            &mut self.scratch(),
+            &Team::pool(),
+        );
         out
     }
 

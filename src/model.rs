@@ -1,13 +1,16 @@
 //! The full RWKV model: embedding, blocks, output head.
 
-use crate::block::{Block, BlockScratch};
+use crate::block::{Block, BlockScratch, BlockState};
 use crate::config::{Config, Version};
 use crate::error::{Error, Result};
-use crate::ops::{LayerNorm, Linear};
+use crate::ops::{with_team, LayerNorm, Linear, Team, TeamBuffers};
 use crate::state::{State, StateShape};
 use crate::weights::{DType, SafeTensorsFile, Scope, TensorSource};
 use ndarray::{s, Array1, Array2, ArrayViewMut1};
 use std::path::Path;
+
+/// Weights (elements) one token must read before one-token decode is shared between threads.
+const PARALLEL_DECODE_MIN: usize = 1 << 20;
 
 /// Which logits [`Model::forward`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub(crate) struct Workspace {
     /// RWKV-7's block-0 values, `[C]`.
     v_first: Array1<f32>,
     block: BlockScratch,
+    /// The shared buffers of the products (see [`crate::ops::with_team`]).
+    team: TeamBuffers,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -147,6 +152,11 @@ impl Model {
             xn: Array1::zeros(c),
             v_first: Array1::zeros(c),
             block: last.scratch(),
+            team: TeamBuffers::new(
+                c.max(self.config.dim_ffn),
+                self.config.vocab.max(self.config.dim_ffn),
+                1,
+            ),
         }
     }
 
@@ -214,7 +224,7 @@ impl Model {
         &self,
         token: u32,
         state: &mut State,
-        mut logits: ArrayViewMut1<f32>,
+        logits: ArrayViewMut1<f32>,
     ) -> Result<()> {
         self.check_tokens(std::slice::from_ref(&token))?;
         self.check_state(state)?;
@@ -233,16 +243,45 @@ impl Model {
         if workspace.as_ref().map_or(true, |w| w.config != self.config) {
             *workspace = Some(Box::new(self.workspace()));
         }
-        let ws = workspace.as_mut().expect("made above");
-        self.emb.row_into(token as usize, ws.x.view_mut());
-        let v7 = self.config.version == Version::V7;
-        for (block, s) in self.blocks.iter().zip(blocks.iter_mut()) {
-            let v_first = v7.then(|| ws.v_first.view_mut());
-            block.step_into(ws.x.view_mut(), s, &mut ws.block, v_first);
+        let Workspace {
+            x,
+            xn,
+            v_first,
+            block: scratch,
+            team,
+            ..
+        } = &mut **workspace.as_mut().expect("made above");
+        self.emb.row_into(token as usize, x.view_mut());
+        if self.parallel_decode() {
+            with_team(team, |team| {
+                self.decode(blocks, x, xn, v_first, scratch, logits, team)
+            });
+        } else {
+            self.decode(blocks, x, xn, v_first, scratch, logits, &Team::serial());
         }
-        self.ln_out.forward_into(ws.x.view(), ws.xn.view_mut());
-        self.head.matvec_into(ws.xn.view(), logits.view_mut());
         Ok(())
+    }
+
+    /// The blocks and the head for one token whose embedding is in `x` (see
+    /// [`Model::step_into`]).
+    #[allow(clippy::too_many_arguments)]
+    fn decode<'w>(
+        &'w self,
+        states: &mut [BlockState],
+        x: &mut Array1<f32>,
+        xn: &mut Array1<f32>,
+        v_first: &mut Array1<f32>,
+        scratch: &mut BlockScratch,
+        logits: ArrayViewMut1<f32>,
+        team: &Team<'_, 'w>,
+    ) {
+        let v7 = self.config.version == Version::V7;
+        for (block, s) in self.blocks.iter().zip(states.iter_mut()) {
+            let v_first = v7.then(|| v_first.view_mut());
+            block.step_into(x.view_mut(), s, scratch, v_first, team);
+        }
+        self.ln_out.forward_into(x.view(), xn.view_mut());
+        team.matvec_into(&self.head, xn.view(), logits);
     }
 
     /// Advances `B` independent sequences by one token each: `tokens[b]` with `states[b]`,
@@ -274,6 +313,12 @@ impl Model {
             block.step_batch(&mut x, &mut block_states, &mut v_first);
         }
         Ok(self.head.forward(self.ln_out.forward(x.view()).view()))
+    }
+
+    /// Whether one-token decode shares its products with rayon's workers: only when they are
+    /// large enough to pay for waking them.
+    fn parallel_decode(&self) -> bool {
+        self.matrix_elements() + self.config.vocab * self.config.n_embd >= PARALLEL_DECODE_MIN
     }
 
     /// The embedding rows of `tokens` (already checked), `[T, C]`.

@@ -130,13 +130,13 @@ fn decode_allocates_nothing_on_the_parallel_path_inside_the_pool() {
     );
 }
 
-/// The parallel path, decoding on a thread outside rayon's pool. Known to fail: every parallel
-/// call from outside the pool injects a job into rayon's global injector queue
-/// (rayon-core 1.13 `Registry::inject`, a crossbeam-deque `Injector`), which allocates a new
-/// block every 63 jobs — 5 allocations in 20 steps of this model (17 parallel products each).
-/// The model's own code allocates nothing (see the test above).
+/// The parallel path, decoding on a thread outside rayon's pool. Can fail: each token enters
+/// the pool once, injecting one job into rayon's global injector queue (rayon-core 1.13
+/// `Registry::inject`, a crossbeam-deque `Injector`), which allocates a new block every 63
+/// jobs — one allocation per 63 tokens, whose place among these 20 steps depends on what ran
+/// before. The model's own code allocates nothing (see the test above).
 #[test]
-#[ignore = "rayon's injector allocates a block per 63 jobs sent from outside the pool"]
+#[ignore = "rayon's injector allocates a block per 63 tokens decoded from outside the pool"]
 fn decode_allocates_nothing_on_the_parallel_path_outside_the_pool() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let model = wide_model();

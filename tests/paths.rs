@@ -219,3 +219,33 @@ fn step_batch_checks_its_input() {
     assert!(model.step_batch(&[1, 999], &mut states).is_err());
     assert_eq!(model.step_batch(&[], &mut []).unwrap().dim(), (0, 128));
 }
+
+/// Decode shared between threads (models wide enough for it) gives the single-thread logits
+/// and states bit for bit, for every version, with more threads than cores.
+#[test]
+fn parallel_decode_equals_single_thread_decode() {
+    use tokenshift::synthetic::{random_model, DType};
+    use tokenshift::{Config, Version};
+    for version in [Version::V4, Version::V5_2, Version::V6, Version::V7] {
+        let config = Config::standard(version, 2, 256, 64, 1000);
+        let model = random_model(&config, DType::F16, 5).unwrap();
+        let tokens = Rng(8).tokens(12, config.vocab);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut state = model.init_state();
+                (steps(&model, &tokens, &mut state), state)
+            })
+        };
+        let (want, want_state) = run(1);
+        for threads in [2, 3, 6] {
+            let (got, state) = run(threads);
+            let d = max_abs_diff(got.view(), want.view());
+            assert_eq!(got, want, "{version:?}, {threads} threads: logits ({d})");
+            assert_eq!(state, want_state, "{version:?}, {threads} threads: state");
+        }
+    }
+}

@@ -13,7 +13,7 @@
 use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
-use crate::ops::{shift, sigmoid, Linear};
+use crate::ops::{shift, sigmoid, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
@@ -361,7 +361,7 @@ impl Rwkv4TimeMix {
     }
 
     /// The recurrent path for one token, writing the output into `out` and every intermediate
-    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does).
+    /// into `scratch`: no heap allocation; the products run where `team` says.
     ///
     /// # Shapes
     /// `x, out: [C]`.
@@ -369,12 +369,13 @@ impl Rwkv4TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another width.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         state: &mut Rwkv4State,
         out: ArrayViewMut1<f32>,
         scratch: &mut Rwkv4Scratch,
+        team: &Team<'_, 'w>,
     ) {
         let sc = scratch;
         shift::advance_into(x, &mut state.x_prev, sc.delta.view_mut());
@@ -382,10 +383,10 @@ impl Rwkv4TimeMix {
         shift::mix_into(x, d, self.maa_k.view(), sc.xk.view_mut());
         shift::mix_into(x, d, self.maa_v.view(), sc.xv.view_mut());
         shift::mix_into(x, d, self.maa_r.view(), sc.xr.view_mut());
-        self.receptance.matvec_into(sc.xr.view(), sc.r.view_mut());
+        team.matvec_into(&self.receptance, sc.xr.view(), sc.r.view_mut());
         sigmoid(&mut sc.r);
-        self.key.matvec_into(sc.xk.view(), sc.k.view_mut());
-        self.value.matvec_into(sc.xv.view(), sc.v.view_mut());
+        team.matvec_into(&self.key, sc.xk.view(), sc.k.view_mut());
+        team.matvec_into(&self.value, sc.xv.view(), sc.v.view_mut());
         // The WKV goes into `xk`, then `σ(r) ⊙ wkv`.
         wkv4_step_into(
             sc.k.view(),
@@ -396,7 +397,7 @@ impl Rwkv4TimeMix {
             sc.xk.view_mut(),
         );
         sc.xk *= &sc.r;
-        self.output.matvec_into(sc.xk.view(), out);
+        team.matvec_into(&self.output, sc.xk.view(), out);
     }
 }
 
@@ -438,7 +439,7 @@ impl SequenceMixer for Rwkv4TimeMix {
     /// Through [`Rwkv4TimeMix::step_into`] with a fresh scratch.
     fn step(&self, x: ArrayView1<f32>, state: &mut Rwkv4State) -> Array1<f32> {
         let mut out = Array1::zeros(self.decay.len());
-        self.step_into(x, state, out.view_mut(), &mut self.scratch());
+        self.step_into(x, state, out.view_mut(), &mut self.scratch(), &Team::pool());
         out
     }
 

@@ -19,7 +19,7 @@ use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
-use crate::ops::{shift, silu, GroupNorm, Linear};
+use crate::ops::{shift, silu, GroupNorm, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -135,20 +135,21 @@ impl WkvOutput {
     /// # Shapes
     /// `y, xg, g, out: [C]`.
     #[track_caller]
-    pub(crate) fn step_into(
-        &self,
+    pub(crate) fn step_into<'w>(
+        &'w self,
         mut y: ArrayViewMut1<f32>,
         xg: ArrayView1<f32>,
         mut g: ArrayViewMut1<f32>,
         out: ArrayViewMut1<f32>,
+        team: &Team<'_, 'w>,
     ) {
         self.ln_x.forward_one_inplace(y.view_mut());
         if let Some(gate) = &self.gate {
-            gate.matvec_into(xg, g.view_mut());
+            team.matvec_into(gate, xg, g.view_mut());
             silu(&mut g);
             y *= &g;
         }
-        self.output.matvec_into(y.view(), out);
+        team.matvec_into(&self.output, y.view(), out);
     }
 }
 
@@ -305,7 +306,7 @@ impl Rwkv5TimeMix {
     }
 
     /// The recurrent path for one token, writing the output into `out` and every intermediate
-    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does). The same
+    /// into `scratch`: no heap allocation. The products run where `team` says. The same
     /// operations as the sequence path for one token.
     ///
     /// # Shapes
@@ -314,12 +315,13 @@ impl Rwkv5TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another shape.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         state: &mut WkvState,
         out: ArrayViewMut1<f32>,
         scratch: &mut WkvScratch,
+        team: &Team<'_, 'w>,
     ) {
         let sc = scratch;
         let c = x.len();
@@ -337,9 +339,9 @@ impl Rwkv5TimeMix {
             }
         }
         let m = &sc.mixed;
-        self.key.matvec_into(m.row(1), sc.k.view_mut());
-        self.value.matvec_into(m.row(2), sc.v.view_mut());
-        self.receptance.matvec_into(m.row(3), sc.r.view_mut());
+        team.matvec_into(&self.key, m.row(1), sc.k.view_mut());
+        team.matvec_into(&self.value, m.row(2), sc.v.view_mut());
+        team.matvec_into(&self.receptance, m.row(3), sc.r.view_mut());
         wkv::step_into(
             sc.r.view(),
             sc.k.view(),
@@ -350,7 +352,7 @@ impl Rwkv5TimeMix {
             sc.y.view_mut(),
         );
         self.out
-            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out);
+            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out, team);
     }
 }
 
@@ -373,7 +375,8 @@ macro_rules! wkv_time_mix_sequence_mixer {
             /// Through `step_into` with a fresh scratch.
             fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
                 let mut out = Array1::zeros(x.len());
-                self.step_into(x, state, out.view_mut(), &mut self.scratch());
+                let team = crate::ops::Team::pool();
+                self.step_into(x, state, out.view_mut(), &mut self.scratch(), &team);
                 out
             }
 

@@ -20,7 +20,7 @@ use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
-use crate::ops::{vec_mat_into, Linear};
+use crate::ops::{vec_mat_into, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{
     stack, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Ix3, Zip,
@@ -135,7 +135,7 @@ impl Rwkv6TimeMix {
     }
 
     /// The recurrent path for one token, writing the output into `out` and every intermediate
-    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does). The
+    /// into `scratch`: no heap allocation; the products run where `team` says. The
     /// ddlerp and decay low-rank products run as vector-matrix products.
     ///
     /// # Shapes
@@ -144,12 +144,13 @@ impl Rwkv6TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another shape.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         state: &mut WkvState,
         out: ArrayViewMut1<f32>,
         scratch: &mut WkvScratch,
+        team: &Team<'_, 'w>,
     ) {
         let sc = scratch;
         let c = x.len();
@@ -163,9 +164,9 @@ impl Rwkv6TimeMix {
             sc.mixed.view_mut(),
         );
         let m = &sc.mixed;
-        self.receptance.matvec_into(m.row(3), sc.r.view_mut());
-        self.key.matvec_into(m.row(1), sc.k.view_mut());
-        self.value.matvec_into(m.row(2), sc.v.view_mut());
+        team.matvec_into(&self.receptance, m.row(3), sc.r.view_mut());
+        team.matvec_into(&self.key, m.row(1), sc.k.view_mut());
+        team.matvec_into(&self.value, m.row(2), sc.v.view_mut());
         vec_mat_into(m.row(0), self.decay_w1.view(), sc.z_decay.view_mut());
         sc.z_decay.mapv_inplace(f32::tanh);
         vec_mat_into(sc.z_decay.view(), self.decay_w2.view(), sc.w.view_mut());
@@ -187,7 +188,7 @@ impl Rwkv6TimeMix {
             sc.y.view_mut(),
         );
         self.out
-            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out);
+            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out, team);
     }
 }
 

@@ -20,7 +20,7 @@ use super::rwkv5::WkvState;
 use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
-use crate::ops::{shift, sigmoid, vec_mat_into, GroupNorm, Linear};
+use crate::ops::{shift, sigmoid, vec_mat_into, GroupNorm, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
@@ -395,7 +395,7 @@ impl Rwkv7TimeMix {
     }
 
     /// The recurrent path for one token, writing the output into `out` and every intermediate
-    /// into `scratch`: no heap allocation (beyond what [`Linear::matvec_into`] does). The same
+    /// into `scratch`: no heap allocation; the products run where `team` says. The same
     /// operations as [`Rwkv7TimeMix::forward_with_v_first`] for one token, the low-rank
     /// products as vector-matrix products.
     ///
@@ -409,13 +409,14 @@ impl Rwkv7TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another shape.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         v_first: Option<ArrayViewMut1<f32>>,
         state: &mut WkvState,
         out: ArrayViewMut1<f32>,
         scratch: &mut Rwkv7Scratch,
+        team: &Team<'_, 'w>,
     ) {
         let sc = scratch;
         let n = self.r_k.ncols();
@@ -425,9 +426,9 @@ impl Rwkv7TimeMix {
         }
         let m = &sc.mixed;
         let (xr, xw, xk, xv, xa, xg) = (m.row(0), m.row(1), m.row(2), m.row(3), m.row(4), m.row(5));
-        self.receptance.matvec_into(xr, sc.r.view_mut());
-        self.key.matvec_into(xk, sc.k.view_mut());
-        self.value.matvec_into(xv, sc.v.view_mut());
+        team.matvec_into(&self.receptance, xr, sc.r.view_mut());
+        team.matvec_into(&self.key, xk, sc.k.view_mut());
+        team.matvec_into(&self.value, xv, sc.v.view_mut());
         self.decay
             .step_into(xw, &mut sc.mid, sc.w.view_mut(), |mut z| {
                 z.mapv_inplace(f32::tanh)
@@ -496,7 +497,7 @@ impl Rwkv7TimeMix {
             yh.scaled_add(bonus, &sc.v.slice(cols));
         }
         sc.y *= &sc.g;
-        self.output.matvec_into(sc.y.view(), out);
+        team.matvec_into(&self.output, sc.y.view(), out);
     }
 }
 
@@ -526,7 +527,14 @@ impl SequenceMixer for Rwkv7TimeMix {
     /// Through [`Rwkv7TimeMix::step_into`] with a fresh scratch and no `v_first`.
     fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
         let mut out = Array1::zeros(x.len());
-        self.step_into(x, None, state, out.view_mut(), &mut self.scratch());
+        self.step_into(
+            x,
+            None,
+            state,
+            out.view_mut(),
+            &mut self.scratch(),
+            &Team::pool(),
+        );
         out
     }
 

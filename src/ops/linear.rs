@@ -96,6 +96,50 @@ impl Linear {
         }
     }
 
+    /// `yt = W xsᵀ` through the dot-product kernels (at most [`SMALL_BATCH`] rows), split
+    /// across rayon's threads when `parallel`.
+    pub(crate) fn streamed_into(
+        &self,
+        xs: ArrayView2<f32>,
+        yt: ArrayViewMut2<f32>,
+        parallel: bool,
+    ) {
+        match self {
+            Linear::F32(w) => streamed(w.view(), xs, yt, parallel),
+            Linear::F16(w) => streamed(w.view(), xs, yt, parallel),
+            Linear::Bf16(w) => streamed(w.view(), xs, yt, parallel),
+        }
+    }
+
+    /// Whether every weight row is contiguous in memory (what [`Linear::dot_rows`] needs).
+    pub(crate) fn rows_contiguous(&self) -> bool {
+        match self {
+            Linear::F32(w) => w.is_standard_layout(),
+            Linear::F16(w) => w.is_standard_layout(),
+            Linear::Bf16(w) => w.is_standard_layout(),
+        }
+    }
+
+    /// `out[(r − rows.start) · B + j] = W[r] · xs[j]` for the rows `r` of `rows`, `x` holding
+    /// `B` rows of `inp` values.
+    ///
+    /// # Panics
+    /// If the weight is not in standard layout, `B` is above [`SMALL_BATCH`] or `out` is too
+    /// short.
+    pub(crate) fn dot_rows(
+        &self,
+        x: &[f32],
+        inp: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        match self {
+            Linear::F32(w) => dot_rows(w.view(), x, inp, rows, out),
+            Linear::F16(w) => dot_rows(w.view(), x, inp, rows, out),
+            Linear::Bf16(w) => dot_rows(w.view(), x, inp, rows, out),
+        }
+    }
+
     /// `y = W x`.
     ///
     /// # Shapes
@@ -110,11 +154,7 @@ impl Linear {
         assert_eq!(y.len(), out, "Linear::matvec_into: output length");
         let xs = x.insert_axis(Axis(0));
         let ys = y.insert_axis(Axis(1));
-        match self {
-            Linear::F32(w) => streamed(w.view(), xs, ys),
-            Linear::F16(w) => streamed(w.view(), xs, ys),
-            Linear::Bf16(w) => streamed(w.view(), xs, ys),
-        }
+        self.streamed_into(xs, ys, true);
     }
 
     /// `ys = xs Wᵀ`: the layer applied to every row.
@@ -132,11 +172,7 @@ impl Linear {
         if t <= SMALL_BATCH {
             // Computed as [out, T] so each task writes whole rows, then transposed.
             let mut yt = Array2::zeros((out, t));
-            match self {
-                Linear::F32(w) => streamed(w.view(), xs, yt.view_mut()),
-                Linear::F16(w) => streamed(w.view(), xs, yt.view_mut()),
-                Linear::Bf16(w) => streamed(w.view(), xs, yt.view_mut()),
-            }
+            self.streamed_into(xs, yt.view_mut(), true);
             return yt.reversed_axes().as_standard_layout().into_owned();
         }
         let mut ys = Array2::zeros((t, out));
@@ -149,60 +185,76 @@ impl Linear {
     }
 }
 
-/// `yt[r, j] = W[r] · xs[j]`: every weight row read once for all rows of `xs`, rows of `W`
-/// split across threads.
-fn streamed<T: Weight>(w: ArrayView2<T>, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>) {
+/// `yt[r, j] = W[r] · xs[j]`: every weight row read once for all rows of `xs`, tasks of
+/// consecutive rows split across rayon's threads when `parallel` and the product is large.
+fn streamed<T: Weight>(
+    w: ArrayView2<T>,
+    xs: ArrayView2<f32>,
+    mut yt: ArrayViewMut2<f32>,
+    parallel: bool,
+) {
     let (out, inp) = w.dim();
     let t = xs.nrows();
     assert!(t <= SMALL_BATCH, "streamed: at most SMALL_BATCH rows");
     if t == 0 || out == 0 {
         return;
     }
-    // No heap allocation here: views of standard-layout inputs are borrowed, the input rows
-    // live in a fixed array, and the output is split in place.
+    // No heap allocation here: views of standard-layout inputs are borrowed and the output is
+    // split in place.
     let w = w.as_standard_layout();
     let xs = xs.as_standard_layout();
-    let w = w.as_slice().expect("standard layout");
-    let mut rows: [&[f32]; SMALL_BATCH] = [&[]; SMALL_BATCH];
-    for (slot, row) in rows.iter_mut().zip(
-        xs.as_slice()
-            .expect("standard layout")
-            .chunks_exact(inp.max(1)),
-    ) {
-        *slot = row;
-    }
-    let x_rows = &rows[..t];
-    let row_dots = |r: usize, y_row: &mut dyn FnMut(usize, f32)| {
-        let mut buf = [0.0f32; GROUP];
-        let w_row = &w[r * inp..(r + 1) * inp];
-        for (g, group) in x_rows.chunks(GROUP).enumerate() {
-            T::dots(w_row, group, &mut buf[..group.len()]);
-            for (k, v) in buf[..group.len()].iter().enumerate() {
-                y_row(g * GROUP + k, *v);
-            }
-        }
-    };
+    let x = xs.as_slice().expect("standard layout");
     let rows_per_task = out.div_ceil(64).max(8);
-    let serial = out * inp * t < PARALLEL_MIN_WORK;
+    let parallel = parallel && out * inp * t >= PARALLEL_MIN_WORK;
     match yt.as_slice_mut() {
         Some(y) => {
             let task = |(i, chunk): (usize, &mut [f32])| {
-                for (j, y_row) in chunk.chunks_mut(t).enumerate() {
-                    row_dots(i * rows_per_task + j, &mut |k, v| y_row[k] = v);
-                }
+                let start = i * rows_per_task;
+                dot_rows(w.view(), x, inp, start..start + chunk.len() / t, chunk);
             };
-            if serial {
-                y.chunks_mut(rows_per_task * t).enumerate().for_each(task);
-            } else {
+            if parallel {
                 y.par_chunks_mut(rows_per_task * t)
                     .enumerate()
                     .for_each(task);
+            } else {
+                y.chunks_mut(rows_per_task * t).enumerate().for_each(task);
             }
         }
         None => {
+            let mut buf = [0.0f32; SMALL_BATCH];
             for (r, mut y_row) in yt.outer_iter_mut().enumerate() {
-                row_dots(r, &mut |k, v| y_row[k] = v);
+                dot_rows(w.view(), x, inp, r..r + 1, &mut buf[..t]);
+                y_row.assign(&ArrayView1::from(&buf[..t]));
             }
+        }
+    }
+}
+
+/// `out[(r − rows.start) · B + j] = W[r] · xs[j]` for the rows `r` of `rows`: `x` holds `B`
+/// rows of `inp` values, each weight row is read once for all of them.
+///
+/// # Panics
+/// If a weight row is not contiguous, `B` is above [`SMALL_BATCH`] or `out` is too short.
+fn dot_rows<T: Weight>(
+    w: ArrayView2<T>,
+    x: &[f32],
+    inp: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let b = x.len() / inp.max(1);
+    let mut xs: [&[f32]; SMALL_BATCH] = [&[]; SMALL_BATCH];
+    for (slot, row) in xs.iter_mut().zip(x.chunks_exact(inp.max(1))) {
+        *slot = row;
+    }
+    let xs = &xs[..b];
+    let mut buf = [0.0f32; GROUP];
+    for (r, o) in rows.zip(out.chunks_mut(b.max(1))) {
+        let w_row = w.row(r);
+        let w_row = w_row.as_slice().expect("weight rows are contiguous");
+        for (g, group) in xs.chunks(GROUP).enumerate() {
+            T::dots(w_row, group, &mut buf[..group.len()]);
+            o[g * GROUP..][..group.len()].copy_from_slice(&buf[..group.len()]);
         }
     }
 }

@@ -1,0 +1,577 @@
+//! Matrix-vector products shared between the calling thread and rayon's idle workers, where the
+//! calling thread never waits for a helper.
+//!
+//! One-token decode is a chain of products separated by small serial steps (norms, the WKV
+//! recurrence). A fork-join per product makes every product wait for its slowest thread, and a
+//! worker that shares its core with another process can be descheduled for milliseconds in the
+//! middle of its share. In a [`with_team`] run the calling thread (the *lead*) runs the whole
+//! token: for each product it publishes the weight and the input, and every participant (the
+//! lead and the *helpers*, rayon workers that joined the run) takes row chunks of the output
+//! one at a time, first from its own segment of consecutive rows (so each thread reads the
+//! weight as one stream), then from the others'. When no chunk is left to take, the lead
+//! computes itself every chunk a helper took but has not finished and moves on; a helper's
+//! late result is then discarded. The lead waits only for a helper that is copying a finished
+//! chunk out (a few hundred nanoseconds), so a slow or absent helper costs at most its
+//! unfinished chunk, never a scheduler time slice.
+//!
+//! Every shared value is an atomic or behind a mutex: the module has no `unsafe`.
+//!
+//! Protocol. Products are numbered by an *epoch* `e`. `seq` is `2e` while product `e` is
+//! published and odd while the lead rewrites the job and the input (a sequence lock: a helper
+//! copies the input, then checks that `seq` did not move). Each participant's `next` holds
+//! `e << 32 | k`: chunk `k` is the next to take in its segment. Each chunk has a status word `epoch << 2 | status`: a helper that
+//! finished chunk `c` of product `e` may claim it only while its word's epoch is below `e`
+//! (`WRITING`), copies its rows into the shared output and marks it `DONE`; the lead marks the
+//! chunks it computes `TAKEN`. After the lead's sweep every chunk of product `e` is `DONE` or
+//! `TAKEN` with epoch `e`, so no helper still working on `e` can claim anything afterwards.
+//! Epochs keep growing from run to run (the buffers remember the last one).
+
+use super::linear::Linear;
+use ndarray::{ArrayView2, ArrayViewMut2};
+use std::ops::Range;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Output rows per chunk: the unit a thread takes.
+pub const CHUNK_ROWS: usize = 16;
+
+/// Input rows (sequences) one product serves at most.
+pub const MAX_ROWS: usize = super::linear::SMALL_BATCH;
+
+const WRITING: u64 = 1;
+const DONE: u64 = 2;
+const TAKEN: u64 = 3;
+
+/// `seq` once the run is over: helpers return.
+const FINISHED: u64 = u64::MAX;
+
+/// Spins of an idle helper before it starts yielding its core between checks.
+const SPINS_BEFORE_YIELD: u32 = 1 << 14;
+
+/// Buffers for [`with_team`], sized once for a model: kept in a state's workspace so a token
+/// allocates nothing. Cloning gives fresh buffers of the same sizes (their contents only live
+/// during one product).
+pub struct TeamBuffers {
+    /// The last product's epoch: epochs grow across runs, so a status word left by an
+    /// earlier run is never taken for one of this run.
+    epoch: u64,
+    parts: Parts,
+}
+
+/// What the lead and the helpers share in a run.
+struct Parts {
+    /// The published input, `[rows, in]`, as f32 bits.
+    x: Vec<AtomicU32>,
+    /// The helpers' finished chunks, `[out, rows]`, as f32 bits.
+    y: Vec<AtomicU32>,
+    /// One status word per output chunk.
+    chunks: Vec<AtomicU64>,
+    /// Per participant (the lead, then each helper), `e << 32 | k`: the next chunk `k` of its
+    /// segment of product `e`.
+    next: Vec<AtomicU64>,
+    /// One private scratch per helper.
+    helpers: Vec<Mutex<HelperScratch>>,
+    sizes: TeamSizes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TeamSizes {
+    max_in: usize,
+    max_out: usize,
+    rows: usize,
+    helpers: usize,
+}
+
+struct HelperScratch {
+    /// The helper's copy of the input, `[rows, in]`.
+    x: Vec<f32>,
+    /// One finished chunk, `[CHUNK_ROWS, rows]`.
+    y: Vec<f32>,
+}
+
+impl TeamBuffers {
+    /// Buffers for products of at most `max_in` inputs and `max_out` outputs over at most
+    /// `rows` input rows (at most [`MAX_ROWS`]), with one helper per rayon thread beyond the
+    /// calling one (`rayon::current_num_threads() − 1`).
+    ///
+    /// # Panics
+    /// If `rows` is 0 or above [`MAX_ROWS`].
+    pub fn new(max_in: usize, max_out: usize, rows: usize) -> TeamBuffers {
+        assert!(
+            (1..=MAX_ROWS).contains(&rows),
+            "TeamBuffers: 1 to {MAX_ROWS} rows"
+        );
+        TeamBuffers::with_sizes(TeamSizes {
+            max_in,
+            max_out,
+            rows,
+            helpers: rayon::current_num_threads().saturating_sub(1),
+        })
+    }
+
+    fn with_sizes(sizes: TeamSizes) -> TeamBuffers {
+        let zeros32 = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect();
+        let TeamSizes {
+            max_in,
+            max_out,
+            rows,
+            helpers,
+        } = sizes;
+        let parts = Parts {
+            x: zeros32(max_in * rows),
+            y: zeros32(max_out * rows),
+            chunks: (0..max_out.div_ceil(CHUNK_ROWS))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            next: (0..=helpers).map(|_| AtomicU64::new(0)).collect(),
+            helpers: (0..helpers)
+                .map(|_| {
+                    Mutex::new(HelperScratch {
+                        x: vec![0.0; max_in * rows],
+                        y: vec![0.0; CHUNK_ROWS * rows],
+                    })
+                })
+                .collect(),
+            sizes,
+        };
+        TeamBuffers { epoch: 0, parts }
+    }
+}
+
+impl Clone for TeamBuffers {
+    fn clone(&self) -> Self {
+        TeamBuffers::with_sizes(self.parts.sizes)
+    }
+}
+
+impl std::fmt::Debug for TeamBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TeamBuffers")
+            .field("sizes", &self.parts.sizes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the products of a layer's recurrent path run.
+pub struct Team<'t, 'w>(Crew<'t, 'w>);
+
+enum Crew<'t, 'w> {
+    /// On the calling thread alone.
+    Serial,
+    /// Through [`Linear::forward`]'s own split across rayon's threads.
+    Pool,
+    /// Shared with the helpers of a [`with_team`] run.
+    Run(&'t Shared<'w>),
+}
+
+impl<'t, 'w> Team<'t, 'w> {
+    /// Every product on the calling thread.
+    pub fn serial() -> Team<'t, 'w> {
+        Team(Crew::Serial)
+    }
+
+    /// Every product split across rayon's threads by a fork-join of its own
+    /// ([`Linear::matvec_into`]).
+    pub fn pool() -> Team<'t, 'w> {
+        Team(Crew::Pool)
+    }
+
+    /// `yt = W xsᵀ`: row `j` of `xs` times the weight, written to column `j` of `yt`.
+    ///
+    /// # Shapes
+    /// `xs: [B, in]`, `yt: [out, B]`.
+    ///
+    /// # Panics
+    /// If the shapes do not match the weight, or `B` is above [`MAX_ROWS`].
+    #[track_caller]
+    pub fn product(&self, w: &'w Linear, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>) {
+        let (out, inp) = w.dim();
+        let b = xs.nrows();
+        assert!(b <= MAX_ROWS, "Team::product: at most {MAX_ROWS} rows");
+        assert_eq!(xs.ncols(), inp, "Team::product: input width");
+        assert_eq!(yt.dim(), (out, b), "Team::product: output shape");
+        match self.0 {
+            Crew::Pool => w.streamed_into(xs, yt, true),
+            Crew::Run(shared) if shared.fits(out, inp, b) && w.rows_contiguous() => {
+                match yt.as_slice_mut() {
+                    Some(y) => shared.lead(w, xs, y),
+                    None => w.streamed_into(xs, yt, false),
+                }
+            }
+            _ => w.streamed_into(xs, yt, false),
+        }
+    }
+
+    /// `y = W x` ([`Team::product`] of one row).
+    ///
+    /// # Shapes
+    /// `x: [in]`, `y: [out]`.
+    ///
+    /// # Panics
+    /// If the shapes do not match the weight.
+    #[track_caller]
+    pub fn matvec_into(
+        &self,
+        w: &'w Linear,
+        x: ndarray::ArrayView1<f32>,
+        y: ndarray::ArrayViewMut1<f32>,
+    ) {
+        self.product(
+            w,
+            x.insert_axis(ndarray::Axis(0)),
+            y.insert_axis(ndarray::Axis(1)),
+        )
+    }
+}
+
+/// Runs `f` as the lead of a team: the calling thread runs `f`, and up to
+/// `buffers`' helper count of rayon's workers take row chunks of the products `f` sends
+/// through its [`Team`]. Without helpers (one rayon thread) `f` runs on the calling thread
+/// with [`Team::serial`]. Called from outside rayon's pool, `f` runs on one of its workers
+/// while the calling thread waits.
+///
+/// `'w` is the lifetime of the weights `f` multiplies by: a helper may still read a weight
+/// after the lead has moved on (its result is then discarded), so they must outlive the run.
+pub fn with_team<'w, R: Send>(
+    buffers: &'w mut TeamBuffers,
+    f: impl for<'t> FnOnce(&Team<'t, 'w>) -> R + Send,
+) -> R {
+    let TeamBuffers { epoch, parts } = buffers;
+    let helpers = parts
+        .helpers
+        .len()
+        .min(rayon::current_num_threads().saturating_sub(1));
+    if helpers == 0 {
+        return f(&Team(Crew::Serial));
+    }
+    let shared = Shared {
+        buffers: parts,
+        seq: AtomicU64::new(2 * *epoch),
+        epoch: AtomicU64::new(*epoch),
+        team_size: helpers + 1,
+        job: Mutex::new(None),
+    };
+    let (r, ()) = rayon::join(
+        || {
+            // Set on unwind too, so that helpers never spin forever.
+            let _finish = Finish(&shared.seq);
+            f(&Team(Crew::Run(&shared)))
+        },
+        || start_helpers(&shared, &parts.helpers[..helpers], 1),
+    );
+    *epoch = shared.epoch.load(Ordering::Relaxed);
+    r
+}
+
+struct Finish<'a>(&'a AtomicU64);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.store(FINISHED, Ordering::Release);
+    }
+}
+
+/// Each slot's helper (participant `me`, the next ones after it) runs on the thread that
+/// picks it up; the rest stay open to stealing.
+fn start_helpers(shared: &Shared<'_>, slots: &[Mutex<HelperScratch>], me: usize) {
+    if let [first, rest @ ..] = slots {
+        rayon::join(
+            || shared.help(first, me),
+            || start_helpers(shared, rest, me + 1),
+        );
+    }
+}
+
+/// The product being run: the weight and the number of input rows.
+#[derive(Clone, Copy)]
+struct Job<'w> {
+    w: &'w Linear,
+    rows: usize,
+}
+
+struct Shared<'w> {
+    buffers: &'w Parts,
+    /// The current product's epoch (the lead's own count).
+    epoch: AtomicU64,
+    /// `2e` while product `e` is published, odd while it is written, [`FINISHED`] at the end.
+    seq: AtomicU64,
+    /// Participants: the lead and the helpers that may join.
+    team_size: usize,
+    job: Mutex<Option<Job<'w>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The epoch as `next` holds it.
+fn low32(e: u64) -> u64 {
+    e & u64::from(u32::MAX)
+}
+
+fn tag(e: u64, status: u64) -> u64 {
+    e << 2 | status
+}
+
+impl<'w> Shared<'w> {
+    fn fits(&self, out: usize, inp: usize, rows: usize) -> bool {
+        let s = self.buffers.sizes;
+        out <= s.max_out && inp <= s.max_in && rows <= s.rows
+    }
+
+    /// Participant `p`'s share of the `n` chunks: consecutive rows, so that each thread reads
+    /// the weight as one stream.
+    fn segment(&self, p: usize, n: usize) -> Range<usize> {
+        p * n / self.team_size..(p + 1) * n / self.team_size
+    }
+
+    /// The next chunk of product `e` (of `n` chunks) for participant `me`: from its own
+    /// segment, then from the others'. `None` once every chunk is taken or the product is no
+    /// longer `e`.
+    fn claim(&self, me: usize, e: u64, n: usize) -> Option<usize> {
+        (0..self.team_size).find_map(|i| {
+            let p = (me + i) % self.team_size;
+            let v = self.buffers.next[p].fetch_add(1, Ordering::Relaxed);
+            let c = (v & u64::from(u32::MAX)) as usize;
+            (v >> 32 == low32(e) && c < self.segment(p, n).end).then_some(c)
+        })
+    }
+
+    /// The lead's side of one product: publish, take chunks, sweep.
+    fn lead(&self, w: &'w Linear, xs: ArrayView2<f32>, y: &mut [f32]) {
+        let (out, inp) = w.dim();
+        let rows = xs.nrows();
+        let e = self.epoch.load(Ordering::Relaxed) + 1;
+        self.epoch.store(e, Ordering::Relaxed);
+        self.seq.store(2 * e - 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        *lock(&self.job) = Some(Job { w, rows });
+        for (slot, &v) in self.buffers.x.iter().zip(xs.iter()) {
+            slot.store(v.to_bits(), Ordering::Relaxed);
+        }
+        let n = out.div_ceil(CHUNK_ROWS);
+        for (p, next) in self.buffers.next[..self.team_size].iter().enumerate() {
+            next.store(
+                low32(e) << 32 | self.segment(p, n).start as u64,
+                Ordering::Relaxed,
+            );
+        }
+        self.seq.store(2 * e, Ordering::Release);
+
+        let xs = xs.as_standard_layout();
+        let x = xs.as_slice().expect("standard layout");
+        let chunk_of = |c: usize, y: &mut [f32]| {
+            let r = chunk_rows(c, out);
+            w.dot_rows(x, inp, r.clone(), &mut y[r.start * rows..r.end * rows]);
+        };
+        while let Some(c) = self.claim(0, e, n) {
+            self.buffers.chunks[c].store(tag(e, TAKEN), Ordering::Relaxed);
+            chunk_of(c, y);
+        }
+        for (c, status) in self.buffers.chunks[..n].iter().enumerate() {
+            loop {
+                let now = status.load(Ordering::Acquire);
+                if now >> 2 == e {
+                    match now & 3 {
+                        DONE => {
+                            let r = chunk_rows(c, out);
+                            let shared = &self.buffers.y[r.start * rows..r.end * rows];
+                            for (o, v) in y[r.start * rows..r.end * rows].iter_mut().zip(shared) {
+                                *o = f32::from_bits(v.load(Ordering::Relaxed));
+                            }
+                            break;
+                        }
+                        WRITING => std::hint::spin_loop(),
+                        _ => break,
+                    }
+                } else if status
+                    .compare_exchange(now, tag(e, TAKEN), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    // Taken by a helper that has not finished it: computed here instead.
+                    chunk_of(c, y);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A helper's loop: wait for a product, copy its input, take chunks until none is left.
+    fn help(&self, slot: &Mutex<HelperScratch>, me: usize) {
+        let mut scratch = lock(slot);
+        let HelperScratch { x, y } = &mut *scratch;
+        let mut seen = 0;
+        let mut idle = 0u32;
+        loop {
+            let s = self.seq.load(Ordering::Acquire);
+            if s == FINISHED {
+                return;
+            }
+            if s % 2 == 1 || s / 2 == seen {
+                idle = idle.saturating_add(1);
+                if idle < SPINS_BEFORE_YIELD {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            idle = 0;
+            let e = s / 2;
+            let Some(job) = *lock(&self.job) else {
+                continue;
+            };
+            let (out, inp) = job.w.dim();
+            let len = job.rows * inp;
+            for (o, v) in x[..len].iter_mut().zip(&self.buffers.x) {
+                *o = f32::from_bits(v.load(Ordering::Relaxed));
+            }
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) != s {
+                continue; // The lead moved on while the input was copied.
+            }
+            seen = e;
+            let n = out.div_ceil(CHUNK_ROWS);
+            while let Some(c) = self.claim(me, e, n) {
+                let r = chunk_rows(c, out);
+                let part = &mut y[..r.len() * job.rows];
+                job.w.dot_rows(&x[..len], inp, r.clone(), part);
+                let status = &self.buffers.chunks[c];
+                let now = status.load(Ordering::Relaxed);
+                if now >> 2 >= e
+                    || status
+                        .compare_exchange(
+                            now,
+                            tag(e, WRITING),
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                {
+                    continue; // The lead computed it.
+                }
+                let shared = &self.buffers.y[r.start * job.rows..r.end * job.rows];
+                for (slot, &v) in shared.iter().zip(part.iter()) {
+                    slot.store(v.to_bits(), Ordering::Relaxed);
+                }
+                status.store(tag(e, DONE), Ordering::Release);
+            }
+        }
+    }
+}
+
+fn chunk_rows(c: usize, out: usize) -> Range<usize> {
+    c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+    use ndarray::Array2;
+
+    fn weight(out: usize, inp: usize, seed: usize) -> Array2<f32> {
+        Array2::from_shape_fn((out, inp), |(i, j)| {
+            ((i * 7 + j * 3 + seed) % 23) as f32 / 11.0 - 1.0
+        })
+    }
+
+    /// Many products of every weight type, width and row count, each compared with the serial
+    /// kernel: the same per-row dot products, so the results are bit-identical whoever
+    /// computed each chunk. More threads than cores make helpers lose their core in the middle
+    /// of chunks, which exercises the lead's sweep.
+    #[test]
+    fn team_products_equal_serial_products() {
+        let shapes = [(1, 5), (15, 16), (16, 33), (17, 64), (100, 48), (768, 96)];
+        let layers: Vec<Linear> = shapes
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &(out, inp))| {
+                let w = weight(out, inp, s);
+                [
+                    Linear::F32(w.clone()),
+                    Linear::F16(w.mapv(f16::from_f32)),
+                    Linear::Bf16(w.mapv(bf16::from_f32)),
+                ]
+            })
+            .collect();
+        for threads in [2, 4, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut buffers = TeamBuffers::new(96, 768, MAX_ROWS);
+                assert_eq!(buffers.parts.helpers.len(), threads - 1);
+                for rows in [1, 2, 8, 9, MAX_ROWS] {
+                    let cases: Vec<(Array2<f32>, Array2<f32>)> = (0..40)
+                        .map(|i| {
+                            let w = &layers[i % layers.len()];
+                            let (out, inp) = w.dim();
+                            let xs = weight(rows, inp, i + 100);
+                            let mut want = Array2::zeros((out, rows));
+                            Team::serial().product(w, xs.view(), want.view_mut());
+                            (xs, want)
+                        })
+                        .collect();
+                    let got: Vec<Array2<f32>> = with_team(&mut buffers, |team| {
+                        cases
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (xs, want))| {
+                                let mut y = Array2::from_elem(want.dim(), f32::NAN);
+                                team.product(&layers[i % layers.len()], xs.view(), y.view_mut());
+                                y
+                            })
+                            .collect()
+                    });
+                    for (i, ((_, want), y)) in cases.iter().zip(&got).enumerate() {
+                        assert_eq!(y, want, "threads {threads}, rows {rows}, product {i}");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Products larger than the buffers, and weights in another layout, fall back to the
+    /// serial kernel inside a team run.
+    #[test]
+    fn products_the_buffers_do_not_fit_run_serially() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut buffers = TeamBuffers::new(8, 8, 1);
+            let big = Linear::F32(weight(40, 20, 1));
+            let transposed = Linear::F32(weight(20, 40, 2).reversed_axes());
+            for w in [&big, &transposed] {
+                let xs = weight(1, 20, 3);
+                let mut want = Array2::zeros((40, 1));
+                Team::serial().product(w, xs.view(), want.view_mut());
+                let y = with_team(&mut buffers, |team| {
+                    let mut y = Array2::zeros((40, 1));
+                    team.product(w, xs.view(), y.view_mut());
+                    y
+                });
+                assert_eq!(y, want);
+            }
+        });
+    }
+
+    /// A panic in the lead reaches the caller; the helpers stop.
+    #[test]
+    fn a_panicking_lead_releases_the_helpers() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut buffers = TeamBuffers::new(8, 8, 1);
+        let caught = pool.install(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_team(&mut buffers, |_| panic!("lead fails"))
+            }))
+        });
+        assert!(caught.is_err());
+    }
+}
