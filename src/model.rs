@@ -12,6 +12,13 @@ use std::path::Path;
 /// Weights (elements) one token must read before one-token decode is shared between threads.
 const PARALLEL_DECODE_MIN: usize = 1 << 20;
 
+/// Runs `f` on a thread of rayon's pool (the calling thread if it is one), so that the many
+/// parallel products inside are fork-joins within the pool rather than one trip into it
+/// each from outside.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Which logits [`Model::forward`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -306,13 +313,16 @@ impl Model {
         for state in states.iter() {
             self.check_state(state)?;
         }
-        let mut x = self.embed(tokens);
-        let mut v_first = None;
-        for (l, block) in self.blocks.iter().enumerate() {
-            let mut block_states: Vec<_> = states.iter_mut().map(|s| &mut s.blocks[l]).collect();
-            block.step_batch(&mut x, &mut block_states, &mut v_first);
-        }
-        Ok(self.head.forward(self.ln_out.forward(x.view()).view()))
+        Ok(in_pool(|| {
+            let mut x = self.embed(tokens);
+            let mut v_first = None;
+            for (l, block) in self.blocks.iter().enumerate() {
+                let mut block_states: Vec<_> =
+                    states.iter_mut().map(|s| &mut s.blocks[l]).collect();
+                block.step_batch(&mut x, &mut block_states, &mut v_first);
+            }
+            self.head.forward(self.ln_out.forward(x.view()).view())
+        }))
     }
 
     /// Whether one-token decode shares its products with rayon's workers: only when they are
@@ -395,15 +405,17 @@ impl Model {
     pub fn forward(&self, tokens: &[u32], state: &mut State, which: Logits) -> Result<Array2<f32>> {
         self.check_tokens(tokens)?;
         self.check_state(state)?;
-        let mut x = self.embed(tokens);
-        let mut v_first = None;
-        for (block, s) in self.blocks.iter().zip(state.blocks.iter_mut()) {
-            block.forward(&mut x, s, &mut v_first);
-        }
-        let rows = match which {
-            Logits::Last => x.slice(s![-1.., ..]),
-            Logits::All => x.view(),
-        };
-        Ok(self.head.forward(self.ln_out.forward(rows).view()))
+        Ok(in_pool(|| {
+            let mut x = self.embed(tokens);
+            let mut v_first = None;
+            for (block, s) in self.blocks.iter().zip(state.blocks.iter_mut()) {
+                block.forward(&mut x, s, &mut v_first);
+            }
+            let rows = match which {
+                Logits::Last => x.slice(s![-1.., ..]),
+                Logits::All => x.view(),
+            };
+            self.head.forward(self.ln_out.forward(rows).view())
+        }))
     }
 }

@@ -20,7 +20,7 @@ use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
-use crate::ops::{vec_mat_into, Linear, Team};
+use crate::ops::{Linear, Team};
 use crate::weights::Scope;
 use ndarray::{
     stack, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Ix3, Zip,
@@ -162,14 +162,15 @@ impl Rwkv6TimeMix {
             sc.z_mix.view_mut(),
             sc.y.view_mut(),
             sc.mixed.view_mut(),
+            team,
         );
         let m = &sc.mixed;
         team.matvec_into(&self.receptance, m.row(3), sc.r.view_mut());
         team.matvec_into(&self.key, m.row(1), sc.k.view_mut());
         team.matvec_into(&self.value, m.row(2), sc.v.view_mut());
-        vec_mat_into(m.row(0), self.decay_w1.view(), sc.z_decay.view_mut());
+        team.vec_mat_into(m.row(0), self.decay_w1.view(), sc.z_decay.view_mut());
         sc.z_decay.mapv_inplace(f32::tanh);
-        vec_mat_into(sc.z_decay.view(), self.decay_w2.view(), sc.w.view_mut());
+        team.vec_mat_into(sc.z_decay.view(), self.decay_w2.view(), sc.w.view_mut());
         Zip::from(&mut sc.w)
             .and(&self.time_decay)
             .for_each(|w, &d| *w = (-(*w + d).exp()).exp());

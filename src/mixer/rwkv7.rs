@@ -20,7 +20,7 @@ use super::rwkv5::WkvState;
 use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
-use crate::ops::{shift, sigmoid, vec_mat_into, GroupNorm, Linear, Team};
+use crate::ops::{shift, sigmoid, GroupNorm, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
@@ -61,13 +61,15 @@ impl Lora {
         })
     }
 
-    /// One vector: `inner(x A) B` into `out`, with `mid` (at least `D` long) as scratch.
-    fn step_into(
-        &self,
+    /// One vector: `inner(x A) B` into `out`, with `mid` (at least `D` long) as scratch and
+    /// the products where `team` says.
+    fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         mid: &mut Array1<f32>,
         out: ArrayViewMut1<f32>,
         inner: impl FnOnce(ArrayViewMut1<f32>),
+        team: &Team<'_, 'w>,
     ) {
         let d = self.a.ncols();
         assert!(
@@ -75,9 +77,9 @@ impl Lora {
             "Rwkv7TimeMix: scratch made for another layer shape"
         );
         let mut z = mid.slice_mut(s![..d]);
-        vec_mat_into(x, self.a.view(), z.view_mut());
+        team.vec_mat_into(x, self.a.view(), z.view_mut());
         inner(z.view_mut());
-        vec_mat_into(z.view(), self.b.view(), out);
+        team.vec_mat_into(z.view(), self.b.view(), out);
     }
 
     /// `inner(x A) B`.
@@ -429,19 +431,27 @@ impl Rwkv7TimeMix {
         team.matvec_into(&self.receptance, xr, sc.r.view_mut());
         team.matvec_into(&self.key, xk, sc.k.view_mut());
         team.matvec_into(&self.value, xv, sc.v.view_mut());
-        self.decay
-            .step_into(xw, &mut sc.mid, sc.w.view_mut(), |mut z| {
-                z.mapv_inplace(f32::tanh)
-            });
+        self.decay.step_into(
+            xw,
+            &mut sc.mid,
+            sc.w.view_mut(),
+            |mut z| z.mapv_inplace(f32::tanh),
+            team,
+        );
         Zip::from(&mut sc.w)
             .and(&self.w0)
             .for_each(|w, &w0| *w = (-DECAY_SCALE / (1.0 + (-(*w + w0)).exp())).exp());
         self.iclr
-            .step_into(xa, &mut sc.mid, sc.a.view_mut(), |_| ());
+            .step_into(xa, &mut sc.mid, sc.a.view_mut(), |_| (), team);
         sc.a += &self.a0;
         sigmoid(&mut sc.a);
-        self.gate
-            .step_into(xg, &mut sc.mid, sc.g.view_mut(), |mut z| sigmoid(&mut z));
+        self.gate.step_into(
+            xg,
+            &mut sc.mid,
+            sc.g.view_mut(),
+            |mut z| sigmoid(&mut z),
+            team,
+        );
 
         Zip::from(&mut sc.kappa)
             .and(&sc.k)
@@ -458,7 +468,7 @@ impl Rwkv7TimeMix {
         match (&self.value_residual, v_first) {
             (Some(res), Some(first)) => {
                 res.lora
-                    .step_into(xv, &mut sc.mid, sc.mix.view_mut(), |_| ());
+                    .step_into(xv, &mut sc.mid, sc.mix.view_mut(), |_| (), team);
                 sc.mix += &res.v0;
                 sigmoid(&mut sc.mix);
                 Zip::from(&mut sc.v)

@@ -22,6 +22,29 @@ pub trait Weight: Copy + Send + Sync + 'static {
     /// If a vector's length differs from `w.len()`, or `xs.len() > GROUP`, or
     /// `out.len() != xs.len()`.
     fn dots(w: &[Self], xs: &[&[f32]], out: &mut [f32]);
+
+    /// `out[r] = Σ_i w[r·n + i] · x[i]` with `n = x.len()`: a matrix-vector product over the
+    /// consecutive rows of a row-major `w`, with no per-row dispatch.
+    ///
+    /// # Panics
+    /// If `w.len() != out.len() · x.len()`.
+    fn row_dots(w: &[Self], x: &[f32], out: &mut [f32]);
+}
+
+#[track_caller]
+fn check_rows(w: usize, x: usize, out: usize) {
+    assert_eq!(
+        w,
+        out * x,
+        "kernels: one weight row of the input's length per output"
+    );
+}
+
+/// The portable [`Weight::row_dots`].
+fn row_dots_plain<T: Weight>(w: &[T], x: &[f32], out: &mut [f32]) {
+    for (row, o) in w.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
+        dots_plain(row, &[x], std::slice::from_mut(o));
+    }
 }
 
 #[track_caller]
@@ -83,6 +106,18 @@ impl Weight for f32 {
         }
         dots_plain(w, xs, out);
     }
+
+    #[track_caller]
+    fn row_dots(w: &[f32], x: &[f32], out: &mut [f32]) {
+        check_rows(w.len(), x.len(), out.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked above.
+            unsafe { avx2::row_dots_f32(w, x, out) };
+            return;
+        }
+        row_dots_plain(w, x, out);
+    }
 }
 
 impl Weight for f16 {
@@ -101,6 +136,18 @@ impl Weight for f16 {
         }
         dots_plain(w, xs, out);
     }
+
+    #[track_caller]
+    fn row_dots(w: &[f16], x: &[f32], out: &mut [f32]) {
+        check_rows(w.len(), x.len(), out.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked above.
+            unsafe { avx2::row_dots_f16(w, x, out) };
+            return;
+        }
+        row_dots_plain(w, x, out);
+    }
 }
 
 impl Weight for bf16 {
@@ -118,6 +165,18 @@ impl Weight for bf16 {
             return;
         }
         dots_plain(w, xs, out);
+    }
+
+    #[track_caller]
+    fn row_dots(w: &[bf16], x: &[f32], out: &mut [f32]) {
+        check_rows(w.len(), x.len(), out.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked above.
+            unsafe { avx2::row_dots_bf16(w, x, out) };
+            return;
+        }
+        row_dots_plain(w, x, out);
     }
 }
 
@@ -173,7 +232,26 @@ mod avx2 {
     /// `w`, two accumulators per vector (16 weights per iteration) kept in registers, a scalar
     /// tail. One function per weight type, so the load is inlined.
     macro_rules! dots_for {
-        ($dots:ident, $dots_m:ident, $dots_1:ident, $dots_wide:ident, $t:ty, $load:ident) => {
+        (
+            $dots:ident,
+            $dots_m:ident,
+            $dots_1:ident,
+            $dots_wide:ident,
+            $rows:ident,
+            $t:ty,
+            $load:ident
+        ) => {
+            /// # Safety
+            /// The CPU must have AVX2, FMA and F16C; `w.len()` must be `out.len() · x.len()`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $rows(w: &[$t], x: &[f32], out: &mut [f32]) {
+                let n = x.len();
+                for (r, o) in out.iter_mut().enumerate() {
+                    // SAFETY: forwarded from the caller; the slice is in bounds (checked).
+                    *o = unsafe { $dots_1(&w[r * n..(r + 1) * n], x) };
+                }
+            }
+
             /// # Safety
             /// The CPU must have AVX2, FMA and F16C; every `xs[j]` must be as long as `w`.
             #[target_feature(enable = "avx2,fma,f16c")]
@@ -316,6 +394,7 @@ mod avx2 {
         dots_m_f32,
         dots_1_f32,
         dots_wide_f32,
+        row_dots_f32,
         f32,
         load_f32
     );
@@ -324,6 +403,7 @@ mod avx2 {
         dots_m_f16,
         dots_1_f16,
         dots_wide_f16,
+        row_dots_f16,
         f16,
         load_f16
     );
@@ -332,6 +412,7 @@ mod avx2 {
         dots_m_bf16,
         dots_1_bf16,
         dots_wide_bf16,
+        row_dots_bf16,
         bf16,
         load_bf16
     );
@@ -363,6 +444,21 @@ mod tests {
                         .collect()
                 })
                 .collect();
+            // Three rows at once, the second two ragged against the first's data.
+            let rows: Vec<T> = w.iter().chain(&w).chain(&w).copied().collect();
+            let mut out3 = [0.0f32; 3];
+            T::row_dots(&rows, &xs[0], &mut out3);
+            let mut one = [0.0f32];
+            T::dots(&w, &[&xs[0]], &mut one);
+            assert_eq!(out3, [one[0]; 3], "row_dots n={n}");
+            let mut plain3 = [0.0f32; 3];
+            row_dots_plain(&rows, &xs[0], &mut plain3);
+            let r = reference(&w, &xs[0]);
+            let tol = 1e-5 * (1.0 + r.abs()) * (n as f64).sqrt().max(1.0);
+            assert!(
+                plain3.iter().all(|&p| (p as f64 - r).abs() <= tol),
+                "plain rows n={n}"
+            );
             for m in 1..=GROUP {
                 let views: Vec<&[f32]> = xs[..m].iter().map(Vec::as_slice).collect();
                 let mut out = vec![0.0; m];

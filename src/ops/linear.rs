@@ -243,6 +243,16 @@ fn dot_rows<T: Weight>(
     out: &mut [f32],
 ) {
     let b = x.len() / inp.max(1);
+    if b == 1 {
+        if let Some(w) = w.as_slice() {
+            T::row_dots(
+                &w[rows.start * inp..rows.end * inp],
+                x,
+                &mut out[..rows.len()],
+            );
+            return;
+        }
+    }
     let mut xs: [&[f32]; SMALL_BATCH] = [&[]; SMALL_BATCH];
     for (slot, row) in xs.iter_mut().zip(x.chunks_exact(inp.max(1))) {
         *slot = row;

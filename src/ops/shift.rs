@@ -4,7 +4,7 @@
 //! RWKV-6/7). RWKV-4/5 store the complementary "mix" coefficients (`x·μ' + prev·(1−μ')`); their
 //! loaders convert with `μ = 1 − μ'`, which is the same function.
 
-use super::vec_mat_into;
+use super::Team;
 use ndarray::{
     s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip,
 };
@@ -188,7 +188,8 @@ impl Ddlerp {
     }
 
     /// One token's five shifted inputs into the rows of `out` (`x_w, x_k, x_v, x_r, x_g`),
-    /// with `z: [5·D]` and `tmp: [C]` as scratch (no allocation).
+    /// with `z: [5·D]` and `tmp: [C]` as scratch (no allocation); the low-rank products run
+    /// where `team` says.
     ///
     /// # Shapes
     /// `x, delta: [C]`, `z: [5·D]`, `tmp: [C]`, `out: [5, C]`.
@@ -196,21 +197,22 @@ impl Ddlerp {
     /// # Panics
     /// On mismatched shapes.
     #[track_caller]
-    pub fn step_into(
-        &self,
+    pub fn step_into<'w>(
+        &'w self,
         x: ArrayView1<f32>,
         delta: ArrayView1<f32>,
         mut z: ArrayViewMut1<f32>,
         mut tmp: ArrayViewMut1<f32>,
         mut out: ArrayViewMut2<f32>,
+        team: &Team<'_, 'w>,
     ) {
         let d = self.w2.shape()[1];
         assert_eq!(out.nrows(), 5, "Ddlerp::step_into: five outputs");
         mix_into(x, delta, self.maa_x.view(), tmp.view_mut());
-        vec_mat_into(tmp.view(), self.w1.view(), z.view_mut());
+        team.vec_mat_into(tmp.view(), self.w1.view(), z.view_mut());
         z.mapv_inplace(f32::tanh);
         for (s, mut o) in out.rows_mut().into_iter().enumerate() {
-            vec_mat_into(
+            team.vec_mat_into(
                 z.slice(s![s * d..(s + 1) * d]),
                 self.w2.index_axis(Axis(0), s),
                 o.view_mut(),
