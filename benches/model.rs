@@ -1,4 +1,5 @@
-//! Whole-model paths: one-token step, and a prompt of T tokens at once.
+//! Whole-model paths: one-token step, a prompt of T tokens at once, and B sessions advanced
+//! by one token each.
 //!
 //! Shape: RWKV-6, 6 layers, 512 wide, head size 64, vocab 16384 (random weights), f32 and f16.
 
@@ -30,6 +31,18 @@ fn model_paths(c: &mut Criterion) {
                     model.forward(tokens, &mut state, Logits::Last).unwrap()
                 })
             });
+        }
+        for b in [1usize, 4, 16] {
+            let tokens: Vec<u32> = (0..b as u32).map(|i| (i * 7919) % 16384).collect();
+            group.throughput(Throughput::Elements(b as u64));
+            group.bench_with_input(
+                BenchmarkId::new("step_batch", b),
+                &tokens,
+                |bench, tokens| {
+                    let mut states = vec![model.init_state(); tokens.len()];
+                    bench.iter(|| model.step_batch(tokens, &mut states).unwrap())
+                },
+            );
         }
         group.finish();
     }

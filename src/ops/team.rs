@@ -33,6 +33,7 @@ use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Outputs per chunk: the unit a thread takes.
 pub const CHUNK_ROWS: usize = 16;
@@ -62,6 +63,7 @@ pub struct TeamBuffers {
     /// earlier run is never taken for one of this run.
     epoch: u64,
     parts: Parts,
+    timing: Timing,
 }
 
 /// What the lead and the helpers share in a run.
@@ -140,7 +142,11 @@ impl TeamBuffers {
                 .collect(),
             sizes,
         };
-        TeamBuffers { epoch: 0, parts }
+        TeamBuffers {
+            epoch: 0,
+            parts,
+            timing: Timing::default(),
+        }
     }
 }
 
@@ -258,9 +264,16 @@ impl<'t, 'w> Team<'t, 'w> {
 
 /// Runs `f` as the lead of a team: the calling thread runs `f`, and up to
 /// `buffers`' helper count of rayon's workers take row chunks of the products `f` sends
-/// through its [`Team`]. Without helpers (one rayon thread) `f` runs on the calling thread
-/// with [`Team::serial`]. Called from outside rayon's pool, `f` runs on one of its workers
+/// through its [`Team`]. Called from outside rayon's pool, `f` runs on one of its workers
 /// while the calling thread waits.
+///
+/// Without helpers (one rayon thread), or when the helpers do not pay, `f` runs on the calling
+/// thread with [`Team::serial`]. Whether they pay is measured: the buffers keep the average
+/// wall time of runs with and without helpers, each run takes the faster way, and every
+/// [`PROBE_EVERY`]-th run takes the other way to keep its average current. (With another
+/// process keeping a core busy, three threads share two cores and the lead loses a third of
+/// its time: one thread alone can then be faster.) Both ways give the same bits, so `f`'s
+/// runs should be alike (one token each, say) for the averages to mean something.
 ///
 /// `'w` is the lifetime of the weights `f` multiplies by: a helper may still read a weight
 /// after the lead has moved on (its result is then discarded), so they must outlive the run.
@@ -268,13 +281,24 @@ pub fn with_team<'w, R: Send>(
     buffers: &'w mut TeamBuffers,
     f: impl for<'t> FnOnce(&Team<'t, 'w>) -> R + Send,
 ) -> R {
-    let TeamBuffers { epoch, parts } = buffers;
+    let TeamBuffers {
+        epoch,
+        parts,
+        timing,
+    } = buffers;
     let helpers = parts
         .helpers
         .len()
         .min(rayon::current_num_threads().saturating_sub(1));
     if helpers == 0 {
         return f(&Team(Crew::Serial));
+    }
+    let with_helpers = timing.choose();
+    let start = Instant::now();
+    if !with_helpers {
+        let r = f(&Team(Crew::Serial));
+        timing.record(false, start.elapsed());
+        return r;
     }
     let shared = Shared {
         buffers: parts,
@@ -292,7 +316,63 @@ pub fn with_team<'w, R: Send>(
         || start_helpers(&shared, &parts.helpers[..helpers], 1),
     );
     *epoch = shared.epoch.load(Ordering::Relaxed);
+    timing.record(true, start.elapsed());
     r
+}
+
+/// Every this many runs, [`with_team`] runs the way it currently deems slower.
+pub const PROBE_EVERY: u64 = 64;
+
+/// Average wall times of [`with_team`]'s runs with and without helpers.
+#[derive(Clone, Copy, Debug, Default)]
+struct Timing {
+    /// Seconds per run with helpers, without (0 until measured).
+    with: f64,
+    without: f64,
+    runs: u64,
+}
+
+/// Runs that alternate between the two ways before [`Timing`] picks one.
+const FIRST_RUNS: u64 = 4;
+
+impl Timing {
+    /// Whether the next run takes helpers.
+    fn choose(&mut self) -> bool {
+        self.runs += 1;
+        if self.runs <= FIRST_RUNS {
+            return self.runs % 2 == 1;
+        }
+        let faster = self.with <= self.without;
+        if self.runs % PROBE_EVERY == 0 {
+            !faster
+        } else {
+            faster
+        }
+    }
+
+    /// Records a run. The first runs keep each way's best time (a cold first run says little);
+    /// after them, a run of the faster way moves its average by a quarter, and a probe of the
+    /// slower way replaces its average (a change of load shows at once).
+    fn record(&mut self, with_helpers: bool, took: Duration) {
+        let t = took.as_secs_f64();
+        let probe = with_helpers != (self.with <= self.without);
+        let avg = if with_helpers {
+            &mut self.with
+        } else {
+            &mut self.without
+        };
+        *avg = if self.runs <= FIRST_RUNS {
+            if *avg == 0.0 {
+                t
+            } else {
+                avg.min(t)
+            }
+        } else if probe {
+            t
+        } else {
+            0.75 * *avg + 0.25 * t
+        };
+    }
 }
 
 struct Finish<'a>(&'a AtomicU64);
@@ -526,6 +606,30 @@ fn chunk_rows(c: usize, out: usize) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The faster way wins, the other is probed every [`PROBE_EVERY`] runs, and a change of
+    /// speed reverses the choice.
+    #[test]
+    fn timing_takes_the_faster_way_and_probes_the_other() {
+        let mut timing = Timing::default();
+        let run = |timing: &mut Timing, with_ms: u64, without_ms: u64| {
+            let with = timing.choose();
+            let ms = if with { with_ms } else { without_ms };
+            timing.record(with, Duration::from_millis(ms));
+            with
+        };
+        let first: Vec<bool> = (0..FIRST_RUNS).map(|_| run(&mut timing, 10, 15)).collect();
+        assert_eq!(first, [true, false, true, false]);
+        let mut with_runs = 0;
+        for _ in FIRST_RUNS..PROBE_EVERY * 3 {
+            with_runs += run(&mut timing, 10, 15) as u64;
+        }
+        // Every run but the probes of the slower way.
+        assert_eq!(with_runs, PROBE_EVERY * 3 - FIRST_RUNS - 3);
+        // Helpers become slow (a busy core): within a few runs the lead goes alone.
+        let later: Vec<bool> = (0..8).map(|_| run(&mut timing, 30, 15)).collect();
+        assert!(!later[4..].iter().any(|&w| w), "{later:?}");
+    }
     use half::{bf16, f16};
     use ndarray::Array2;
 
