@@ -9,7 +9,9 @@
 use super::kernels::{Weight, GROUP};
 use half::{bf16, f16};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{
+    Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2,
+};
 use rayon::prelude::*;
 
 /// Up to this many rows, [`Linear::forward`] streams the weights once through the dot-product
@@ -177,9 +179,9 @@ impl Linear {
         }
         let mut ys = Array2::zeros((t, out));
         match self {
-            Linear::F32(w) => blocked_gemm(w.view(), |b| b.to_owned(), xs, ys.view_mut()),
-            Linear::F16(w) => blocked_gemm(w.view(), |b| b.mapv(f32::from), xs, ys.view_mut()),
-            Linear::Bf16(w) => blocked_gemm(w.view(), |b| b.mapv(f32::from), xs, ys.view_mut()),
+            Linear::F32(w) => blocked_gemm(w.view(), borrowed, xs, ys.view_mut()),
+            Linear::F16(w) => blocked_gemm(w.view(), widened, xs, ys.view_mut()),
+            Linear::Bf16(w) => blocked_gemm(w.view(), widened, xs, ys.view_mut()),
         }
         ys
     }
@@ -269,11 +271,12 @@ fn dot_rows<T: Weight>(
     }
 }
 
-/// `ys = xs Wᵀ` as matrix-matrix products over blocks of [`GEMM_BLOCK`] output columns, each
-/// block of `W` made f32 by `widen` (a copy for f32) just before its product.
+/// `ys = xs Wᵀ` as matrix-matrix products over blocks of output columns, two blocks per rayon
+/// thread (at least [`GEMM_BLOCK`] columns each: every block's product packs all of `xs`
+/// again), each block of `W` made f32 by `widen` (no copy for f32) just before its product.
 fn blocked_gemm<T: Copy + Sync>(
     w: ArrayView2<T>,
-    widen: impl Fn(ArrayView2<T>) -> Array2<f32> + Sync,
+    widen: impl for<'b> Fn(ArrayView2<'b, T>) -> CowArray<'b, f32, Ix2> + Sync,
     xs: ArrayView2<f32>,
     mut ys: ArrayViewMut2<f32>,
 ) {
@@ -282,15 +285,29 @@ fn blocked_gemm<T: Copy + Sync>(
         let wide = widen(w_block);
         general_mat_mul(1.0, &xs, &wide.t(), 0.0, &mut y_block);
     };
+    let width = out
+        .div_ceil(2 * rayon::current_num_threads())
+        .next_multiple_of(16)
+        .max(GEMM_BLOCK);
     let blocks: Vec<_> = w
-        .axis_chunks_iter(Axis(0), GEMM_BLOCK)
-        .zip(ys.axis_chunks_iter_mut(Axis(1), GEMM_BLOCK))
+        .axis_chunks_iter(Axis(0), width)
+        .zip(ys.axis_chunks_iter_mut(Axis(1), width))
         .collect();
     if out * inp * xs.nrows() < PARALLEL_MIN_WORK {
         blocks.into_iter().for_each(run);
     } else {
         blocks.into_par_iter().for_each(run);
     }
+}
+
+/// A half-precision block as f32.
+fn widened<T: Copy + Into<f32>>(block: ArrayView2<T>) -> CowArray<f32, Ix2> {
+    CowArray::from(block.mapv(Into::into))
+}
+
+/// An f32 block as it is.
+fn borrowed(block: ArrayView2<f32>) -> CowArray<f32, Ix2> {
+    CowArray::from(block)
 }
 
 #[cfg(test)]
