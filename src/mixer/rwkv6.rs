@@ -33,10 +33,10 @@ pub struct Rwkv6TimeMix {
     pub shift: Ddlerp,
     /// `att.time_decay` as stored, `[C]`: the base of the log-log decay.
     pub time_decay: Array1<f32>,
-    /// `att.time_decay_w1`, `[C, D]`.
-    pub decay_w1: Array2<f32>,
-    /// `att.time_decay_w2`, `[D, C]`.
-    pub decay_w2: Array2<f32>,
+    /// `att.time_decay_w1` (stored `[C, D]`) as a layer `[D, C]`.
+    pub decay_w1: Linear,
+    /// `att.time_decay_w2` (stored `[D, C]`) as a layer `[C, D]`.
+    pub decay_w2: Linear,
     /// `att.time_faaaa` as stored: the bonus `u`, `[H, N]`.
     pub bonus: Array2<f32>,
     /// `att.receptance.weight`, `[C, C]`.
@@ -66,16 +66,20 @@ impl Rwkv6TimeMix {
             .f32("time_maa_w2", &[5, dm, c])?
             .into_dimensionality::<Ix3>()
             .expect("reshaped to three axes");
+        let w2 = std::array::from_fn(|s| {
+            let m = w2.index_axis(Axis(0), s);
+            Linear::F32(m.t().as_standard_layout().into_owned())
+        });
         Ok(Rwkv6TimeMix {
             shift: Ddlerp {
                 maa_x: att.vector("time_maa_x", c)?,
                 maa: stack(Axis(0), &maa_views).expect("five vectors of width C"),
-                w1: att.matrix("time_maa_w1", c, 5 * dm)?,
+                w1: att.low_rank("time_maa_w1", c, 5 * dm)?,
                 w2,
             },
             time_decay: att.vector("time_decay", c)?,
-            decay_w1: att.matrix("time_decay_w1", c, dd)?,
-            decay_w2: att.matrix("time_decay_w2", dd, c)?,
+            decay_w1: att.low_rank("time_decay_w1", c, dd)?,
+            decay_w2: att.low_rank("time_decay_w2", dd, c)?,
             bonus: att.matrix("time_faaaa", config.n_head, config.head_size)?,
             receptance: att.linear("receptance.weight", c, c)?,
             key: att.linear("key.weight", c, c)?,
@@ -92,9 +96,9 @@ impl Rwkv6TimeMix {
     /// The per-token log-decay `ln w = −exp(time_decay + tanh(x_w D1) D2)`, `[T, C]` (formed
     /// without going through `w`, so strong decays keep their value instead of underflowing).
     pub fn log_decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
-        let mut d = xw.dot(&self.decay_w1);
+        let mut d = self.decay_w1.forward(xw);
         d.mapv_inplace(f32::tanh);
-        let mut d = d.dot(&self.decay_w2);
+        let mut d = self.decay_w2.forward(d.view());
         d += &self.time_decay;
         d.mapv_inplace(|d| -d.exp());
         d
@@ -129,8 +133,8 @@ impl Rwkv6TimeMix {
     pub fn scratch(&self) -> WkvScratch {
         WkvScratch::new(
             self.time_decay.len(),
-            self.shift.w1.ncols(),
-            self.decay_w1.ncols(),
+            self.shift.w1.dim().0,
+            self.decay_w1.dim().0,
         )
     }
 
@@ -168,9 +172,9 @@ impl Rwkv6TimeMix {
         team.matvec_into(&self.receptance, m.row(3), sc.r.view_mut());
         team.matvec_into(&self.key, m.row(1), sc.k.view_mut());
         team.matvec_into(&self.value, m.row(2), sc.v.view_mut());
-        team.vec_mat_into(m.row(0), self.decay_w1.view(), sc.z_decay.view_mut());
+        team.matvec_into(&self.decay_w1, m.row(0), sc.z_decay.view_mut());
         sc.z_decay.mapv_inplace(f32::tanh);
-        team.vec_mat_into(sc.z_decay.view(), self.decay_w2.view(), sc.w.view_mut());
+        team.matvec_into(&self.decay_w2, sc.z_decay.view(), sc.w.view_mut());
         Zip::from(&mut sc.w)
             .and(&self.time_decay)
             .for_each(|w, &d| *w = (-(*w + d).exp()).exp());

@@ -43,21 +43,21 @@ pub const CHUNKED_FROM: usize = 8;
 /// Chunk length of [`Rwkv7TimeMix`]'s sequence path (16 was fastest of 8, 16, 24, 32).
 pub const CHUNK: usize = 16;
 
-/// A low-rank projection `x ↦ f(x A) B`, stored as the checkpoint does (`[in, out]`, used as
-/// `x A`).
+/// A low-rank projection `x ↦ f(x A) B`; the checkpoint stores `A, B` as `[in, out]` (used as
+/// `x A`), kept here as f32 layers of their transposes.
 #[derive(Clone, Debug)]
 pub struct Lora {
-    /// `*1`, `[C, D]`.
-    pub a: Array2<f32>,
-    /// `*2`, `[D, C]`.
-    pub b: Array2<f32>,
+    /// `*1` (stored `[C, D]`) as a layer `[D, C]`.
+    pub a: Linear,
+    /// `*2` (stored `[D, C]`) as a layer `[C, D]`.
+    pub b: Linear,
 }
 
 impl Lora {
     fn load(att: &Scope, name: char, c: usize, d: usize) -> Result<Self> {
         Ok(Lora {
-            a: att.matrix(&format!("{name}1"), c, d)?,
-            b: att.matrix(&format!("{name}2"), d, c)?,
+            a: att.low_rank(&format!("{name}1"), c, d)?,
+            b: att.low_rank(&format!("{name}2"), d, c)?,
         })
     }
 
@@ -71,22 +71,22 @@ impl Lora {
         inner: impl FnOnce(ArrayViewMut1<f32>),
         team: &Team<'_, 'w>,
     ) {
-        let d = self.a.ncols();
+        let d = self.a.dim().0;
         assert!(
             mid.len() >= d,
             "Rwkv7TimeMix: scratch made for another layer shape"
         );
         let mut z = mid.slice_mut(s![..d]);
-        team.vec_mat_into(x, self.a.view(), z.view_mut());
+        team.matvec_into(&self.a, x, z.view_mut());
         inner(z.view_mut());
-        team.vec_mat_into(z.view(), self.b.view(), out);
+        team.matvec_into(&self.b, z.view(), out);
     }
 
     /// `inner(x A) B`.
     fn forward(&self, x: ArrayView2<f32>, inner: impl Fn(&mut Array2<f32>)) -> Array2<f32> {
-        let mut z = x.dot(&self.a);
+        let mut z = self.a.forward(x);
         inner(&mut z);
-        z.dot(&self.b)
+        self.b.forward(z.view())
     }
 }
 
@@ -376,7 +376,7 @@ impl Rwkv7TimeMix {
         let mid = [&self.decay, &self.iclr, &self.gate]
             .into_iter()
             .chain(self.value_residual.as_ref().map(|r| &r.lora))
-            .map(|l| l.a.ncols())
+            .map(|l| l.a.dim().0)
             .max()
             .unwrap_or(0);
         Rwkv7Scratch {

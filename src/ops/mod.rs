@@ -8,10 +8,8 @@ mod linear;
 mod norm;
 pub mod shift;
 pub mod team;
-mod vecmat;
 
 pub use activation::{relu_squared, sigmoid, silu};
 pub use linear::Linear;
 pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
 pub use team::{with_team, Team, TeamBuffers};
-pub use vecmat::vec_mat_into;

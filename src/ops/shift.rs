@@ -4,10 +4,8 @@
 //! RWKV-6/7). RWKV-4/5 store the complementary "mix" coefficients (`x·μ' + prev·(1−μ')`); their
 //! loaders convert with `μ = 1 − μ'`, which is the same function.
 
-use super::Team;
-use ndarray::{
-    s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip,
-};
+use super::{Linear, Team};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
 
 /// The shift differences `δ_t = x_{t−1} − x_t`, with `x_{−1} = prev` (the last row of the
 /// previous call, kept in the state).
@@ -154,10 +152,10 @@ pub struct Ddlerp {
     pub maa_x: Array1<f32>,
     /// `time_maa_w, _k, _v, _r, _g` stacked in that order, `[5, C]`.
     pub maa: Array2<f32>,
-    /// `time_maa_w1`, `[C, 5·D]` (stored `[in, out]`, used as `x W1`).
-    pub w1: Array2<f32>,
-    /// `time_maa_w2`, `[5, D, C]`.
-    pub w2: Array3<f32>,
+    /// `time_maa_w1` (stored `[C, 5·D]`, used as `x W1`) as a layer `[5·D, C]`.
+    pub w1: Linear,
+    /// `time_maa_w2` (stored `[5, D, C]`), the five `[D, C]` matrices as layers `[C, D]`.
+    pub w2: [Linear; 5],
 }
 
 impl Ddlerp {
@@ -170,13 +168,11 @@ impl Ddlerp {
     /// On mismatched shapes.
     #[track_caller]
     pub fn forward(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> [Array2<f32>; 5] {
-        let d = self.w2.shape()[1];
-        let mut z = mix(xs, delta, self.maa_x.view()).dot(&self.w1);
+        let d = self.w2[0].dim().1;
+        let mut z = self.w1.forward(mix(xs, delta, self.maa_x.view()).view());
         z.mapv_inplace(f32::tanh);
         std::array::from_fn(|s| {
-            let mut coeff = z
-                .slice(s![.., s * d..(s + 1) * d])
-                .dot(&self.w2.index_axis(Axis(0), s));
+            let mut coeff = self.w2[s].forward(z.slice(s![.., s * d..(s + 1) * d]));
             coeff += &self.maa.row(s);
             let mut out = delta.to_owned();
             Zip::from(&mut out)
@@ -206,17 +202,13 @@ impl Ddlerp {
         mut out: ArrayViewMut2<f32>,
         team: &Team<'_, 'w>,
     ) {
-        let d = self.w2.shape()[1];
+        let d = self.w2[0].dim().1;
         assert_eq!(out.nrows(), 5, "Ddlerp::step_into: five outputs");
         mix_into(x, delta, self.maa_x.view(), tmp.view_mut());
-        team.vec_mat_into(tmp.view(), self.w1.view(), z.view_mut());
+        team.matvec_into(&self.w1, tmp.view(), z.view_mut());
         z.mapv_inplace(f32::tanh);
         for (s, mut o) in out.rows_mut().into_iter().enumerate() {
-            team.vec_mat_into(
-                z.slice(s![s * d..(s + 1) * d]),
-                self.w2.index_axis(Axis(0), s),
-                o.view_mut(),
-            );
+            team.matvec_into(&self.w2[s], z.slice(s![s * d..(s + 1) * d]), o.view_mut());
             Zip::from(&mut o)
                 .and(&self.maa.row(s))
                 .and(&x)

@@ -28,19 +28,14 @@
 //! Epochs keep growing from run to run (the buffers remember the last one).
 
 use super::linear::Linear;
-use super::vecmat::{column_block, vec_mat_into, COLUMN_BLOCK};
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Outputs per chunk: the unit a thread takes.
+/// Output rows per chunk: the unit a thread takes.
 pub const CHUNK_ROWS: usize = 16;
-const _: () = assert!(
-    CHUNK_ROWS == COLUMN_BLOCK,
-    "a chunk of `x M` is one column block"
-);
 
 /// Input rows (sequences) one product serves at most.
 pub const MAX_ROWS: usize = super::linear::SMALL_BATCH;
@@ -206,37 +201,11 @@ impl<'t, 'w> Team<'t, 'w> {
             Crew::Pool => w.streamed_into(xs, yt, true),
             Crew::Run(shared) if shared.fits(out, inp, b) && w.rows_contiguous() => {
                 match yt.as_slice_mut() {
-                    Some(y) => shared.lead(Weights::Rows(w), xs, y),
+                    Some(y) => shared.lead(w, xs, y),
                     None => w.streamed_into(xs, yt, false),
                 }
             }
             _ => w.streamed_into(xs, yt, false),
-        }
-    }
-
-    /// `y = x M` for a matrix stored `[in, out]` (a low-rank projection), as
-    /// [`vec_mat_into`] computes it (the same bits whoever computes which columns).
-    ///
-    /// # Shapes
-    /// `x: [in]`, `m: [in, out]`, `y: [out]`.
-    ///
-    /// # Panics
-    /// If the shapes do not match.
-    #[track_caller]
-    pub fn vec_mat_into(
-        &self,
-        x: ArrayView1<f32>,
-        m: ArrayView2<'w, f32>,
-        mut y: ArrayViewMut1<f32>,
-    ) {
-        let (inp, out) = m.dim();
-        assert_eq!(x.len(), inp, "Team::vec_mat_into: input length");
-        assert_eq!(y.len(), out, "Team::vec_mat_into: output length");
-        match (&self.0, y.as_slice_mut()) {
-            (Crew::Run(shared), Some(y)) if shared.fits(out, inp, 1) => {
-                shared.lead(Weights::Columns(m), x.insert_axis(ndarray::Axis(0)), y)
-            }
-            _ => vec_mat_into(x, m, y),
         }
     }
 
@@ -397,35 +366,8 @@ fn start_helpers(shared: &Shared<'_>, slots: &[Mutex<HelperScratch>], me: usize)
 /// The product being run: the weight and the number of input rows.
 #[derive(Clone, Copy)]
 struct Job<'w> {
-    w: Weights<'w>,
+    w: &'w Linear,
     rows: usize,
-}
-
-/// A product's weight: a layer (`y = W x`, chunks of output rows of `W`) or a low-rank matrix
-/// stored `[in, out]` (`y = x M`, one row, chunks of output columns of `M`).
-#[derive(Clone, Copy)]
-enum Weights<'w> {
-    Rows(&'w Linear),
-    Columns(ArrayView2<'w, f32>),
-}
-
-impl Weights<'_> {
-    /// `(out, in)`.
-    fn dim(&self) -> (usize, usize) {
-        match self {
-            Weights::Rows(w) => w.dim(),
-            Weights::Columns(m) => (m.ncols(), m.nrows()),
-        }
-    }
-
-    /// Output chunk `c` for the input rows `x` (`rows` of `inp` values), `[c's outputs, rows]`.
-    fn chunk_into(&self, x: &[f32], inp: usize, c: usize, out: &mut [f32]) {
-        let r = chunk_rows(c, self.dim().0);
-        match self {
-            Weights::Rows(w) => w.dot_rows(x, inp, r, out),
-            Weights::Columns(m) => column_block(ArrayView1::from(x), *m, r.start, out),
-        }
-    }
 }
 
 struct Shared<'w> {
@@ -477,7 +419,7 @@ impl<'w> Shared<'w> {
     }
 
     /// The lead's side of one product: publish, take chunks, sweep.
-    fn lead(&self, w: Weights<'w>, xs: ArrayView2<f32>, y: &mut [f32]) {
+    fn lead(&self, w: &'w Linear, xs: ArrayView2<f32>, y: &mut [f32]) {
         let (out, inp) = w.dim();
         let rows = xs.nrows();
         let e = self.epoch.load(Ordering::Relaxed) + 1;
@@ -501,7 +443,7 @@ impl<'w> Shared<'w> {
         let x = xs.as_slice().expect("standard layout");
         let chunk_of = |c: usize, y: &mut [f32]| {
             let r = chunk_rows(c, out);
-            w.chunk_into(x, inp, c, &mut y[r.start * rows..r.end * rows]);
+            w.dot_rows(x, inp, r.clone(), &mut y[r.start * rows..r.end * rows]);
         };
         while let Some(c) = self.claim(0, e, n) {
             self.buffers.chunks[c].store(tag(e, TAKEN), Ordering::Relaxed);
@@ -574,7 +516,7 @@ impl<'w> Shared<'w> {
             while let Some(c) = self.claim(me, e, n) {
                 let r = chunk_rows(c, out);
                 let part = &mut y[..r.len() * job.rows];
-                job.w.chunk_into(&x[..len], inp, c, part);
+                job.w.dot_rows(&x[..len], inp, r.clone(), part);
                 let status = &self.buffers.chunks[c];
                 let now = status.load(Ordering::Relaxed);
                 if now >> 2 >= e

@@ -216,6 +216,16 @@ impl<'a> Scope<'a> {
             .expect("reshaped to two axes"))
     }
 
+    /// A low-rank matrix stored `[in, out]` and used as `x M` (RWKV-6/7's `*_w1`, `*_w2`), as
+    /// an f32 layer of its transpose `[out, in]` (so `M x` reads whole rows), whatever the
+    /// scope's matrix type.
+    pub fn low_rank(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
+        let m = self.matrix(name, inp, out)?;
+        Ok(Linear::F32(
+            m.reversed_axes().as_standard_layout().into_owned(),
+        ))
+    }
+
     /// A linear layer stored PyTorch style as `[out, in]`, kept in its storage type (or the
     /// scope's matrix type, see [`Scope::with_matrix_dtype`]).
     pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
