@@ -319,9 +319,9 @@ impl Timing {
         }
     }
 
-    /// Records a run. The first runs keep each way's best time (a cold first run says little);
-    /// after them, a run of the faster way moves its average by a quarter, and a probe of the
-    /// slower way replaces its average (a change of load shows at once).
+    /// Records a run. The first runs average each way's two times; after them, a run of the
+    /// faster way moves its average halfway to its time (a change of load shows within a few
+    /// runs), and a probe of the slower way replaces its average.
     fn record(&mut self, with_helpers: bool, took: Duration) {
         let t = took.as_secs_f64();
         let probe = with_helpers != (self.with <= self.without);
@@ -330,16 +330,10 @@ impl Timing {
         } else {
             &mut self.without
         };
-        *avg = if self.runs <= FIRST_RUNS {
-            if *avg == 0.0 {
-                t
-            } else {
-                avg.min(t)
-            }
-        } else if probe {
+        *avg = if *avg == 0.0 || probe && self.runs > FIRST_RUNS {
             t
         } else {
-            0.75 * *avg + 0.25 * t
+            0.5 * (*avg + t)
         };
     }
 }
