@@ -23,27 +23,51 @@ pub trait Weight: Copy + Send + Sync + 'static {
     /// `out.len() != xs.len()`.
     fn dots(w: &[Self], xs: &[&[f32]], out: &mut [f32]);
 
-    /// `out[r] = Σ_i w[r·n + i] · x[i]` with `n = x.len()`: a matrix-vector product over the
-    /// consecutive rows of a row-major `w`, with no per-row dispatch.
+    /// `out[r·B + j] = Σ_i w[r·n + i] · xs[j][i]` for the consecutive rows `r` of a row-major
+    /// `w` (`n` = the vectors' length, `B = xs.len()`): a product of a block of rows with up
+    /// to [`MAX_VECTORS`] vectors, with one dispatch: each row through [`Weight::dots`]'
+    /// loops, [`GROUP`] vectors at a time.
     ///
     /// # Panics
-    /// If `w.len() != out.len() · x.len()`.
-    fn row_dots(w: &[Self], x: &[f32], out: &mut [f32]);
+    /// If the vectors differ in length, `w.len()` is not a whole number of rows, there are
+    /// more than [`MAX_VECTORS`] vectors, or `out.len()` is not rows × `B`.
+    fn row_dots(w: &[Self], xs: &[&[f32]], out: &mut [f32]);
 }
 
+/// Vectors [`Weight::row_dots`] takes at most.
+pub const MAX_VECTORS: usize = 16;
+
+/// The number of rows, after checking the shapes of a [`Weight::row_dots`] call.
 #[track_caller]
-fn check_rows(w: usize, x: usize, out: usize) {
-    assert_eq!(
-        w,
-        out * x,
-        "kernels: one weight row of the input's length per output"
+fn check_rows(w: usize, xs: &[&[f32]], out: usize) -> usize {
+    assert!(
+        xs.len() <= MAX_VECTORS,
+        "kernels: at most {MAX_VECTORS} vectors"
     );
+    let n = xs.first().map_or(0, |x| x.len());
+    assert!(
+        xs.iter().all(|x| x.len() == n),
+        "kernels: vectors of different lengths"
+    );
+    let rows = if n == 0 { out / xs.len().max(1) } else { w / n };
+    assert_eq!(w, rows * n, "kernels: a whole number of weight rows");
+    assert_eq!(
+        out,
+        rows * xs.len(),
+        "kernels: one output per row and vector"
+    );
+    rows
 }
 
 /// The portable [`Weight::row_dots`].
-fn row_dots_plain<T: Weight>(w: &[T], x: &[f32], out: &mut [f32]) {
-    for (row, o) in w.chunks_exact(x.len().max(1)).zip(out.iter_mut()) {
-        dots_plain(row, &[x], std::slice::from_mut(o));
+fn row_dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], rows: usize, out: &mut [f32]) {
+    let b = xs.len();
+    let n = xs.first().map_or(0, |x| x.len());
+    for r in 0..rows {
+        for (g, group) in xs.chunks(GROUP).enumerate() {
+            let o = &mut out[r * b + g * GROUP..][..group.len()];
+            dots_plain(&w[r * n..(r + 1) * n], group, o);
+        }
     }
 }
 
@@ -108,15 +132,15 @@ impl Weight for f32 {
     }
 
     #[track_caller]
-    fn row_dots(w: &[f32], x: &[f32], out: &mut [f32]) {
-        check_rows(w.len(), x.len(), out.len());
+    fn row_dots(w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
+        let rows = check_rows(w.len(), xs, out.len());
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked above.
-            unsafe { avx2::row_dots_f32(w, x, out) };
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked above.
+            unsafe { avx2::row_dots_f32(w, xs, rows, out) };
             return;
         }
-        row_dots_plain(w, x, out);
+        row_dots_plain(w, xs, rows, out);
     }
 }
 
@@ -138,15 +162,15 @@ impl Weight for f16 {
     }
 
     #[track_caller]
-    fn row_dots(w: &[f16], x: &[f32], out: &mut [f32]) {
-        check_rows(w.len(), x.len(), out.len());
+    fn row_dots(w: &[f16], xs: &[&[f32]], out: &mut [f32]) {
+        let rows = check_rows(w.len(), xs, out.len());
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked above.
-            unsafe { avx2::row_dots_f16(w, x, out) };
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked above.
+            unsafe { avx2::row_dots_f16(w, xs, rows, out) };
             return;
         }
-        row_dots_plain(w, x, out);
+        row_dots_plain(w, xs, rows, out);
     }
 }
 
@@ -168,15 +192,15 @@ impl Weight for bf16 {
     }
 
     #[track_caller]
-    fn row_dots(w: &[bf16], x: &[f32], out: &mut [f32]) {
-        check_rows(w.len(), x.len(), out.len());
+    fn row_dots(w: &[bf16], xs: &[&[f32]], out: &mut [f32]) {
+        let rows = check_rows(w.len(), xs, out.len());
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked above.
-            unsafe { avx2::row_dots_bf16(w, x, out) };
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked above.
+            unsafe { avx2::row_dots_bf16(w, xs, rows, out) };
             return;
         }
-        row_dots_plain(w, x, out);
+        row_dots_plain(w, xs, rows, out);
     }
 }
 
@@ -242,13 +266,26 @@ mod avx2 {
             $load:ident
         ) => {
             /// # Safety
-            /// The CPU must have AVX2, FMA and F16C; `w.len()` must be `out.len() · x.len()`.
+            /// The CPU must have AVX2, FMA and F16C; the shapes must be as
+            /// [`Weight::row_dots`] checks them (`rows` rows of `w`).
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub unsafe fn $rows(w: &[$t], x: &[f32], out: &mut [f32]) {
-                let n = x.len();
-                for (r, o) in out.iter_mut().enumerate() {
-                    // SAFETY: forwarded from the caller; the slice is in bounds (checked).
-                    *o = unsafe { $dots_1(&w[r * n..(r + 1) * n], x) };
+            pub unsafe fn $rows(w: &[$t], xs: &[&[f32]], rows: usize, out: &mut [f32]) {
+                let b = xs.len();
+                let n = xs.first().map_or(0, |x| x.len());
+                let row = |r: usize| &w[r * n..(r + 1) * n];
+                if b == 1 {
+                    for (r, o) in out.iter_mut().enumerate() {
+                        // SAFETY: forwarded from the caller; the slice is in bounds.
+                        *o = unsafe { $dots_1(row(r), xs[0]) };
+                    }
+                    return;
+                }
+                for r in 0..rows {
+                    for (g, group) in xs.chunks(GROUP).enumerate() {
+                        let o = &mut out[r * b + g * GROUP..][..group.len()];
+                        // SAFETY: forwarded from the caller; at most GROUP vectors.
+                        unsafe { $dots(row(r), group, o) };
+                    }
                 }
             }
 
@@ -444,21 +481,46 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            // Three rows at once, the second two ragged against the first's data.
-            let rows: Vec<T> = w.iter().chain(&w).chain(&w).copied().collect();
-            let mut out3 = [0.0f32; 3];
-            T::row_dots(&rows, &xs[0], &mut out3);
-            let mut one = [0.0f32];
-            T::dots(&w, &[&xs[0]], &mut one);
-            assert_eq!(out3, [one[0]; 3], "row_dots n={n}");
-            let mut plain3 = [0.0f32; 3];
-            row_dots_plain(&rows, &xs[0], &mut plain3);
-            let r = reference(&w, &xs[0]);
-            let tol = 1e-5 * (1.0 + r.abs()) * (n as f64).sqrt().max(1.0);
-            assert!(
-                plain3.iter().all(|&p| (p as f64 - r).abs() <= tol),
-                "plain rows n={n}"
-            );
+            // Blocks of 1 to 5 rows times 1 to 16 vectors (whole groups and the rest), rows cut
+            // from `w` at other offsets.
+            let shifted = |k: usize| -> Vec<T> { (0..n).map(|i| w[(i + k) % n.max(1)]).collect() };
+            let xs16: Vec<Vec<f32>> = (0..MAX_VECTORS)
+                .map(|j| {
+                    (0..n)
+                        .map(|i| ((i * 5 + j * 11) % 19) as f32 / 9.0 - 1.0)
+                        .collect()
+                })
+                .collect();
+            for rows in 1..=5 {
+                let block: Vec<T> = (0..rows).flat_map(shifted).collect();
+                for b in [1, 2, 3, 4, 5, 8, 9, MAX_VECTORS] {
+                    let views: Vec<&[f32]> = xs16[..b].iter().map(Vec::as_slice).collect();
+                    let mut out = vec![0.0f32; rows * b];
+                    T::row_dots(&block, &views, &mut out);
+                    let mut plain = vec![0.0f32; rows * b];
+                    row_dots_plain(&block, &views, rows, &mut plain);
+                    for r in 0..rows {
+                        for j in 0..b {
+                            let want = reference(&shifted(r), &xs16[j]);
+                            let tol = 1e-5 * (1.0 + want.abs()) * (n as f64).sqrt().max(1.0);
+                            for (what, got) in
+                                [("simd", out[r * b + j]), ("plain", plain[r * b + j])]
+                            {
+                                assert!(
+                                    (got as f64 - want).abs() <= tol,
+                                    "{what} row_dots n={n} rows={rows} b={b} r={r} j={j}"
+                                );
+                            }
+                        }
+                    }
+                    if b == 1 {
+                        // One vector: the one-vector loop of `dots`, bit for bit.
+                        let mut one = [0.0f32];
+                        T::dots(&shifted(rows - 1), &views, &mut one);
+                        assert_eq!(out[rows - 1], one[0], "row_dots n={n} rows={rows}");
+                    }
+                }
+            }
             for m in 1..=GROUP {
                 let views: Vec<&[f32]> = xs[..m].iter().map(Vec::as_slice).collect();
                 let mut out = vec![0.0; m];

@@ -6,7 +6,7 @@
 //! - more rows (prefill): matrix-matrix products over blocks of output columns, half-precision
 //!   blocks widened to f32 one block at a time.
 
-use super::kernels::{Weight, GROUP};
+use super::kernels::Weight;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use ndarray::linalg::general_mat_mul;
@@ -246,30 +246,16 @@ fn dot_rows<T: Weight>(
     out: &mut [f32],
 ) {
     let b = x.len() / inp.max(1);
-    if b == 1 {
-        if let Some(w) = w.as_slice() {
-            T::row_dots(
-                &w[rows.start * inp..rows.end * inp],
-                x,
-                &mut out[..rows.len()],
-            );
-            return;
-        }
-    }
     let mut xs: [&[f32]; SMALL_BATCH] = [&[]; SMALL_BATCH];
     for (slot, row) in xs.iter_mut().zip(x.chunks_exact(inp.max(1))) {
         *slot = row;
     }
-    let xs = &xs[..b];
-    let mut buf = [0.0f32; GROUP];
-    for (r, o) in rows.zip(out.chunks_mut(b.max(1))) {
-        let w_row = w.row(r);
-        let w_row = w_row.as_slice().expect("weight rows are contiguous");
-        for (g, group) in xs.chunks(GROUP).enumerate() {
-            T::dots(w_row, group, &mut buf[..group.len()]);
-            o[g * GROUP..][..group.len()].copy_from_slice(&buf[..group.len()]);
-        }
-    }
+    let w = w.as_slice().expect("weights in standard layout");
+    T::row_dots(
+        &w[rows.start * inp..rows.end * inp],
+        &xs[..b],
+        &mut out[..rows.len() * b],
+    );
 }
 
 /// `ys = xs Wᵀ` as matrix-matrix products over blocks of output columns, two blocks per rayon
