@@ -49,7 +49,7 @@ fn check_rows(w: usize, xs: &[&[f32]], out: usize) -> usize {
         xs.iter().all(|x| x.len() == n),
         "kernels: vectors of different lengths"
     );
-    let rows = if n == 0 { out / xs.len().max(1) } else { w / n };
+    let rows = w.checked_div(n).unwrap_or(out / xs.len().max(1));
     assert_eq!(w, rows * n, "kernels: a whole number of weight rows");
     assert_eq!(
         out,
