@@ -114,95 +114,47 @@ fn has_avx2_fma_f16c() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-impl Weight for f32 {
-    fn widen(self) -> f32 {
-        self
-    }
+/// Implements [`Weight`] for `$t` (widened by `$widen`) over the AVX2 kernels `$dots` and
+/// `$rows`, with the portable loops as the fallback.
+macro_rules! weight_impl {
+    ($t:ty, $widen:expr, $dots:ident, $rows:ident) => {
+        impl Weight for $t {
+            fn widen(self) -> f32 {
+                $widen(self)
+            }
 
-    #[track_caller]
-    fn dots(w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
-        check(w.len(), xs, out);
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
-            unsafe { avx2::dots_f32(w, xs, out) };
-            return;
-        }
-        dots_plain(w, xs, out);
-    }
+            #[track_caller]
+            fn dots(w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
+                check(w.len(), xs, out);
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2_fma_f16c() {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked
+                    // by `check`.
+                    unsafe { avx2::$dots(w, xs, out) };
+                    return;
+                }
+                dots_plain(w, xs, out);
+            }
 
-    #[track_caller]
-    fn row_dots(w: &[f32], xs: &[&[f32]], out: &mut [f32]) {
-        let rows = check_rows(w.len(), xs, out.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked above.
-            unsafe { avx2::row_dots_f32(w, xs, rows, out) };
-            return;
+            #[track_caller]
+            fn row_dots(w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
+                let rows = check_rows(w.len(), xs, out.len());
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2_fma_f16c() {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked
+                    // above.
+                    unsafe { avx2::$rows(w, xs, rows, out) };
+                    return;
+                }
+                row_dots_plain(w, xs, rows, out);
+            }
         }
-        row_dots_plain(w, xs, rows, out);
-    }
+    };
 }
 
-impl Weight for f16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-
-    #[track_caller]
-    fn dots(w: &[f16], xs: &[&[f32]], out: &mut [f32]) {
-        check(w.len(), xs, out);
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
-            unsafe { avx2::dots_f16(w, xs, out) };
-            return;
-        }
-        dots_plain(w, xs, out);
-    }
-
-    #[track_caller]
-    fn row_dots(w: &[f16], xs: &[&[f32]], out: &mut [f32]) {
-        let rows = check_rows(w.len(), xs, out.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked above.
-            unsafe { avx2::row_dots_f16(w, xs, rows, out) };
-            return;
-        }
-        row_dots_plain(w, xs, rows, out);
-    }
-}
-
-impl Weight for bf16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-
-    #[track_caller]
-    fn dots(w: &[bf16], xs: &[&[f32]], out: &mut [f32]) {
-        check(w.len(), xs, out);
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked by `check`.
-            unsafe { avx2::dots_bf16(w, xs, out) };
-            return;
-        }
-        dots_plain(w, xs, out);
-    }
-
-    #[track_caller]
-    fn row_dots(w: &[bf16], xs: &[&[f32]], out: &mut [f32]) {
-        let rows = check_rows(w.len(), xs, out.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked above.
-            unsafe { avx2::row_dots_bf16(w, xs, rows, out) };
-            return;
-        }
-        row_dots_plain(w, xs, rows, out);
-    }
-}
+weight_impl!(f32, |v: f32| v, dots_f32, row_dots_f32);
+weight_impl!(f16, f16::to_f32, dots_f16, row_dots_f16);
+weight_impl!(bf16, bf16::to_f32, dots_bf16, row_dots_bf16);
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -493,23 +445,17 @@ mod tests {
             let w: Vec<T> = (0..n)
                 .map(|i| from(((i * 37 % 101) as f32 - 50.0) / 25.0))
                 .collect();
-            let xs: Vec<Vec<f32>> = (0..GROUP)
+            let xs16: Vec<Vec<f32>> = (0..MAX_VECTORS)
                 .map(|j| {
                     (0..n)
                         .map(|i| ((i * 13 + j * 7) % 17) as f32 / 8.0 - 1.0)
                         .collect()
                 })
                 .collect();
+            let xs = &xs16[..GROUP];
             // Blocks of 1 to 5 rows times 1 to 16 vectors (whole groups and the rest), rows cut
             // from `w` at other offsets.
             let shifted = |k: usize| -> Vec<T> { (0..n).map(|i| w[(i + k) % n.max(1)]).collect() };
-            let xs16: Vec<Vec<f32>> = (0..MAX_VECTORS)
-                .map(|j| {
-                    (0..n)
-                        .map(|i| ((i * 5 + j * 11) % 19) as f32 / 9.0 - 1.0)
-                        .collect()
-                })
-                .collect();
             for rows in 1..=5 {
                 let block: Vec<T> = (0..rows).flat_map(shifted).collect();
                 for b in [1, 2, 3, 4, 5, 8, 9, MAX_VECTORS] {
