@@ -220,9 +220,10 @@ impl Model {
 
     /// Runs one token and writes its logits `[V]` into `logits`: the recurrent path, every
     /// intermediate in buffers kept in the state. After the state's first step (or none, for
-    /// a state from [`Model::init_state`]) it allocates nothing on the heap, given a
-    /// [`Linear::matvec_into`] that allocates nothing. Gives the same logits and state as
-    /// [`Model::forward`] on the one token (up to rounding).
+    /// a state from [`Model::init_state`]) it allocates nothing on the heap. The calling thread
+    /// runs the token and shares its matrix products with idle threads of rayon's pool when
+    /// that pays ([`crate::ops::with_team`]); the result is the same bits either way. Gives the
+    /// same logits and state as [`Model::forward`] on the one token (up to rounding).
     ///
     /// # Errors
     /// [`Error::TokenOutOfRange`]; [`Error::StateMismatch`] for a state of another model;

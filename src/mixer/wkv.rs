@@ -1,4 +1,4 @@
-//! RWKV-5/6's WKV: the recurrent path of the [`outer_product`](super::outer_product) kernel with
+//! RWKV-5/6's WKV: the recurrent path of the [`outer_product`] kernel with
 //! a per-key, per-token decay and the exclusive read-out plus bonus.
 //!
 //! Per head `h`, with `S ∈ R^{N×N}` indexed `[key, value]`:

@@ -1,4 +1,5 @@
-//! Stateless math: linear layers, normalisations, activations and token shift.
+//! Stateless math: linear layers, normalisations, activations and token shift, and the team
+//! that shares one token's matrix products between threads ([`team`]).
 //!
 //! Nothing here knows about checkpoints, versions or sequence state.
 
