@@ -9,7 +9,7 @@ use crate::mixer::rwkv5::{Rwkv5TimeMix, WkvScratch, WkvState};
 use crate::mixer::rwkv6::Rwkv6TimeMix;
 use crate::mixer::rwkv7::{Rwkv7Scratch, Rwkv7TimeMix};
 use crate::mixer::SequenceMixer;
-use crate::ops::{LayerNorm, Team};
+use crate::ops::{zip_inplace, LayerNorm, Team};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -343,11 +343,11 @@ impl Block {
             &mut state.att,
             v_first,
         );
-        *x += &att;
+        zip_inplace(x.view_mut(), att.view(), |x, a| x + a);
         let ffn = self
             .ffn
             .forward(self.ln2.forward(x.view()).view(), &mut state.ffn);
-        *x += &ffn;
+        zip_inplace(x.view_mut(), ffn.view(), |x, f| x + f);
     }
 
     /// Runs one token of each of `B` sequences: row `b` of `x` with `states[b]`; `v_first` as

@@ -8,7 +8,7 @@
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::mixer::SequenceMixer;
-use crate::ops::{relu_squared, shift, sigmoid, Linear, Team};
+use crate::ops::{relu_squared, shift, sigmoid, zip_inplace, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -126,18 +126,25 @@ impl ChannelMix {
 impl ChannelMix {
     /// The layer given the shift differences.
     fn apply(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> Array2<f32> {
-        let xk = shift::mix(xs, delta, self.maa_k.view());
-        let mut k = self.key.forward(xk.view());
-        relu_squared(&mut k);
-        let out = self.value.forward(k.view());
+        let value = || {
+            let xk = shift::mix(xs, delta, self.maa_k.view());
+            let mut k = self.key.forward(xk.view());
+            relu_squared(&mut k);
+            self.value.forward(k.view())
+        };
         match &self.receptance {
             Some(gate) => {
-                let xr = shift::mix(xs, delta, gate.maa_r.view());
-                let mut r = gate.weight.forward(xr.view());
-                sigmoid(&mut r);
-                r * out
+                // The gate's element-wise work overlaps the value's products.
+                let (out, mut r) = rayon::join(value, || {
+                    let xr = shift::mix(xs, delta, gate.maa_r.view());
+                    let mut r = gate.weight.forward(xr.view());
+                    sigmoid(&mut r);
+                    r
+                });
+                zip_inplace(r.view_mut(), out.view(), |r, o| r * o);
+                r
             }
-            None => out,
+            None => value(),
         }
     }
 }

@@ -45,8 +45,10 @@
 //! and `P V` are matrix products; `P` itself is a matrix product for the gate-free and per-head
 //! gates.
 
+use crate::ops::PARALLEL_MIN_WORK;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, Zip};
+use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use rayon::prelude::*;
 
 /// The gate `G_t = e^{λ_t}` in log space (`λ ≤ 0`; `−∞` is a gate of exactly 0), broadcast over
 /// the value index.
@@ -406,120 +408,151 @@ fn chunkwise_raw(x: &Inputs, s: &mut Array3<f32>, chunk: usize) -> Array2<f32> {
         return y;
     }
     let c_max = chunk.min(t_len);
-    let mut sc = Scratch {
-        w: Array2::ones((c_max, kd)),
-        scaled: Array2::zeros((c_max, kd)),
-        p: Array2::zeros((c_max, c_max)),
-        q: Array2::zeros((c_max, kd)),
-        k: Array2::zeros((c_max, kd)),
-        table: Array2::ones((c_max + 1, kd)),
-        run: vec![1.0; kd],
-        total: vec![1.0; kd],
-    };
-    let exclusive = matches!(x.read_out, ReadOut::Bonus(_));
-    let gated = !matches!(x.gate, Gate::None);
-    for head in 0..h {
-        let kc = head * kd..(head + 1) * kd;
-        let vc = head * vd..(head + 1) * vd;
-        // Constant gates (Head, Key): e^{λ} once, and the powers e^{Δλ} by repeated products.
-        let constant: Option<Array1<f32>> = match x.gate {
-            Gate::Head(g) => Some(Array1::from_elem(kd, g[head].exp())),
-            Gate::Key(g) => Some(g.slice(s![kc.clone()]).mapv(f32::exp)),
-            Gate::KeyDecay(g) => Some(g.slice(s![kc.clone()]).to_owned()),
-            _ => None,
-        };
-        if let Some(w) = &constant {
-            let w = w.as_slice().expect("new arrays are contiguous");
-            for d in 1..=c_max {
-                let (prev, mut rest) = sc.table.view_mut().split_at(Axis(0), d);
-                let row = rest.row_mut(0).into_slice().expect("contiguous rows");
-                row.copy_from_slice(prev.row(d - 1).to_slice().expect("contiguous rows"));
-                mul_flush(row, w);
-            }
-            for mut row in sc.w.rows_mut() {
-                row.assign(&ArrayView1::from(w));
-            }
-        }
-        let mut sh = s.index_axis_mut(Axis(0), head);
-        let mut c0 = 0;
-        while c0 < t_len {
-            let c1 = (c0 + chunk).min(t_len);
-            let c = c1 - c0;
-            sc.q.slice_mut(s![..c, ..])
-                .assign(&x.q.slice(s![c0..c1, kc.clone()]));
-            sc.k.slice_mut(s![..c, ..])
-                .assign(&x.k.slice(s![c0..c1, kc.clone()]));
-            let v = x.v.slice(s![c0..c1, vc.clone()]);
-            let mut yc = y.slice_mut(s![c0..c1, vc.clone()]);
-            match x.gate {
-                Gate::KeyToken(g) => {
-                    sc.w.slice_mut(s![..c, ..])
-                        .zip_mut_with(&g.slice(s![c0..c1, kc.clone()]), |w, &l| *w = l.exp())
-                }
-                Gate::KeyTokenDecay(g) => {
-                    sc.w.slice_mut(s![..c, ..])
-                        .assign(&g.slice(s![c0..c1, kc.clone()]))
-                }
-                _ => {}
-            }
-            // Inter-chunk: yc = (q ⊙ e^{L_q}) S, e^{L_q} the running product of the gates up to
-            // t (inclusive) or t − 1 (exclusive).
-            if gated {
-                sc.run.fill(1.0);
-                for t in 0..c {
-                    let w = sc.w.row(t);
-                    let w = w.to_slice().expect("contiguous rows");
-                    if !exclusive {
-                        mul_flush(&mut sc.run, w);
-                    }
-                    let mut out = sc.scaled.row_mut(t);
-                    let out = out.as_slice_mut().expect("contiguous rows");
-                    let q = sc.q.row(t);
-                    for ((o, &q), &r) in out.iter_mut().zip(q.iter()).zip(&sc.run) {
-                        *o = q * r;
-                    }
-                    if exclusive {
-                        mul_flush(&mut sc.run, w);
-                    }
-                }
-                sc.total.copy_from_slice(&sc.run);
-            } else {
-                sc.scaled
-                    .slice_mut(s![..c, ..])
-                    .assign(&sc.q.slice(s![..c, ..]));
-            }
-            general_mat_mul(1.0, &sc.scaled.slice(s![..c, ..]), &sh, 0.0, &mut yc);
-            // Intra-chunk: P (masked, decayed), then yc += P v.
-            intra_scores(x, head, kd, c, exclusive, &mut sc);
-            general_mat_mul(1.0, &sc.p.slice(s![..c, ..c]), &v, 1.0, &mut yc);
-            // State: S = diag(e^{L_end}) S + (k ⊙ e^{L_end − L})ᵀ v.
-            if gated {
-                for (mut row, &e) in sh.rows_mut().into_iter().zip(&sc.total) {
-                    row.mapv_inplace(|s| s * e);
-                }
-                sc.run.fill(1.0);
-                for t in (0..c).rev() {
-                    let mut out = sc.scaled.row_mut(t);
-                    let out = out.as_slice_mut().expect("contiguous rows");
-                    let k = sc.k.row(t);
-                    for ((o, &k), &r) in out.iter_mut().zip(k.iter()).zip(&sc.run) {
-                        *o = k * r;
-                    }
-                    mul_flush(
-                        &mut sc.run,
-                        sc.w.row(t).to_slice().expect("contiguous rows"),
-                    );
-                }
-            } else {
-                sc.scaled
-                    .slice_mut(s![..c, ..])
-                    .assign(&sc.k.slice(s![..c, ..]));
-            }
-            general_mat_mul(1.0, &sc.scaled.slice(s![..c, ..]).t(), &v, 1.0, &mut sh);
-            c0 = c1;
-        }
+    // The heads are independent: each task owns one head's state and output columns.
+    let heads: Vec<_> = s
+        .outer_iter_mut()
+        .zip(y.axis_chunks_iter_mut(Axis(1), vd))
+        .enumerate()
+        .collect();
+    let scratch = || Scratch::new(c_max, kd);
+    let run = |sc: &mut Scratch, (head, (sh, yh))| chunkwise_head(x, head, chunk, sh, yh, sc);
+    if t_len * h * kd * vd >= PARALLEL_MIN_WORK {
+        heads.into_par_iter().for_each_init(scratch, run);
+    } else {
+        let mut sc = scratch();
+        heads.into_iter().for_each(|head| run(&mut sc, head));
     }
     y
+}
+
+impl Scratch {
+    /// Buffers for chunks of up to `c_max` tokens and `kd` keys.
+    fn new(c_max: usize, kd: usize) -> Self {
+        Scratch {
+            w: Array2::ones((c_max, kd)),
+            scaled: Array2::zeros((c_max, kd)),
+            p: Array2::zeros((c_max, c_max)),
+            q: Array2::zeros((c_max, kd)),
+            k: Array2::zeros((c_max, kd)),
+            table: Array2::ones((c_max + 1, kd)),
+            run: vec![1.0; kd],
+            total: vec![1.0; kd],
+        }
+    }
+}
+
+/// The chunkwise path of one head: its state `sh: [K, V]` and output columns `y: [T, V]`.
+fn chunkwise_head(
+    x: &Inputs,
+    head: usize,
+    chunk: usize,
+    mut sh: ArrayViewMut2<f32>,
+    mut y: ArrayViewMut2<f32>,
+    sc: &mut Scratch,
+) {
+    let (kd, vd) = sh.dim();
+    let t_len = x.q.nrows();
+    let c_max = chunk.min(t_len);
+    let exclusive = matches!(x.read_out, ReadOut::Bonus(_));
+    let gated = !matches!(x.gate, Gate::None);
+    let kc = head * kd..(head + 1) * kd;
+    let vc = head * vd..(head + 1) * vd;
+    // Constant gates (Head, Key): e^{λ} once, and the powers e^{Δλ} by repeated products.
+    let constant: Option<Array1<f32>> = match x.gate {
+        Gate::Head(g) => Some(Array1::from_elem(kd, g[head].exp())),
+        Gate::Key(g) => Some(g.slice(s![kc.clone()]).mapv(f32::exp)),
+        Gate::KeyDecay(g) => Some(g.slice(s![kc.clone()]).to_owned()),
+        _ => None,
+    };
+    if let Some(w) = &constant {
+        let w = w.as_slice().expect("new arrays are contiguous");
+        for d in 1..=c_max {
+            let (prev, mut rest) = sc.table.view_mut().split_at(Axis(0), d);
+            let row = rest.row_mut(0).into_slice().expect("contiguous rows");
+            row.copy_from_slice(prev.row(d - 1).to_slice().expect("contiguous rows"));
+            mul_flush(row, w);
+        }
+        for mut row in sc.w.rows_mut() {
+            row.assign(&ArrayView1::from(w));
+        }
+    }
+    let mut c0 = 0;
+    while c0 < t_len {
+        let c1 = (c0 + chunk).min(t_len);
+        let c = c1 - c0;
+        sc.q.slice_mut(s![..c, ..])
+            .assign(&x.q.slice(s![c0..c1, kc.clone()]));
+        sc.k.slice_mut(s![..c, ..])
+            .assign(&x.k.slice(s![c0..c1, kc.clone()]));
+        let v = x.v.slice(s![c0..c1, vc.clone()]);
+        let mut yc = y.slice_mut(s![c0..c1, ..]);
+        match x.gate {
+            Gate::KeyToken(g) => {
+                sc.w.slice_mut(s![..c, ..])
+                    .zip_mut_with(&g.slice(s![c0..c1, kc.clone()]), |w, &l| *w = l.exp())
+            }
+            Gate::KeyTokenDecay(g) => {
+                sc.w.slice_mut(s![..c, ..])
+                    .assign(&g.slice(s![c0..c1, kc.clone()]))
+            }
+            _ => {}
+        }
+        // Inter-chunk: yc = (q ⊙ e^{L_q}) S, e^{L_q} the running product of the gates up to
+        // t (inclusive) or t − 1 (exclusive).
+        if gated {
+            sc.run.fill(1.0);
+            for t in 0..c {
+                let w = sc.w.row(t);
+                let w = w.to_slice().expect("contiguous rows");
+                if !exclusive {
+                    mul_flush(&mut sc.run, w);
+                }
+                let mut out = sc.scaled.row_mut(t);
+                let out = out.as_slice_mut().expect("contiguous rows");
+                let q = sc.q.row(t);
+                for ((o, &q), &r) in out.iter_mut().zip(q.iter()).zip(&sc.run) {
+                    *o = q * r;
+                }
+                if exclusive {
+                    mul_flush(&mut sc.run, w);
+                }
+            }
+            sc.total.copy_from_slice(&sc.run);
+        } else {
+            sc.scaled
+                .slice_mut(s![..c, ..])
+                .assign(&sc.q.slice(s![..c, ..]));
+        }
+        general_mat_mul(1.0, &sc.scaled.slice(s![..c, ..]), &sh, 0.0, &mut yc);
+        // Intra-chunk: P (masked, decayed), then yc += P v.
+        intra_scores(x, head, kd, c, exclusive, sc);
+        general_mat_mul(1.0, &sc.p.slice(s![..c, ..c]), &v, 1.0, &mut yc);
+        // State: S = diag(e^{L_end}) S + (k ⊙ e^{L_end − L})ᵀ v.
+        if gated {
+            for (mut row, &e) in sh.rows_mut().into_iter().zip(&sc.total) {
+                row.mapv_inplace(|s| s * e);
+            }
+            sc.run.fill(1.0);
+            for t in (0..c).rev() {
+                let mut out = sc.scaled.row_mut(t);
+                let out = out.as_slice_mut().expect("contiguous rows");
+                let k = sc.k.row(t);
+                for ((o, &k), &r) in out.iter_mut().zip(k.iter()).zip(&sc.run) {
+                    *o = k * r;
+                }
+                mul_flush(
+                    &mut sc.run,
+                    sc.w.row(t).to_slice().expect("contiguous rows"),
+                );
+            }
+        } else {
+            sc.scaled
+                .slice_mut(s![..c, ..])
+                .assign(&sc.k.slice(s![..c, ..]));
+        }
+        general_mat_mul(1.0, &sc.scaled.slice(s![..c, ..]).t(), &v, 1.0, &mut sh);
+        c0 = c1;
+    }
 }
 
 /// Fills `sc.p[..c, ..c]` with the masked, decayed scores `P_{ts}` (and the bonus diagonal).

@@ -19,7 +19,7 @@ use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
-use crate::ops::{shift, silu, GroupNorm, Linear, Team};
+use crate::ops::{shift, silu, zip_inplace, GroupNorm, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -120,11 +120,20 @@ impl WkvOutput {
 
     /// `W_o (GroupNorm(y) ⊙ silu(W_g x_g))`; `xg` is ignored when there is no gate.
     pub(crate) fn forward(&self, mut y: Array2<f32>, xg: Option<ArrayView2<f32>>) -> Array2<f32> {
-        self.ln_x.forward_inplace(&mut y);
-        if let (Some(gate), Some(xg)) = (&self.gate, xg) {
-            let mut g = gate.forward(xg);
-            silu(&mut g);
-            y *= &g;
+        match (&self.gate, xg) {
+            (Some(gate), Some(xg)) => {
+                // The norm overlaps the gate's product.
+                let ((), g) = rayon::join(
+                    || self.ln_x.forward_inplace(&mut y),
+                    || {
+                        let mut g = gate.forward(xg);
+                        silu(&mut g);
+                        g
+                    },
+                );
+                zip_inplace(y.view_mut(), g.view(), |y, g| y * g);
+            }
+            _ => self.ln_x.forward_inplace(&mut y),
         }
         self.output.forward(y.view())
     }

@@ -20,7 +20,7 @@ use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
-use crate::ops::{Linear, Team};
+use crate::ops::{for_each_row, map_inplace, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{
     stack, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Ix3, Zip,
@@ -97,10 +97,11 @@ impl Rwkv6TimeMix {
     /// without going through `w`, so strong decays keep their value instead of underflowing).
     pub fn log_decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
         let mut d = self.decay_w1.forward(xw);
-        d.mapv_inplace(f32::tanh);
+        map_inplace(&mut d, f32::tanh);
         let mut d = self.decay_w2.forward(d.view());
-        d += &self.time_decay;
-        d.mapv_inplace(|d| -d.exp());
+        for_each_row(d.view_mut(), |mut row| {
+            row.zip_mut_with(&self.time_decay, |d, &base| *d = -(*d + base).exp())
+        });
         d
     }
 }
@@ -114,10 +115,16 @@ impl Rwkv6TimeMix {
         recur: impl FnOnce(WkvInputs) -> Array2<f32>,
     ) -> Array2<f32> {
         let [xw, xk, xv, xr, xg] = self.shift.forward(xs, delta);
-        let r = self.receptance.forward(xr.view());
-        let k = self.key.forward(xk.view());
-        let v = self.value.forward(xv.view());
-        let w = self.decay(xw.view());
+        // Four independent products: the decay's element-wise work overlaps the others.
+        let ((r, k), (v, w)) = rayon::join(
+            || {
+                rayon::join(
+                    || self.receptance.forward(xr.view()),
+                    || self.key.forward(xk.view()),
+                )
+            },
+            || rayon::join(|| self.value.forward(xv.view()), || self.decay(xw.view())),
+        );
         let y = recur(WkvInputs {
             r: r.view(),
             k: k.view(),

@@ -7,6 +7,7 @@
 //!   blocks widened to f32 one block at a time.
 
 use super::kernels::Weight;
+use super::PARALLEL_MIN_WORK;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use ndarray::linalg::general_mat_mul;
@@ -18,9 +19,6 @@ use rayon::prelude::*;
 /// Up to this many rows, [`Linear::forward`] streams the weights once through the dot-product
 /// kernels; above it, it runs matrix-matrix products.
 pub const SMALL_BATCH: usize = 16;
-
-/// Below this many multiply-adds a product runs on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// Output columns per task in the matrix-matrix path.
 const GEMM_BLOCK: usize = 64;

@@ -4,13 +4,18 @@
 //! Nothing here knows about checkpoints, versions or sequence state.
 
 mod activation;
+mod elementwise;
 pub mod kernels;
 mod linear;
 mod norm;
 pub mod shift;
 pub mod team;
 
+/// Below this many multiply-adds a product or loop runs on the calling thread.
+pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 16;
+
 pub use activation::{relu_squared, sigmoid, silu};
+pub use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_inplace};
 pub use linear::Linear;
 pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
 pub use team::{with_team, Team, TeamBuffers};

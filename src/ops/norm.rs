@@ -1,5 +1,6 @@
 //! Layer norm and per-head group norm over the rows of `[T, C]` arrays.
 
+use super::for_each_row;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 /// Normalises `x` in place to zero mean and unit (biased) variance, then applies `w`, `b`.
@@ -73,9 +74,9 @@ impl LayerNorm {
     pub fn forward(&self, xs: ArrayView2<f32>) -> Array2<f32> {
         assert_eq!(xs.ncols(), self.weight.len(), "LayerNorm: width");
         let mut ys = xs.to_owned();
-        for row in ys.rows_mut() {
-            normalise(row, self.weight.view(), self.bias.view(), self.eps);
-        }
+        for_each_row(ys.view_mut(), |row| {
+            normalise(row, self.weight.view(), self.bias.view(), self.eps)
+        });
         ys
     }
 }
@@ -117,9 +118,7 @@ impl GroupNorm {
     pub fn forward_inplace(&self, xs: &mut Array2<f32>) {
         let c = self.weight.len();
         assert_eq!(xs.ncols(), c, "GroupNorm: width");
-        for row in xs.rows_mut() {
-            self.forward_one_inplace(row);
-        }
+        for_each_row(xs.view_mut(), |row| self.forward_one_inplace(row));
     }
 
     /// Normalises each group of one vector in place (no allocation).

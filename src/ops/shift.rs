@@ -4,8 +4,9 @@
 //! RWKV-6/7). RWKV-4/5 store the complementary "mix" coefficients (`x·μ' + prev·(1−μ')`); their
 //! loaders convert with `μ = 1 − μ'`, which is the same function.
 
-use super::{Linear, Team};
+use super::{for_each_row_with, map_inplace, Linear, Team};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+use rayon::prelude::*;
 
 /// The shift differences `δ_t = x_{t−1} − x_t`, with `x_{−1} = prev` (the last row of the
 /// previous call, kept in the state).
@@ -130,14 +131,12 @@ pub fn advance_each<'a>(
 pub fn mix(xs: ArrayView2<f32>, delta: ArrayView2<f32>, maa: ArrayView1<f32>) -> Array2<f32> {
     assert_eq!(xs.dim(), delta.dim(), "shift::mix: delta shape");
     let mut out = delta.to_owned();
-    Zip::from(out.rows_mut())
-        .and(xs.rows())
-        .for_each(|mut o, x| {
-            Zip::from(&mut o)
-                .and(&x)
-                .and(&maa)
-                .for_each(|o, &x, &m| *o = x + *o * m)
-        });
+    for_each_row_with(out.view_mut(), xs, |mut o, x| {
+        Zip::from(&mut o)
+            .and(&x)
+            .and(&maa)
+            .for_each(|o, &x, &m| *o = x + *o * m)
+    });
     out
 }
 
@@ -170,17 +169,19 @@ impl Ddlerp {
     pub fn forward(&self, xs: ArrayView2<f32>, delta: ArrayView2<f32>) -> [Array2<f32>; 5] {
         let d = self.w2[0].dim().1;
         let mut z = self.w1.forward(mix(xs, delta, self.maa_x.view()).view());
-        z.mapv_inplace(f32::tanh);
-        std::array::from_fn(|s| {
+        map_inplace(&mut z, f32::tanh);
+        let mut outs: [Array2<f32>; 5] = std::array::from_fn(|_| Array2::zeros((0, 0)));
+        // The five outputs are independent: one task each.
+        outs.par_iter_mut().enumerate().for_each(|(s, out)| {
             let mut coeff = self.w2[s].forward(z.slice(s![.., s * d..(s + 1) * d]));
             coeff += &self.maa.row(s);
-            let mut out = delta.to_owned();
-            Zip::from(&mut out)
-                .and(&coeff)
+            Zip::from(&mut coeff)
+                .and(&delta)
                 .and(&xs)
-                .for_each(|o, &c, &x| *o = x + *o * c);
-            out
-        })
+                .for_each(|c, &d, &x| *c = x + d * *c);
+            *out = coeff;
+        });
+        outs
     }
 
     /// One token's five shifted inputs into the rows of `out` (`x_w, x_k, x_v, x_r, x_g`),
