@@ -20,7 +20,7 @@ use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
-use crate::ops::{for_each_row, map_inplace, Linear, Team};
+use crate::ops::{for_each_row, join4, map_inplace, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{
     stack, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Ix3, Zip,
@@ -115,15 +115,11 @@ impl Rwkv6TimeMix {
         recur: impl FnOnce(WkvInputs) -> Array2<f32>,
     ) -> Array2<f32> {
         let [xw, xk, xv, xr, xg] = self.shift.forward(xs, delta);
-        // Four independent products: the decay's element-wise work overlaps the others.
-        let ((r, k), (v, w)) = rayon::join(
-            || {
-                rayon::join(
-                    || self.receptance.forward(xr.view()),
-                    || self.key.forward(xk.view()),
-                )
-            },
-            || rayon::join(|| self.value.forward(xv.view()), || self.decay(xw.view())),
+        let (r, k, v, w) = join4(
+            || self.receptance.forward(xr.view()),
+            || self.key.forward(xk.view()),
+            || self.value.forward(xv.view()),
+            || self.decay(xw.view()),
         );
         let y = recur(WkvInputs {
             r: r.view(),

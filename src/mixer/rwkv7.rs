@@ -20,7 +20,7 @@ use super::rwkv5::WkvState;
 use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
-use crate::ops::{shift, sigmoid, GroupNorm, Linear, Team};
+use crate::ops::{join4, shift, sigmoid, GroupNorm, Linear, Team};
 use crate::weights::Scope;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
@@ -283,14 +283,22 @@ impl Rwkv7TimeMix {
             .shift
             .each_ref()
             .map(|mu| shift::mix(xs, delta, mu.view()));
-        let r = self.receptance.forward(xr.view());
-        let mut k = self.key.forward(xk.view());
-        let mut v = self.value.forward(xv.view());
-        let w = self.decay(xw.view());
-        let mut a = self.iclr.forward(xa.view(), |_| ());
-        a += &self.a0;
-        sigmoid(&mut a);
-        let g = self.gate.forward(xg.view(), sigmoid);
+        // Independent products: each side's element-wise work overlaps the other's blocks.
+        let (r, mut k, mut v, w) = join4(
+            || self.receptance.forward(xr.view()),
+            || self.key.forward(xk.view()),
+            || self.value.forward(xv.view()),
+            || self.decay(xw.view()),
+        );
+        let (a, g) = rayon::join(
+            || {
+                let mut a = self.iclr.forward(xa.view(), |_| ());
+                a += &self.a0;
+                sigmoid(&mut a);
+                a
+            },
+            || self.gate.forward(xg.view(), sigmoid),
+        );
 
         let mut kappa = &k * &self.k_k;
         normalise_heads(&mut kappa, n);

@@ -14,6 +14,18 @@ pub mod team;
 /// Below this many multiply-adds a product or loop runs on the calling thread.
 pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 16;
 
+/// Runs four independent computations as rayon tasks and returns their results in order (a
+/// layer's projections: one's element-wise work overlaps the others' matrix blocks).
+pub fn join4<A: Send, B: Send, C: Send, D: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+    c: impl FnOnce() -> C + Send,
+    d: impl FnOnce() -> D + Send,
+) -> (A, B, C, D) {
+    let ((a, b), (c, d)) = rayon::join(|| rayon::join(a, b), || rayon::join(c, d));
+    (a, b, c, d)
+}
+
 pub use activation::{relu_squared, sigmoid, silu};
 pub use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_inplace};
 pub use linear::Linear;
