@@ -13,7 +13,9 @@
 //! for RWKV-5's constant decay).
 
 use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
+use crate::ops::kernels::wkv_step;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, CowArray, Ix1};
+use rayon::prelude::*;
 
 /// The per-token inputs of RWKV-5/6's WKV.
 ///
@@ -115,27 +117,11 @@ pub fn step_into(
     let [r, k, v, w, u] = [r, k, v, w, u].map(contiguous);
     let [r, k, v, w, u] = [&r, &k, &v, &w, &u].map(|x| x.as_slice().expect("standard"));
     let state = s.as_slice_mut().expect("standard layout");
-    let kernel = |y: &mut [f32], state: &mut [f32]| {
-        y.fill(0.0);
-        for (head, sh) in state.chunks_exact_mut(n * n).enumerate() {
-            let cols = head * n..(head + 1) * n;
-            let (yh, vh) = (&mut y[cols.clone()], &v[cols]);
-            for (i, row) in sh.chunks_exact_mut(n).enumerate() {
-                let c = head * n + i;
-                let (ri, ki, wi) = (r[c], k[c], w[c]);
-                let rk_u = ri * u[c] * ki;
-                for ((y, s), &v) in yh.iter_mut().zip(row.iter_mut()).zip(vh) {
-                    *y += rk_u * v + ri * *s;
-                    *s = *s * wi + ki * v;
-                }
-            }
-        }
-    };
     match y.as_slice_mut() {
-        Some(ys) => kernel(ys, state),
+        Some(ys) => wkv_step([r, k, v, w, u], n, state, ys),
         None => {
             let mut ys = vec![0.0; h * n];
-            kernel(&mut ys, state);
+            wkv_step([r, k, v, w, u], n, state, &mut ys);
             y.assign(&ArrayView1::from(&ys));
         }
     }
@@ -154,12 +140,22 @@ impl WkvInputs<'_> {
             "wkv::scan_each: one state per row"
         );
         let mut y = Array2::zeros(self.r.raw_dim());
-        for (b, s) in states.iter_mut().enumerate() {
-            let rows = ndarray::s![b..b + 1, ..];
-            let (r, k) = (self.r.slice(rows), self.k.slice(rows));
-            let yb = scan(r, k, self.v.slice(rows), self.w.slice(rows), u, s);
-            y.row_mut(b).assign(&yb.row(0));
-        }
+        let Some(first) = states.first() else {
+            return y;
+        };
+        let (h, n, _) = first.dim();
+        assert_eq!(u.dim(), (h, n), "wkv::scan_each: bonus must be [H, N]");
+        let u = u.as_standard_layout();
+        let u = u.as_slice().expect("standard layout");
+        // The sessions are independent: one task each.
+        let sessions: Vec<_> = y.outer_iter_mut().zip(states.iter_mut()).collect();
+        sessions
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(b, (yb, s))| {
+                let [r, k, v, w] = [&self.r, &self.k, &self.v, &self.w].map(|x| x.row(b));
+                step_into(r, k, v, w, ArrayView1::from(u), s, yb);
+            });
         y
     }
 }

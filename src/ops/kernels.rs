@@ -5,6 +5,9 @@
 //! time with several independent accumulators; elsewhere a plain loop is used. Each weight row is
 //! read once for up to [`GROUP`] activation vectors, so a batch of `B` tokens reads the weights
 //! `⌈B / GROUP⌉` times from cache and once from memory.
+//!
+//! Also here: [`wkv_step`], one token of RWKV-5/6's WKV state update, compiled for AVX2 where
+//! the CPU has it.
 
 use half::{bf16, f16};
 
@@ -426,8 +429,85 @@ mod avx2 {
     );
 }
 
+/// One token of RWKV-5/6's WKV for every head: per head `h` (columns `h·n..(h+1)·n`),
+/// `y_j = Σ_i r_i (u_i k_i v_j + S_ij)`, then `S_ij ← w_i S_ij + k_i v_j`, with `state` holding
+/// the heads' `[n, n]` matrices `[key, value]` one after another. The same operations in the
+/// same order on every CPU (8 lanes at a time with AVX2, no fused multiply-add), so the result
+/// does not depend on the instruction set.
+///
+/// # Panics
+/// If a vector's length differs from `y.len()`, which must be a multiple of `n`, or `state` is
+/// not `y.len() · n` long.
+#[track_caller]
+pub fn wkv_step([r, k, v, w, u]: [&[f32]; 5], n: usize, state: &mut [f32], y: &mut [f32]) {
+    let c = y.len();
+    assert!(
+        n > 0 && c % n == 0,
+        "wkv_step: width is not a multiple of the head size"
+    );
+    for x in [r, k, v, w, u] {
+        assert_eq!(x.len(), c, "wkv_step: input length");
+    }
+    assert_eq!(state.len(), c * n, "wkv_step: state length");
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above); the body has no other requirement.
+        unsafe { wkv_step_avx2([r, k, v, w, u], n, state, y) };
+        return;
+    }
+    wkv_step_body([r, k, v, w, u], n, state, y);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn wkv_step_avx2(x: [&[f32]; 5], n: usize, state: &mut [f32], y: &mut [f32]) {
+    wkv_step_body(x, n, state, y);
+}
+
+#[inline(always)]
+fn wkv_step_body([r, k, v, w, u]: [&[f32]; 5], n: usize, state: &mut [f32], y: &mut [f32]) {
+    y.fill(0.0);
+    for (head, sh) in state.chunks_exact_mut(n * n).enumerate() {
+        let cols = head * n..(head + 1) * n;
+        let (yh, vh) = (&mut y[cols.clone()], &v[cols]);
+        for (i, row) in sh.chunks_exact_mut(n).enumerate() {
+            let c = head * n + i;
+            let (ri, ki, wi) = (r[c], k[c], w[c]);
+            let rk_u = ri * u[c] * ki;
+            for ((y, s), &v) in yh.iter_mut().zip(row.iter_mut()).zip(vh) {
+                *y += rk_u * v + ri * *s;
+                *s = *s * wi + ki * v;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wkv_step_equals_the_plain_loop_bit_for_bit() {
+        let (h, n) = (3, 20);
+        let c = h * n;
+        let vec = |seed: usize| -> Vec<f32> {
+            (0..c)
+                .map(|i| ((i * 7 + seed * 13) % 17) as f32 / 8.0 - 1.0)
+                .collect()
+        };
+        let (r, k, v, u) = (vec(1), vec(2), vec(3), vec(4));
+        let w: Vec<f32> = (0..c).map(|i| 0.5 + (i % 5) as f32 / 10.0).collect();
+        let start: Vec<f32> = (0..c * n)
+            .map(|i| ((i * 3) % 11) as f32 / 5.0 - 1.0)
+            .collect();
+        let (mut s1, mut s2) = (start.clone(), start);
+        let (mut y1, mut y2) = (vec![0.0; c], vec![0.0; c]);
+        for _ in 0..3 {
+            wkv_step([&r, &k, &v, &w, &u], n, &mut s1, &mut y1);
+            wkv_step_body([&r, &k, &v, &w, &u], n, &mut s2, &mut y2);
+            assert_eq!(y1, y2);
+            assert_eq!(s1, s2);
+        }
+    }
+
     use super::*;
 
     fn reference<T: Weight>(w: &[T], x: &[f32]) -> f64 {

@@ -12,13 +12,16 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2,
+    s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2,
 };
 use rayon::prelude::*;
 
 /// Up to this many rows, [`Linear::forward`] streams the weights once through the dot-product
 /// kernels; above it, it runs matrix-matrix products.
 pub const SMALL_BATCH: usize = 16;
+
+/// Rows per step when the dot-product kernels write a strided output.
+const SUB_ROWS: usize = 16;
 
 /// Output columns per task in the matrix-matrix path.
 const GEMM_BLOCK: usize = 64;
@@ -170,13 +173,11 @@ impl Linear {
         let (out, inp) = self.dim();
         assert_eq!(xs.ncols(), inp, "Linear::forward: input width");
         let t = xs.nrows();
-        if t <= SMALL_BATCH {
-            // Computed as [out, T] so each task writes whole rows, then transposed.
-            let mut yt = Array2::zeros((out, t));
-            self.streamed_into(xs, yt.view_mut(), true);
-            return yt.reversed_axes().as_standard_layout().into_owned();
-        }
         let mut ys = Array2::zeros((t, out));
+        if t <= SMALL_BATCH {
+            self.streamed_into(xs, ys.view_mut().reversed_axes(), true);
+            return ys;
+        }
         match self {
             Linear::F32(w) => blocked_gemm(w.view(), borrowed, xs, ys.view_mut()),
             Linear::F16(w) => blocked_gemm(w.view(), widened, xs, ys.view_mut()),
@@ -188,6 +189,8 @@ impl Linear {
 
 /// `yt[r, j] = W[r] · xs[j]`: every weight row read once for all rows of `xs`, tasks of
 /// consecutive rows split across rayon's threads when `parallel` and the product is large.
+/// `yt` may have any layout (`[T, out]` seen transposed is the usual one); no heap allocation
+/// for standard-layout inputs.
 fn streamed<T: Weight>(
     w: ArrayView2<T>,
     xs: ArrayView2<f32>,
@@ -200,34 +203,32 @@ fn streamed<T: Weight>(
     if t == 0 || out == 0 {
         return;
     }
-    // No heap allocation here: views of standard-layout inputs are borrowed and the output is
-    // split in place.
     let w = w.as_standard_layout();
     let xs = xs.as_standard_layout();
     let x = xs.as_slice().expect("standard layout");
     let rows_per_task = out.div_ceil(64).max(8);
     let parallel = parallel && out * inp * t >= PARALLEL_MIN_WORK;
-    match yt.as_slice_mut() {
-        Some(y) => {
-            let task = |(i, chunk): (usize, &mut [f32])| {
-                let start = i * rows_per_task;
-                dot_rows(w.view(), x, inp, start..start + chunk.len() / t, chunk);
-            };
-            if parallel {
-                y.par_chunks_mut(rows_per_task * t)
-                    .enumerate()
-                    .for_each(task);
-            } else {
-                y.chunks_mut(rows_per_task * t).enumerate().for_each(task);
-            }
+    let task = |(i, mut block): (usize, ArrayViewMut2<f32>)| {
+        let start = i * rows_per_task;
+        if let Some(y) = block.as_slice_mut() {
+            dot_rows(w.view(), x, inp, start..start + y.len() / t, y);
+            return;
         }
-        None => {
-            let mut buf = [0.0f32; SMALL_BATCH];
-            for (r, mut y_row) in yt.outer_iter_mut().enumerate() {
-                dot_rows(w.view(), x, inp, r..r + 1, &mut buf[..t]);
-                y_row.assign(&ArrayView1::from(&buf[..t]));
-            }
+        // Strided output: through a small buffer, `SUB_ROWS` rows at a time.
+        let mut buf = [0.0f32; SUB_ROWS * SMALL_BATCH];
+        for sub in (0..block.nrows()).step_by(SUB_ROWS) {
+            let end = (sub + SUB_ROWS).min(block.nrows());
+            let part = &mut buf[..(end - sub) * t];
+            dot_rows(w.view(), x, inp, start + sub..start + end, part);
+            let part = ArrayView2::from_shape((end - sub, t), &*part).expect("sized above");
+            block.slice_mut(s![sub..end, ..]).assign(&part);
         }
+    };
+    let blocks = yt.axis_chunks_iter_mut(Axis(0), rows_per_task);
+    if parallel {
+        blocks.into_par_iter().enumerate().for_each(task);
+    } else {
+        blocks.enumerate().for_each(task);
     }
 }
 
