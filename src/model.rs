@@ -93,9 +93,9 @@ impl Model {
         Self::from_source_as(source, None)
     }
 
-    /// Loads a safetensors checkpoint with its matrices (block projections, embedding, head)
-    /// converted to `dtype` at load, e.g. an f32 file run with f16 weights. Vectors, decays and
-    /// low-rank matrices stay f32.
+    /// Loads a safetensors checkpoint with its matrices (block projections, low-rank factors,
+    /// embedding, head) converted to `dtype` at load, e.g. an f32 file run with f16 weights.
+    /// Vectors and decays stay f32.
     ///
     /// # Errors
     /// As [`Model::load`].
@@ -347,8 +347,7 @@ impl Model {
     pub fn decode_bytes_per_token(&self) -> usize {
         let c = &self.config;
         let bytes = self.head.size_bytes() / (c.vocab * c.n_embd);
-        self.matrix_elements() * bytes
-            + self.lora_elements() * 4
+        (self.matrix_elements() + self.lora_elements()) * bytes
             + c.n_embd * 4
             + self.head.size_bytes()
     }
@@ -379,8 +378,8 @@ impl Model {
         n_layer * (att + 2 * c * f + ffn_r)
     }
 
-    /// Elements of RWKV-6/7's low-rank (LoRA) matrices, kept in f32 (block 0 of RWKV-7 has no
-    /// value-residual LoRA).
+    /// Elements of RWKV-6/7's low-rank (LoRA) matrices, kept in the storage type like the
+    /// other matrices (block 0 of RWKV-7 has no value-residual LoRA).
     fn lora_elements(&self) -> usize {
         let Config {
             n_embd: c,

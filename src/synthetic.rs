@@ -33,7 +33,7 @@ struct Builder {
 }
 
 impl Builder {
-    /// A small tensor (vector, mixing coefficients, LoRA): always f32.
+    /// A small tensor (vector, mixing coefficients, decay base): always f32.
     fn small(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
         let a = self.rng.array(shape, lo, hi);
         self.map.insert(name, Tensor::F32(a));
@@ -45,7 +45,8 @@ impl Builder {
         self.stored(name, &[out, inp], -bound, bound);
     }
 
-    /// A tensor in the checkpoint's storage type, uniform in `[lo, hi)`.
+    /// A tensor in the checkpoint's storage type (a matrix, a low-rank factor), uniform in
+    /// `[lo, hi)`.
     fn stored(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
         let a = self.rng.array(shape, lo, hi);
         let t = match self.dtype {
@@ -158,11 +159,11 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
                     b.small(p(&format!("att.time_maa_{s}")), &[1, 1, c], 0.0, 1.0);
                 }
                 let lora = |inp: usize| 0.5 * (3.0 / inp as f32).sqrt();
-                b.small(p("att.time_maa_w1"), &[c, 5 * dm], -lora(c), lora(c));
-                b.small(p("att.time_maa_w2"), &[5, dm, c], -lora(dm), lora(dm));
+                b.stored(p("att.time_maa_w1"), &[c, 5 * dm], -lora(c), lora(c));
+                b.stored(p("att.time_maa_w2"), &[5, dm, c], -lora(dm), lora(dm));
                 b.small(p("att.time_decay"), &[1, 1, c], -8.0, 1.3);
-                b.small(p("att.time_decay_w1"), &[c, dd], -lora(c), lora(c));
-                b.small(p("att.time_decay_w2"), &[dd, c], -lora(dd), lora(dd));
+                b.stored(p("att.time_decay_w1"), &[c, dd], -lora(c), lora(c));
+                b.stored(p("att.time_decay_w2"), &[dd, c], -lora(dd), lora(dd));
                 b.small(p("att.time_faaaa"), &[h, n], -1.0, 1.0);
                 b.matrix(p("att.gate.weight"), c, c);
                 b.layer_norm(&p("att.ln_x"), c);
@@ -179,12 +180,12 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
                 ];
                 for (name, d, (lo, hi)) in loras.into_iter().filter(|l| l.1 > 0) {
                     b.small(p(&format!("att.{name}0")), &[1, 1, c], lo, hi);
-                    b.small(p(&format!("att.{name}1")), &[c, d], -lora(c), lora(c));
-                    b.small(p(&format!("att.{name}2")), &[d, c], -lora(d), lora(d));
+                    b.stored(p(&format!("att.{name}1")), &[c, d], -lora(c), lora(c));
+                    b.stored(p(&format!("att.{name}2")), &[d, c], -lora(d), lora(d));
                 }
                 let dg = config.dim_g_lora;
-                b.small(p("att.g1"), &[c, dg], -lora(c), lora(c));
-                b.small(p("att.g2"), &[dg, c], -lora(dg), lora(dg));
+                b.stored(p("att.g1"), &[c, dg], -lora(c), lora(c));
+                b.stored(p("att.g2"), &[dg, c], -lora(dg), lora(dg));
                 b.small(p("att.k_k"), &[1, 1, c], 0.7, 1.0);
                 b.small(p("att.k_a"), &[1, 1, c], 0.8, 1.2);
                 b.small(p("att.r_k"), &[h, n], -0.3, 0.3);

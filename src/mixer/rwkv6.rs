@@ -22,9 +22,7 @@ use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
 use crate::ops::{for_each_row, join4, map_inplace, Linear, Team};
 use crate::weights::Scope;
-use ndarray::{
-    stack, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Ix3, Zip,
-};
+use ndarray::{stack, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
 /// The RWKV-6 time mix of one block.
 #[derive(Clone, Debug)]
@@ -62,14 +60,10 @@ impl Rwkv6TimeMix {
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let maa_views: Vec<_> = maa.iter().map(|m| m.view()).collect();
-        let w2: Array3<f32> = att
-            .f32("time_maa_w2", &[5, dm, c])?
-            .into_dimensionality::<Ix3>()
-            .expect("reshaped to three axes");
-        let w2 = std::array::from_fn(|s| {
-            let m = w2.index_axis(Axis(0), s);
-            Linear::F32(m.t().as_standard_layout().into_owned())
-        });
+        let w2: [Linear; 5] = att
+            .low_rank_stack("time_maa_w2", 5, dm, c)?
+            .try_into()
+            .expect("five layers");
         Ok(Rwkv6TimeMix {
             shift: Ddlerp {
                 maa_x: att.vector("time_maa_x", c)?,

@@ -44,7 +44,7 @@ pub const CHUNKED_FROM: usize = 8;
 pub const CHUNK: usize = 16;
 
 /// A low-rank projection `x ↦ f(x A) B`; the checkpoint stores `A, B` as `[in, out]` (used as
-/// `x A`), kept here as f32 layers of their transposes.
+/// `x A`), kept here as layers of their transposes in the storage type.
 #[derive(Clone, Debug)]
 pub struct Lora {
     /// `*1` (stored `[C, D]`) as a layer `[D, C]`.

@@ -217,13 +217,41 @@ impl<'a> Scope<'a> {
     }
 
     /// A low-rank matrix stored `[in, out]` and used as `x M` (RWKV-6/7's `*_w1`, `*_w2`), as
-    /// an f32 layer of its transpose `[out, in]` (so `M x` reads whole rows), whatever the
-    /// scope's matrix type.
+    /// a layer of its transpose `[out, in]` (so `M x` reads whole rows), kept in its storage
+    /// type like [`Scope::linear`].
     pub fn low_rank(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
-        let m = self.matrix(name, inp, out)?;
-        Ok(Linear::F32(
-            m.reversed_axes().as_standard_layout().into_owned(),
-        ))
+        let mut layers = self.low_rank_stack(name, 1, inp, out)?;
+        Ok(layers.pop().expect("one layer"))
+    }
+
+    /// `count` low-rank matrices stored stacked as `[count, in, out]` (RWKV-6's
+    /// `time_maa_w2`), each as [`Scope::low_rank`] makes it.
+    pub fn low_rank_stack(
+        &self,
+        name: &str,
+        count: usize,
+        inp: usize,
+        out: usize,
+    ) -> Result<Vec<Linear>> {
+        fn transposes<T: Clone>(a: ArrayD<T>, shape: (usize, usize, usize)) -> Vec<Array2<T>> {
+            let a = a.as_standard_layout().into_owned();
+            let a = a
+                .into_shape_with_order(shape)
+                .expect("element count checked by the shape test");
+            a.outer_iter()
+                .map(|m| m.t().as_standard_layout().into_owned())
+                .collect()
+        }
+        let mut t = self.tensor(name, &[count, inp, out])?;
+        if let Some(dtype) = self.matrices {
+            t = t.to_dtype(dtype);
+        }
+        let shape = (count, inp, out);
+        Ok(match t {
+            Tensor::F32(a) => transposes(a, shape).into_iter().map(Linear::F32).collect(),
+            Tensor::F16(a) => transposes(a, shape).into_iter().map(Linear::F16).collect(),
+            Tensor::Bf16(a) => transposes(a, shape).into_iter().map(Linear::Bf16).collect(),
+        })
     }
 
     /// A linear layer stored PyTorch style as `[out, in]`, kept in its storage type (or the
