@@ -50,6 +50,15 @@ fn wrong_shape_names_expected_and_found() {
         msg.contains("[160, 48]") && msg.contains("[48, 160]"),
         "{msg}"
     );
+    // A low-rank factor stored transposed: named with its own shape.
+    let err = load_edited(|raw| {
+        let t = find(raw, "blocks.0.att.time_decay_w1");
+        t.2 = vec![t.2[1], t.2[0]];
+    })
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("blocks.0.att.time_decay_w1"), "{msg}");
+    assert!(!msg.contains("[1, "), "{msg}");
     // A vector of the wrong length.
     let err = load_edited(|raw| {
         let t = find(raw, "blocks.1.att.time_faaaa");

@@ -242,7 +242,9 @@ impl<'a> Scope<'a> {
                 .map(|m| m.t().as_standard_layout().into_owned())
                 .collect()
         }
-        let mut t = self.tensor(name, &[count, inp, out])?;
+        // One matrix is named by its own shape in errors, a stack by the stacked one.
+        let stacked = [count, inp, out];
+        let mut t = self.tensor(name, &stacked[usize::from(count == 1)..])?;
         if let Some(dtype) = self.matrices {
             t = t.to_dtype(dtype);
         }
