@@ -84,7 +84,9 @@ impl Rwkv6TimeMix {
 
     /// The per-token decay `w = exp(−exp(time_decay + tanh(x_w D1) D2))`, `[T, C]`.
     pub fn decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
-        self.log_decay(xw).mapv(f32::exp)
+        let mut w = self.log_decay(xw);
+        map_inplace(&mut w, f32::exp);
+        w
     }
 
     /// The per-token log-decay `ln w = −exp(time_decay + tanh(x_w D1) D2)`, `[T, C]` (formed
@@ -136,8 +138,8 @@ impl Rwkv6TimeMix {
     }
 
     /// The recurrent path for one token, writing the output into `out` and every intermediate
-    /// into `scratch`: no heap allocation; the products run where `team` says. The
-    /// ddlerp and decay low-rank products run as vector-matrix products.
+    /// into `scratch`: no heap allocation; the products, the low-rank ones included, run
+    /// where `team` says.
     ///
     /// # Shapes
     /// `x, out: [C]`.

@@ -170,18 +170,20 @@ impl Ddlerp {
         let d = self.w2[0].dim().1;
         let mut z = self.w1.forward(mix(xs, delta, self.maa_x.view()).view());
         map_inplace(&mut z, f32::tanh);
-        let mut outs: [Array2<f32>; 5] = std::array::from_fn(|_| Array2::zeros((0, 0)));
         // The five outputs are independent: one task each.
-        outs.par_iter_mut().enumerate().for_each(|(s, out)| {
-            let mut coeff = self.w2[s].forward(z.slice(s![.., s * d..(s + 1) * d]));
-            coeff += &self.maa.row(s);
-            Zip::from(&mut coeff)
-                .and(&delta)
-                .and(&xs)
-                .for_each(|c, &d, &x| *c = x + d * *c);
-            *out = coeff;
-        });
-        outs
+        let outs: Vec<Array2<f32>> = (0..5)
+            .into_par_iter()
+            .map(|s| {
+                let mut out = self.w2[s].forward(z.slice(s![.., s * d..(s + 1) * d]));
+                Zip::from(&mut out)
+                    .and_broadcast(self.maa.row(s))
+                    .and(&delta)
+                    .and(&xs)
+                    .for_each(|o, &m, &d, &x| *o = x + d * (*o + m));
+                out
+            })
+            .collect();
+        outs.try_into().expect("five outputs")
     }
 
     /// One token's five shifted inputs into the rows of `out` (`x_w, x_k, x_v, x_r, x_g`),
