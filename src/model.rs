@@ -248,7 +248,7 @@ impl Model {
         } = state;
         // A state made by another model of the same state shape may carry buffers of other
         // sizes (e.g. another `dim_ffn`): remake them.
-        if workspace.as_ref().map_or(true, |w| w.config != self.config) {
+        if workspace.as_ref().is_none_or(|w| w.config != self.config) {
             *workspace = Some(Box::new(self.workspace()));
         }
         let Workspace {

@@ -647,7 +647,7 @@ fn parse_literal(literal: &str) -> std::result::Result<Vec<u8>, String> {
     if rest.len() < 2 || !rest.ends_with(quote) {
         return Err(format!("unterminated literal `{literal}`"));
     }
-    let triple: String = std::iter::repeat(quote).take(3).collect();
+    let triple: String = std::iter::repeat_n(quote, 3).collect();
     if rest.len() >= 6 && rest.starts_with(&triple) && rest.ends_with(&triple) {
         return Err(format!(
             "triple-quoted literals are not supported: `{literal}`"

@@ -564,7 +564,11 @@ fn the_sampler_is_ban_then_penalty_then_sample_logits() {
         if sampler.is_stop_token(token) {
             break;
         }
-        let text = if token % 2 == 0 { &b" "[..] } else { &b"w"[..] };
+        let text = if token.is_multiple_of(2) {
+            &b" "[..]
+        } else {
+            &b"w"[..]
+        };
         sampler.accept(token, text);
         penalty.record(token, text);
     }

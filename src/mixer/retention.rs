@@ -98,7 +98,7 @@ impl Retention {
     ) -> Self {
         let c = w_q.ncols();
         assert!(
-            key % 2 == 0 && key >= 4,
+            key.is_multiple_of(2) && key >= 4,
             "Retention: the key size must be even and ≥ 4"
         );
         super::assert_dims(

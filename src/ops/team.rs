@@ -312,7 +312,7 @@ impl Timing {
             return self.runs % 2 == 1;
         }
         let faster = self.with <= self.without;
-        if self.runs % PROBE_EVERY == 0 {
+        if self.runs.is_multiple_of(PROBE_EVERY) {
             !faster
         } else {
             faster
