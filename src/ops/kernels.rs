@@ -4,7 +4,9 @@
 //! On x86-64 CPUs with AVX2, FMA and F16C (checked at run time) the work is done 8 lanes at a
 //! time with several independent accumulators; elsewhere a plain loop is used. Each weight row is
 //! read once for up to [`GROUP`] activation vectors, so a batch of `B` tokens reads the weights
-//! `⌈B / GROUP⌉` times from cache and once from memory.
+//! `⌈B / GROUP⌉` times from cache and once from memory. Where the CPU also has AVX-512F, products
+//! with five or more vectors take two weight rows at a time, 16 lanes wide, so that each
+//! activation loaded serves both rows.
 //!
 //! Also here: [`wkv_step`], one token of RWKV-5/6's WKV state update, compiled for AVX2 where
 //! the CPU has it.
