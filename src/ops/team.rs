@@ -239,7 +239,8 @@ impl<'t, 'w> Team<'t, 'w> {
 /// Without helpers (one rayon thread), or when the helpers do not pay, `f` runs on the calling
 /// thread with [`Team::serial`]. Whether they pay is measured: the buffers keep the average
 /// wall time of runs with and without helpers, each run takes the faster way, and every
-/// [`PROBE_EVERY`]-th run takes the other way to keep its average current. (With another
+/// so often (after [`PROBE_EVERY`] runs, then at growing gaps while the probes confirm the
+/// choice) a run takes the other way to keep its average current. (With another
 /// process keeping a core busy, three threads share two cores and the lead loses a third of
 /// its time: one thread alone can then be faster.) Both ways give the same bits, so `f`'s
 /// runs should be alike (one token each, say) for the averages to mean something.
@@ -289,16 +290,38 @@ pub fn with_team<'w, R: Send>(
     r
 }
 
-/// Every this many runs, [`with_team`] runs the way it currently deems slower.
+/// Runs between [`with_team`]'s probes of the way it currently deems slower, at first and
+/// after the choice changes; each probe that confirms the choice doubles the gap, up to
+/// [`PROBE_EVERY_MAX`]. (With another process on one core, a probe token with helpers took
+/// 1.3-1.6× a token without: at a fixed gap of 64 that is 1% of the decode speed, at 512 a
+/// tenth of that.)
 pub const PROBE_EVERY: u64 = 64;
 
+/// The longest gap between probes: a change of load is noticed within this many runs.
+pub const PROBE_EVERY_MAX: u64 = 512;
+
 /// Average wall times of [`with_team`]'s runs with and without helpers.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Timing {
     /// Seconds per run with helpers, without (0 until measured).
     with: f64,
     without: f64,
     runs: u64,
+    /// The run that probes the slower way next, and the gap before it.
+    next_probe: u64,
+    gap: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            with: 0.0,
+            without: 0.0,
+            runs: 0,
+            next_probe: PROBE_EVERY,
+            gap: PROBE_EVERY,
+        }
+    }
 }
 
 /// Runs that alternate between the two ways before [`Timing`] picks one.
@@ -312,7 +335,7 @@ impl Timing {
             return self.runs % 2 == 1;
         }
         let faster = self.with <= self.without;
-        if self.runs.is_multiple_of(PROBE_EVERY) {
+        if self.runs == self.next_probe {
             !faster
         } else {
             faster
@@ -321,20 +344,34 @@ impl Timing {
 
     /// Records a run. The first runs average each way's two times; after them, a run of the
     /// faster way moves its average halfway to its time (a change of load shows within a few
-    /// runs), and a probe of the slower way replaces its average.
+    /// runs), and a probe of the slower way replaces its average. A probe that confirms the
+    /// choice doubles the gap to the next one; a change of choice brings it back to
+    /// [`PROBE_EVERY`].
     fn record(&mut self, with_helpers: bool, took: Duration) {
         let t = took.as_secs_f64();
-        let probe = with_helpers != (self.with <= self.without);
+        let chosen = self.with <= self.without;
+        let probe = with_helpers != chosen && self.runs > FIRST_RUNS;
         let avg = if with_helpers {
             &mut self.with
         } else {
             &mut self.without
         };
-        *avg = if *avg == 0.0 || probe && self.runs > FIRST_RUNS {
+        *avg = if *avg == 0.0 || probe {
             t
         } else {
             0.5 * (*avg + t)
         };
+        if self.runs < FIRST_RUNS {
+            return;
+        }
+        let changed = chosen != (self.with <= self.without);
+        if changed || self.runs == FIRST_RUNS {
+            self.gap = PROBE_EVERY;
+            self.next_probe = self.runs + PROBE_EVERY;
+        } else if probe {
+            self.gap = (2 * self.gap).min(PROBE_EVERY_MAX);
+            self.next_probe = self.runs + self.gap;
+        }
     }
 }
 
@@ -543,8 +580,9 @@ fn chunk_rows(c: usize, out: usize) -> Range<usize> {
 mod tests {
     use super::*;
 
-    /// The faster way wins, the other is probed every [`PROBE_EVERY`] runs, and a change of
-    /// speed reverses the choice.
+    /// The faster way wins, the other is probed after [`PROBE_EVERY`] runs and then at
+    /// doubling gaps while it stays slower, and a change of speed reverses the choice and
+    /// brings the probes back to every [`PROBE_EVERY`] runs.
     #[test]
     fn timing_takes_the_faster_way_and_probes_the_other() {
         let mut timing = Timing::default();
@@ -556,16 +594,23 @@ mod tests {
         };
         let first: Vec<bool> = (0..FIRST_RUNS).map(|_| run(&mut timing, 10, 15)).collect();
         assert_eq!(first, [true, false, true, false]);
-        let mut with_runs = 0;
-        for _ in FIRST_RUNS..PROBE_EVERY * 3 {
-            with_runs += run(&mut timing, 10, 15) as u64;
-        }
-        // Every run but the probes of the slower way.
-        assert_eq!(with_runs, PROBE_EVERY * 3 - FIRST_RUNS - 3);
+        let probes: Vec<u64> = (FIRST_RUNS + 1..=2048)
+            .filter(|_| !run(&mut timing, 10, 15))
+            .collect();
+        // PROBE_EVERY runs after the choice, then gaps of 128, 256, 512, 512, ...
+        assert_eq!(probes, [68, 196, 452, 964, 1476, 1988]);
         // Helpers become slow (a busy core): within a few runs the lead goes alone.
         let later: Vec<bool> = (0..8).map(|_| run(&mut timing, 30, 15)).collect();
         assert!(!later[4..].iter().any(|&w| w), "{later:?}");
+        // The first probe of helpers comes PROBE_EVERY runs after the change, the next one
+        // twice as far.
+        let changed = 2048 + later.iter().rposition(|&w| w).unwrap() as u64 + 1;
+        let probes: Vec<u64> = (timing.runs + 1..=changed + 3 * PROBE_EVERY)
+            .filter(|_| run(&mut timing, 30, 15))
+            .collect();
+        assert_eq!(probes, [changed + PROBE_EVERY, changed + 3 * PROBE_EVERY]);
     }
+
     use half::{bf16, f16};
     use ndarray::Array2;
 
