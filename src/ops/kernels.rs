@@ -669,6 +669,8 @@ fn wkv_step_body([r, k, v, w, u]: [&[f32]; 5], n: usize, state: &mut [f32], y: &
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn wkv_step_equals_the_plain_loop_bit_for_bit() {
         let (h, n) = (3, 20);
@@ -692,8 +694,6 @@ mod tests {
             assert_eq!(s1, s2);
         }
     }
-
-    use super::*;
 
     fn reference<T: Weight>(w: &[T], x: &[f32]) -> f64 {
         w.iter()
