@@ -17,7 +17,7 @@ use half::{bf16, f16};
 pub const GROUP: usize = 8;
 
 /// A weight element type the kernels read.
-pub trait Weight: Copy + Send + Sync + 'static {
+pub trait Weight: Copy + Send + Sync + 'static + super::gemm::Pack {
     /// The value as f32.
     fn widen(self) -> f32;
 
@@ -448,7 +448,7 @@ mod avx2 {
 /// weight row takes its own pass over the activations, which then come from L2 as often as
 /// from L1).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use super::{Weight, GROUP};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
@@ -473,7 +473,7 @@ mod avx512 {
     /// `p` must point to 16 readable f32; the CPU must have AVX-512F.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn load_f32(p: *const f32) -> __m512 {
+    pub(in crate::ops) unsafe fn load_f32(p: *const f32) -> __m512 {
         // SAFETY: the caller guarantees 16 readable values at `p`; loadu has no alignment need.
         unsafe { _mm512_loadu_ps(p) }
     }
@@ -482,7 +482,7 @@ mod avx512 {
     /// `p` must point to 16 readable f16; the CPU must have AVX-512F.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn load_f16(p: *const f16) -> __m512 {
+    pub(in crate::ops) unsafe fn load_f16(p: *const f16) -> __m512 {
         // SAFETY: 16 f16 = 32 readable bytes at `p` (caller); loadu has no alignment need.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
@@ -491,7 +491,7 @@ mod avx512 {
     /// `p` must point to 16 readable bf16; the CPU must have AVX-512F.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn load_bf16(p: *const bf16) -> __m512 {
+    pub(in crate::ops) unsafe fn load_bf16(p: *const bf16) -> __m512 {
         // SAFETY: 16 bf16 = 32 readable bytes at `p` (caller). A bf16 is the top half of an
         // f32.
         unsafe {

@@ -3,9 +3,12 @@
 //! Two algorithms, both split across rayon's threads:
 //! - up to [`SMALL_BATCH`] rows (one-token decode, batched decode): each weight row is read once
 //!   and dotted with every input row ([`kernels`](super::kernels));
-//! - more rows (prefill): matrix-matrix products over blocks of output columns, half-precision
-//!   blocks widened to f32 one block at a time.
+//! - more rows (prefill): matrix-matrix products over blocks of output columns. Where the CPU
+//!   has AVX-512F they run on the crate's own kernels ([`gemm`](super::gemm)), which widen and
+//!   pack the weights a block at a time; elsewhere each block is widened to f32 and handed to
+//!   ndarray's product.
 
+use super::gemm;
 use super::kernels::Weight;
 use super::PARALLEL_MIN_WORK;
 use half::slice::HalfFloatSliceExt;
@@ -258,18 +261,25 @@ fn dot_rows<T: Weight>(
 }
 
 /// `ys = xs Wᵀ` as matrix-matrix products over blocks of output columns, two blocks per rayon
-/// thread (at least [`GEMM_BLOCK`] columns each: every block's product packs all of `xs`
-/// again), each block of `W` made f32 by `widen` (no copy for f32) just before its product.
-fn blocked_gemm<T: Copy + Sync>(
+/// thread (at least [`GEMM_BLOCK`] columns each). With AVX-512F, `xs` is packed once for all
+/// blocks and each block of `W` is packed by [`gemm::product`]; otherwise each block of `W` is
+/// made f32 by `widen` (no copy for f32) just before ndarray's product, which packs all of `xs`
+/// again.
+fn blocked_gemm<T: Weight>(
     w: ArrayView2<T>,
     widen: impl for<'b> Fn(ArrayView2<'b, T>) -> CowArray<'b, f32, Ix2> + Sync,
     xs: ArrayView2<f32>,
     mut ys: ArrayViewMut2<f32>,
 ) {
     let (out, inp) = w.dim();
+    let packed = gemm::available().then(|| gemm::PackedRows::new(xs));
     let run = |(w_block, mut y_block): (ArrayView2<T>, ArrayViewMut2<f32>)| {
-        let wide = widen(w_block);
-        general_mat_mul(1.0, &xs, &wide.t(), 0.0, &mut y_block);
+        if let Some(packed) = &packed {
+            gemm::product(w_block, packed, y_block);
+        } else {
+            let wide = widen(w_block);
+            general_mat_mul(1.0, &xs, &wide.t(), 0.0, &mut y_block);
+        }
     };
     let width = out
         .div_ceil(2 * rayon::current_num_threads())

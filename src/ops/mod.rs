@@ -6,6 +6,7 @@
 
 mod activation;
 mod elementwise;
+mod gemm;
 pub mod kernels;
 mod linear;
 mod norm;
