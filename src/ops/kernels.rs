@@ -5,8 +5,9 @@
 //! time with several independent accumulators; elsewhere a plain loop is used. Each weight row is
 //! read once for up to [`GROUP`] activation vectors, so a batch of `B` tokens reads the weights
 //! `⌈B / GROUP⌉` times from cache and once from memory. Where the CPU also has AVX-512F, products
-//! with five or more vectors take two weight rows at a time, 16 lanes wide, so that each
-//! activation loaded serves both rows.
+//! take two weight rows at a time, 16 lanes wide, so that each activation loaded serves both
+//! rows, with the weights asked for ahead (on AMD Zen 4, whose AVX-512 runs in 256-bit halves,
+//! only from five vectors up, where the one-row AVX2 loops stream faster below that).
 //!
 //! Also here: [`wkv_step`], one token of RWKV-5/6's WKV state update, compiled for AVX2 where
 //! the CPU has it.
@@ -150,7 +151,7 @@ macro_rules! weight_impl {
             fn row_dots(w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
                 let rows = check_rows(w.len(), xs, out.len());
                 #[cfg(target_arch = "x86_64")]
-                if xs.len() >= avx512::MIN_VECTORS && has_avx512f() {
+                if has_avx512f() && xs.len() >= avx512::min_vectors() {
                     // SAFETY: the CPU has AVX-512F (checked above); shapes checked above.
                     unsafe { avx512::$rows(w, xs, rows, out) };
                     return;
@@ -457,11 +458,44 @@ pub(super) mod avx512 {
     /// registers; three rows made the compiler spill them).
     const ROWS: usize = 2;
 
-    /// Vectors from which these kernels are used. With fewer, a product is closer to a stream
-    /// of the weights than to arithmetic, and the one-row AVX2 loops stream faster (1.2× at
-    /// four vectors, 1.6× at two, measured on a Zen 4 core); from eight up these are faster
-    /// (1.3× at eight, 1.5× at sixteen).
-    pub const MIN_VECTORS: usize = 5;
+    /// Vectors from which these kernels are used on a CPU whose AVX-512 runs on 256-bit units
+    /// (AMD Zen 4). With fewer, a product is closer to a stream of the weights than to
+    /// arithmetic, and there the one-row AVX2 loops stream faster (1.2× at four vectors, 1.6×
+    /// at two, measured on a Zen 4 core); from eight up these are faster (1.3× at eight, 1.5×
+    /// at sixteen). Elsewhere they are used from one vector: on a Xeon with AVX-512, one-token
+    /// decode ran 1.15× faster in f32 and 1.3× in f16 through them than through the AVX2 loops
+    /// (two threads, 0.1B shape).
+    pub const MIN_VECTORS_ON_HALF_WIDTH: usize = 5;
+
+    /// Vectors from which [`Weight::row_dots`](super::Weight::row_dots) takes these kernels
+    /// on this CPU (which must have AVX-512F).
+    pub fn min_vectors() -> usize {
+        static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MIN.get_or_init(|| {
+            if half_width() {
+                MIN_VECTORS_ON_HALF_WIDTH
+            } else {
+                1
+            }
+        })
+    }
+
+    /// Whether this CPU is an AMD family 19h part (Zen 3 and Zen 4; of those only Zen 4 has
+    /// AVX-512, executed in two 256-bit halves).
+    fn half_width() -> bool {
+        // SAFETY: CPUID exists on every x86-64 CPU (older toolchains declare the intrinsic
+        // unsafe, newer ones safe).
+        #[allow(unused_unsafe)]
+        let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (signature >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((signature >> 20) & 0xff)
+        } else {
+            base
+        };
+        amd && family == 0x19
+    }
 
     /// How far ahead each row's weights are asked for: at least 4 KiB (1.3× faster than 1 KiB
     /// from memory at eight vectors, the same as 8 KiB), and at least the next block's row, so
@@ -702,7 +736,23 @@ mod tests {
             .sum()
     }
 
-    fn check_type<T: Weight>(from: fn(f32) -> T) {
+    /// A row kernel of one instruction set, for the CPUs that have it.
+    type RowKernel<T> = unsafe fn(&[T], &[&[f32]], usize, &mut [f32]);
+
+    /// The row kernels this CPU can run, besides [`Weight::row_dots`]' own choice.
+    #[cfg(target_arch = "x86_64")]
+    fn kernels<T>(avx2: RowKernel<T>, avx512: RowKernel<T>) -> Vec<(&'static str, RowKernel<T>)> {
+        let mut all = Vec::new();
+        if has_avx2_fma_f16c() {
+            all.push(("avx2", avx2));
+        }
+        if has_avx512f() {
+            all.push(("avx512", avx512));
+        }
+        all
+    }
+
+    fn check_type<T: Weight>(from: fn(f32) -> T, kernels: &[(&str, RowKernel<T>)]) {
         // Lengths around every boundary of the 16- and 8-wide loops.
         for n in [
             0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 100, 768, 1000,
@@ -727,27 +777,35 @@ mod tests {
                     let views: Vec<&[f32]> = xs16[..b].iter().map(Vec::as_slice).collect();
                     let mut out = vec![0.0f32; rows * b];
                     T::row_dots(&block, &views, &mut out);
+                    let mut results = vec![("row_dots", out)];
                     let mut plain = vec![0.0f32; rows * b];
                     row_dots_plain(&block, &views, rows, &mut plain);
+                    results.push(("plain", plain));
+                    for &(name, kernel) in kernels {
+                        let mut out = vec![0.0f32; rows * b];
+                        // SAFETY: `kernels` lists only what this CPU runs; shapes as
+                        // `row_dots` checks them.
+                        unsafe { kernel(&block, &views, rows, &mut out) };
+                        if b == 1 && name == "avx2" {
+                            // One vector: the one-vector loop of `dots`, bit for bit.
+                            let mut one = [0.0f32];
+                            T::dots(&shifted(rows - 1), &views, &mut one);
+                            assert_eq!(out[rows - 1], one[0], "avx2 n={n} rows={rows}");
+                        }
+                        results.push((name, out));
+                    }
                     for r in 0..rows {
                         for j in 0..b {
                             let want = reference(&shifted(r), &xs16[j]);
                             let tol = 1e-5 * (1.0 + want.abs()) * (n as f64).sqrt().max(1.0);
-                            for (what, got) in
-                                [("simd", out[r * b + j]), ("plain", plain[r * b + j])]
-                            {
+                            for (what, got) in &results {
+                                let got = got[r * b + j];
                                 assert!(
                                     (got as f64 - want).abs() <= tol,
-                                    "{what} row_dots n={n} rows={rows} b={b} r={r} j={j}"
+                                    "{what} n={n} rows={rows} b={b} r={r} j={j}"
                                 );
                             }
                         }
-                    }
-                    if b == 1 {
-                        // One vector: the one-vector loop of `dots`, bit for bit.
-                        let mut one = [0.0f32];
-                        T::dots(&shifted(rows - 1), &views, &mut one);
-                        assert_eq!(out[rows - 1], one[0], "row_dots n={n} rows={rows}");
                     }
                 }
             }
@@ -772,16 +830,34 @@ mod tests {
 
     #[test]
     fn f32_kernel_matches_reference() {
-        check_type::<f32>(|v| v);
+        check_type::<f32>(
+            |v| v,
+            #[cfg(target_arch = "x86_64")]
+            &kernels(avx2::row_dots_f32, avx512::row_dots_f32),
+            #[cfg(not(target_arch = "x86_64"))]
+            &[],
+        );
     }
 
     #[test]
     fn f16_kernel_matches_reference() {
-        check_type::<f16>(f16::from_f32);
+        check_type::<f16>(
+            f16::from_f32,
+            #[cfg(target_arch = "x86_64")]
+            &kernels(avx2::row_dots_f16, avx512::row_dots_f16),
+            #[cfg(not(target_arch = "x86_64"))]
+            &[],
+        );
     }
 
     #[test]
     fn bf16_kernel_matches_reference() {
-        check_type::<bf16>(bf16::from_f32);
+        check_type::<bf16>(
+            bf16::from_f32,
+            #[cfg(target_arch = "x86_64")]
+            &kernels(avx2::row_dots_bf16, avx512::row_dots_bf16),
+            #[cfg(not(target_arch = "x86_64"))]
+            &[],
+        );
     }
 }
