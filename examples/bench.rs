@@ -301,7 +301,7 @@ fn main() {
         drop(probe);
 
         let prompt: Vec<u32> = (0..prefill_t).map(token).collect();
-        let prefill_secs = best_of(3, || {
+        let prefill_secs = best_of(ROUNDS, || {
             let mut state = model.init_state();
             model.forward(&prompt, &mut state, Logits::Last).unwrap();
         });
