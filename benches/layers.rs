@@ -44,7 +44,8 @@ fn linear(c: &mut Criterion) {
     ];
     let mut g = settings(c, "linear/768x768");
     for (name, layer) in &layers {
-        for t in [1usize, 64] {
+        // One token, a batch-sized block (dot-product kernels), a prompt (matrix products).
+        for t in [1usize, 16, 512] {
             let xs = filled(t, inp);
             g.throughput(Throughput::Elements(t as u64));
             g.bench_with_input(BenchmarkId::new(*name, t), &t, |b, _| {
