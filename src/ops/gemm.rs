@@ -329,53 +329,51 @@ mod avx512 {
         assert!(tile.x.len() >= k * MR && tile.panel.len() >= k * NR);
         let a = tile.x.as_ptr();
         let b = tile.panel.as_ptr();
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
         for p in 0..k {
             // SAFETY: `p < k`, so `b[p·NR .. p·NR + NR]` and `a[p·MR .. p·MR + MR]` are
             // inside the slices (asserted above).
             unsafe {
-                let b0 = _mm512_loadu_ps(b.add(p * NR));
-                let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+                let bv: [__m512; VECTORS] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(b.add(p * NR + 16 * v)));
                 for (i, row) in acc.iter_mut().enumerate() {
                     let x = _mm512_set1_ps(*a.add(p * MR + i));
-                    row[0] = _mm512_fmadd_ps(x, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+                    for v in 0..VECTORS {
+                        row[v] = _mm512_fmadd_ps(x, bv[v], row[v]);
+                    }
                 }
             }
         }
-        let w = tile.width;
-        let low: __mmask16 = if w >= 16 { 0xffff } else { (1u16 << w) - 1 };
-        let high: __mmask16 = if w >= NR {
-            0xffff
-        } else if w > 16 {
-            (1u16 << (w - 16)) - 1
-        } else {
-            0
-        };
+        // Lanes of each register that are columns of the product.
+        let masks: [__mmask16; VECTORS] = std::array::from_fn(|v| {
+            let lanes = tile.width.saturating_sub(16 * v).min(16);
+            ((1u32 << lanes) - 1) as __mmask16
+        });
         for (i, row) in acc.iter().enumerate().take(tile.m) {
-            // SAFETY: row `i < m` of `y` has `w` writable values (caller); lanes past `w` are
-            // masked off, so they are neither read nor written, and the second store is made
-            // only when column 16 exists.
-            unsafe {
-                let out = y.offset(i as isize * ldy);
-                let mut lo = row[0];
-                if tile.accumulate {
-                    lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(low, out));
+            for v in 0..VECTORS {
+                if masks[v] == 0 {
+                    break;
                 }
-                _mm512_mask_storeu_ps(out, low, lo);
-                if high != 0 {
-                    let mut hi = row[1];
+                // SAFETY: row `i < m` of `y` has `width` writable values (caller) and column
+                // 16·v is one of them (its mask is not empty); lanes past `width` are masked
+                // off, so they are neither read nor written.
+                unsafe {
+                    let out = y.offset(i as isize * ldy).add(16 * v);
+                    let mut sum = row[v];
                     if tile.accumulate {
-                        hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(high, out.add(16)));
+                        sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(masks[v], out));
                     }
-                    _mm512_mask_storeu_ps(out.add(16), high, hi);
+                    _mm512_mask_storeu_ps(out, masks[v], sum);
                 }
             }
         }
     }
 
+    /// Vector registers per row of a micro-tile.
+    const VECTORS: usize = NR / 16;
+
     const _: () = assert!(
-        MR * 2 + 3 <= 32,
+        NR.is_multiple_of(16) && (MR + 1) * VECTORS < 32,
         "accumulators, panel vectors and a broadcast fit"
     );
 }
