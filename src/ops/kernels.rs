@@ -17,7 +17,8 @@ use half::{bf16, f16};
 /// Activation vectors served by one pass over a weight row.
 pub const GROUP: usize = 8;
 
-/// A weight element type the kernels read.
+/// A weight element type the kernels read: f32, f16 and bf16 (sealed: the matrix-matrix
+/// products need each type's own packing, so no other type can implement it).
 pub trait Weight: Copy + Send + Sync + 'static + super::gemm::Pack {
     /// The value as f32.
     fn widen(self) -> f32;
