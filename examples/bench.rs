@@ -6,9 +6,10 @@
 //!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--json]
 //! ```
 //!
-//! (a) memory-read bandwidth: a streaming read of a 1 GiB buffer (a sum with 64 independent
-//!     partial sums, which the compiler vectorises), all threads, best of three passes, before
-//!     and after each decode round; (b) single-precision matrix-multiply throughput on a
+//! (a) memory-read bandwidth: the faster of two streaming reads of a 1 GiB buffer on all
+//!     threads (a sum with 64 independent partial sums, which the compiler vectorises, and the
+//!     crate's matrix-vector product), best of three passes each, before and after each decode
+//!     round; (b) single-precision matrix-multiply throughput on a
 //!     1024×1024 product, the best of the crate's blocked product and a single call of the
 //!     underlying GEMM, before and after the model's runs; (c) decode tokens/s; (d) prefill
 //!     tokens/s; (e) batched decode tokens/s; each speed the best of several rounds, like the

@@ -32,7 +32,7 @@ const DEPTH: usize = 256;
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        super::kernels::has_avx512f()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -200,7 +200,7 @@ macro_rules! pack_impl {
                     unsafe { avx512::$transpose(src, k, width, dst) };
                     return;
                 }
-                transpose_plain(src, k, width, dst);
+                transpose_plain(src, k, width, dst, 0);
             }
         }
     };
@@ -210,10 +210,11 @@ pack_impl!(f32, transpose_f32);
 pack_impl!(half::f16, transpose_f16);
 pack_impl!(half::bf16, transpose_bf16);
 
-/// [`Pack::transpose_into`] one value at a time, in the order of `dst`.
-fn transpose_plain<T: Weight>(src: &[T], k: usize, width: usize, dst: &mut [f32]) {
+/// [`Pack::transpose_into`] one value at a time, in the order of `dst`, for the elements
+/// `from..k` of each row (the rest of `dst` is left as it is).
+fn transpose_plain<T: Weight>(src: &[T], k: usize, width: usize, dst: &mut [f32], from: usize) {
     let n = src.len() / k.max(1);
-    for (p, out) in dst.chunks_exact_mut(width).enumerate() {
+    for (p, out) in dst.chunks_exact_mut(width).enumerate().skip(from) {
         for (i, d) in out.iter_mut().enumerate() {
             *d = if i < n { src[i * k + p].widen() } else { 0.0 };
         }
@@ -227,12 +228,17 @@ mod avx512 {
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
+    /// The mask of the first `lanes` (at most 16) lanes of a register.
+    fn first_lanes(lanes: usize) -> __mmask16 {
+        ((1u32 << lanes) - 1) as __mmask16
+    }
+
     /// The transpose of a 16 × 16 block of f32 held as 16 rows.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-        // Pairs of rows interleaved, then pairs of pairs: each 128-bit lane of `b[4j + c]`
-        // holds column c + 4·lane of rows 4j..4j + 4.
+        // Pairs of rows interleaved, then pairs of pairs: 128-bit lane l of `b[4j + c]` holds
+        // column 4l + c of rows 4j..4j + 4.
         let mut a = [_mm512_setzero_ps(); 16];
         for j in 0..8 {
             a[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
@@ -247,11 +253,10 @@ mod avx512 {
             b[4 * j + 2] = _mm512_shuffle_ps::<0x44>(hi, hi2);
             b[4 * j + 3] = _mm512_shuffle_ps::<0xee>(hi, hi2);
         }
-        // Then the 128-bit lanes: lane l of row group j goes to output row 4l + c, quarter j.
+        // Then the 128-bit lanes: output row 4l + c is lane l of b[c], b[4 + c], b[8 + c] and
+        // b[12 + c], in that order.
         let mut c = [_mm512_setzero_ps(); 16];
         for i in 0..4 {
-            // c[i] holds lanes 0, 2 of groups (0, 1) and (2, 3) — after both steps, lane l of
-            // output 4l + i is group l's.
             let (g0, g1, g2, g3) = (b[i], b[4 + i], b[8 + i], b[12 + i]);
             let lo01 = _mm512_shuffle_f32x4::<0x88>(g0, g1); // g0.l0 g0.l2 g1.l0 g1.l2
             let hi01 = _mm512_shuffle_f32x4::<0xdd>(g0, g1); // g0.l1 g0.l3 g1.l1 g1.l3
@@ -278,11 +283,7 @@ mod avx512 {
                 let whole = k - k % 16;
                 for h in (0..width).step_by(16) {
                     let lanes = (width - h).min(16);
-                    let mask: __mmask16 = if lanes == 16 {
-                        0xffff
-                    } else {
-                        (1 << lanes) - 1
-                    };
+                    let mask = first_lanes(lanes);
                     let rows = n.saturating_sub(h).min(16);
                     for p0 in (0..whole).step_by(16) {
                         let mut r = [_mm512_setzero_ps(); 16];
@@ -300,15 +301,7 @@ mod avx512 {
                         }
                     }
                 }
-                for p in whole..k {
-                    for (i, d) in dst[p * width..(p + 1) * width].iter_mut().enumerate() {
-                        *d = if i < n {
-                            f32::from(src[i * k + p])
-                        } else {
-                            0.0
-                        };
-                    }
-                }
+                super::transpose_plain(src, k, width, dst, whole);
             }
         };
     }
@@ -345,10 +338,8 @@ mod avx512 {
             }
         }
         // Lanes of each register that are columns of the product.
-        let masks: [__mmask16; VECTORS] = std::array::from_fn(|v| {
-            let lanes = tile.width.saturating_sub(16 * v).min(16);
-            ((1u32 << lanes) - 1) as __mmask16
-        });
+        let masks: [__mmask16; VECTORS] =
+            std::array::from_fn(|v| first_lanes(tile.width.saturating_sub(16 * v).min(16)));
         for (i, row) in acc.iter().enumerate().take(tile.m) {
             for v in 0..VECTORS {
                 if masks[v] == 0 {
@@ -444,7 +435,7 @@ mod tests {
             let mut fast = vec![f32::NAN; k * width];
             let mut plain = vec![f32::NAN; k * width];
             T::transpose_into(&src, k, width, &mut fast);
-            transpose_plain(&src, k, width, &mut plain);
+            transpose_plain(&src, k, width, &mut plain, 0);
             assert_eq!(fast, plain, "{n} rows of {k} into width {width}");
             assert_eq!(
                 plain[(k - 1) * width + n - 1],

@@ -122,7 +122,7 @@ fn has_avx2_fma_f16c() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx512f() -> bool {
+pub(super) fn has_avx512f() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 

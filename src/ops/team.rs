@@ -579,6 +579,8 @@ fn chunk_rows(c: usize, out: usize) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
+    use ndarray::Array2;
 
     /// The faster way wins, the other is probed after [`PROBE_EVERY`] runs and then at
     /// doubling gaps while it stays slower, and a change of speed reverses the choice and
@@ -610,9 +612,6 @@ mod tests {
             .collect();
         assert_eq!(probes, [changed + PROBE_EVERY, changed + 3 * PROBE_EVERY]);
     }
-
-    use half::{bf16, f16};
-    use ndarray::Array2;
 
     fn weight(out: usize, inp: usize, seed: usize) -> Array2<f32> {
         Array2::from_shape_fn((out, inp), |(i, j)| {
