@@ -1,5 +1,6 @@
-//! Matrix-matrix products `ys = xs Wᵀ` on CPUs with AVX-512F: the prefill path of
-//! [`Linear::forward`](super::Linear::forward) where the CPU has it.
+//! Matrix-matrix products `ys = xs Wᵀ` on x86-64 CPUs with AVX-512F, or AVX2 with FMA and
+//! F16C: the prefill path of [`Linear::forward`](super::Linear::forward) where the CPU has one
+//! of them ([`Isa`]).
 //!
 //! Both operands are packed first: the rows of `xs` once per product into groups of [`MR`]
 //! rows (`group[k][i]`, [`PackedRows`]), the weight (`[out, in]`, f32, f16 or bf16) a block
@@ -10,7 +11,9 @@
 //! over [`DEPTH`] values of `k` before moving to the next tile. Where the CPU has two 512-bit
 //! FMA units this is twice the arithmetic per cycle of the AVX2 kernel underneath ndarray's
 //! product (measured on a 2-core Xeon with AVX-512: 2.5-3.5× its f32 throughput at the 0.1B
-//! model's shapes on two threads, 145-210 GFLOP/s of a 262 GFLOP/s FMA peak).
+//! model's shapes on two threads, 145-210 GFLOP/s of a 262 GFLOP/s FMA peak). With AVX2 the
+//! same packed operands go through 6 × 16 parts of each micro-tile, 12 accumulators of the 16
+//! registers.
 
 use super::kernels::Weight;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -28,16 +31,49 @@ const BLOCK_BYTES: usize = 512 << 10;
 /// Values of `K` per pass over a block.
 const DEPTH: usize = 256;
 
+/// How far ahead along each row a transpose asks for the weights: the rows of a strip are 8
+/// or 16 streams at once, which the hardware prefetcher follows poorly. From 256 to 768 bytes
+/// the model's products ran 1.05-1.10× faster than without (f32 and f16, 512 rows, two
+/// threads, AVX-512 on a Zen 5 host).
+const TRANSPOSE_PREFETCH_BYTES: usize = 512;
+
+/// The vector instructions a product runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: the `MR × NR` micro-tile in 24 of the 32 registers.
+    Avx512,
+    /// AVX2, FMA and F16C: the micro-tile in four 6 × 16 parts, 12 of the 16 registers each.
+    Avx2,
+}
+
+impl Isa {
+    /// Widest first.
+    const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+
+    /// Whether this CPU has these instructions.
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => super::kernels::has_avx512f(),
+                Isa::Avx2 => super::kernels::has_avx2_fma_f16c(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The widest this CPU has, if any.
+    pub fn best() -> Option<Isa> {
+        Isa::ALL.into_iter().find(|isa| isa.runs_here())
+    }
+}
+
 /// Whether [`product`] can run on this CPU.
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::kernels::has_avx512f()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::best().is_some()
 }
 
 /// The rows of `xs` (`[T, K]`) packed for [`product`]: `⌈T / MR⌉` groups of `K · MR` values,
@@ -52,6 +88,11 @@ pub(crate) struct PackedRows {
 impl PackedRows {
     /// Packs `xs`.
     pub(crate) fn new(xs: ArrayView2<f32>) -> PackedRows {
+        PackedRows::packed_with(Isa::best(), xs)
+    }
+
+    /// Packs `xs` with `isa`'s transpose (the plain loop for `None`).
+    fn packed_with(isa: Option<Isa>, xs: ArrayView2<f32>) -> PackedRows {
         let (t, k) = xs.dim();
         let xs = xs.as_standard_layout();
         let mut groups = Vec::new();
@@ -59,7 +100,7 @@ impl PackedRows {
         if k > 0 {
             let values = xs.as_slice().expect("standard layout");
             for (rows, group) in values.chunks(k * MR).zip(flat.chunks_exact_mut(k * MR)) {
-                f32::transpose_into(rows, k, MR, group);
+                f32::transpose_into(isa, rows, k, MR, group);
             }
         }
         PackedRows { groups, t, k }
@@ -72,10 +113,25 @@ impl PackedRows {
 /// `w: [cols, K]`, `xs: [T, K]` (packed), `ys: [T, cols]`; `ys` must have unit column stride.
 ///
 /// # Panics
-/// If the shapes disagree, `ys`' columns are not contiguous, or the CPU lacks AVX-512F
-/// (see [`available`]).
+/// If the shapes disagree, `ys`' columns are not contiguous, or the CPU has neither
+/// instruction set (see [`available`]).
 #[track_caller]
-pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: ArrayViewMut2<f32>) {
+pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, ys: ArrayViewMut2<f32>) {
+    let isa = Isa::best().expect("gemm::product: the CPU has neither AVX-512F nor AVX2");
+    product_with(isa, w, xs, ys);
+}
+
+/// [`product`] with `isa`'s kernels.
+///
+/// # Panics
+/// As [`product`], and if the CPU lacks `isa`.
+#[track_caller]
+fn product_with<T: Weight>(
+    isa: Isa,
+    w: ArrayView2<T>,
+    xs: &PackedRows,
+    mut ys: ArrayViewMut2<f32>,
+) {
     let (cols, k) = w.dim();
     let t = xs.t;
     assert_eq!(xs.k, k, "gemm::product: input width");
@@ -84,7 +140,7 @@ pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: Arra
         cols <= 1 || ys.strides()[1] == 1,
         "gemm::product: output columns contiguous"
     );
-    assert!(available(), "gemm::product: the CPU has no AVX-512F");
+    assert!(isa.runs_here(), "gemm::product: the CPU lacks {isa:?}");
     if t == 0 || cols == 0 {
         return;
     }
@@ -105,7 +161,7 @@ pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: Arra
             .chunks(k * NR)
             .zip(flat.chunks_exact_mut(k * NR))
         {
-            T::transpose_into(strip, k, NR, panel);
+            T::transpose_into(Some(isa), strip, k, NR, panel);
         }
         for k0 in (0..k).step_by(DEPTH) {
             let k1 = (k0 + DEPTH).min(k);
@@ -121,12 +177,15 @@ pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: Arra
                         accumulate: k0 > 0,
                     };
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX-512F checked above. Element (t0, s0) and the `tile.m` rows ×
-                    // `tile.width` columns from it are inside `ys` (t0 + m ≤ T, s0 + width ≤
-                    // cols), whose columns are contiguous and rows `ldy` apart.
+                    // SAFETY: the CPU has `isa` (checked above). Element (t0, s0) and the
+                    // `tile.m` rows × `tile.width` columns from it are inside `ys` (t0 + m ≤ T,
+                    // s0 + width ≤ cols), whose columns are contiguous and rows `ldy` apart.
                     unsafe {
                         let y = y0.offset(t0 as isize * ldy + s0 as isize);
-                        avx512::tile(&tile, y, ldy);
+                        match isa {
+                            Isa::Avx512 => avx512::tile(&tile, y, ldy),
+                            Isa::Avx2 => avx2::tile(&tile, y, ldy),
+                        }
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     let _ = (&tile, y0, ldy);
@@ -181,24 +240,41 @@ fn resized(lines: &mut Vec<Line>, n: usize) -> &mut [f32] {
 pub trait Pack: Sized {
     /// `dst[p · width + i] = src[i · k + p]` widened to f32 for the `src.len() / k ≤ width`
     /// rows of `src` (`k` values each), and zero for the rows past them: `dst` holds
-    /// `k · width` values, `width` is at most [`NR`].
-    fn transpose_into(src: &[Self], k: usize, width: usize, dst: &mut [f32]);
+    /// `k · width` values, `width` is at most [`NR`]. With `isa`'s registers (the plain loop
+    /// for `None`).
+    ///
+    /// # Panics
+    /// If the shapes disagree, or the CPU lacks `isa`.
+    fn transpose_into(isa: Option<Isa>, src: &[Self], k: usize, width: usize, dst: &mut [f32]);
 }
 
 macro_rules! pack_impl {
     ($t:ty, $transpose:ident) => {
         impl Pack for $t {
-            fn transpose_into(src: &[$t], k: usize, width: usize, dst: &mut [f32]) {
+            fn transpose_into(
+                isa: Option<Isa>,
+                src: &[$t],
+                k: usize,
+                width: usize,
+                dst: &mut [f32],
+            ) {
                 let n = src.len() / k.max(1);
                 assert!(
                     n <= width && width <= NR && src.len() == n * k && dst.len() == k * width,
                     "Pack::transpose_into: shapes"
                 );
+                assert!(
+                    isa.is_none_or(Isa::runs_here),
+                    "Pack::transpose_into: the CPU lacks {isa:?}"
+                );
+                // SAFETY: the CPU has `isa` (asserted above); shapes asserted above.
                 #[cfg(target_arch = "x86_64")]
-                if available() {
-                    // SAFETY: AVX-512F checked by `available`; shapes asserted above.
-                    unsafe { avx512::$transpose(src, k, width, dst) };
-                    return;
+                unsafe {
+                    match isa {
+                        Some(Isa::Avx512) => return avx512::$transpose(src, k, width, dst),
+                        Some(Isa::Avx2) => return avx2::$transpose(src, k, width, dst),
+                        None => {}
+                    }
                 }
                 transpose_plain(src, k, width, dst, 0);
             }
@@ -219,6 +295,59 @@ fn transpose_plain<T: Weight>(src: &[T], k: usize, width: usize, dst: &mut [f32]
             *d = if i < n { src[i * k + p].widen() } else { 0.0 };
         }
     }
+}
+
+/// Defines each `$name`, [`Pack::transpose_into`] for `$t` values, with the `$feature`
+/// registers of `$lanes` lanes: `$load` widens `$lanes` values into one, `$transpose`
+/// transposes `$lanes` of them, `$store` writes one under the mask `$mask` makes of a lane
+/// count. The elements past the last whole group of `$lanes` in each row go through the plain
+/// loop.
+#[cfg(target_arch = "x86_64")]
+macro_rules! transposes {
+    (
+        $feature:literal,
+        $lanes:literal,
+        $zero:ident,
+        $transpose:ident,
+        $mask:ident,
+        $store:ident;
+        $($name:ident: $t:ty = $load:ident),+ $(,)?
+    ) => {$(
+        /// # Safety
+        /// The CPU must have the instructions of this module; the shapes must be as
+        /// `Pack::transpose_into` asserts them.
+        #[target_feature(enable = $feature)]
+        pub unsafe fn $name(src: &[$t], k: usize, width: usize, dst: &mut [f32]) {
+            let n = src.len() / k.max(1);
+            let whole = k - k % $lanes;
+            let ahead = super::TRANSPOSE_PREFETCH_BYTES / std::mem::size_of::<$t>();
+            for h in (0..width).step_by($lanes) {
+                let mask = $mask((width - h).min($lanes));
+                let rows = n.saturating_sub(h).min($lanes);
+                for p0 in (0..whole).step_by($lanes) {
+                    let mut r = [$zero(); $lanes];
+                    for (i, v) in r.iter_mut().enumerate().take(rows) {
+                        let at = (h + i) * k + p0;
+                        // SAFETY: row h + i < n has k values, p0 + $lanes ≤ k. A prefetch
+                        // never faults.
+                        unsafe {
+                            _mm_prefetch(
+                                src.as_ptr().wrapping_add(at + ahead) as *const i8,
+                                _MM_HINT_T0,
+                            );
+                            *v = $load(src.as_ptr().add(at));
+                        }
+                    }
+                    for (p, v) in $transpose(r).into_iter().enumerate() {
+                        // SAFETY: (p0 + p) · width + h + lanes ≤ k · width = dst.len(); the
+                        // lanes past `width - h` are masked off.
+                        unsafe { $store(dst.as_mut_ptr().add((p0 + p) * width + h), mask, v) };
+                    }
+                }
+            }
+            super::transpose_plain(src, k, width, dst, whole);
+        }
+    )+};
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -270,45 +399,12 @@ mod avx512 {
         c
     }
 
-    /// Defines `$name`, [`Pack::transpose_into`](super::Pack::transpose_into) for `$t`
-    /// values loaded 16 at a time by `$load`.
-    macro_rules! transpose_for {
-        ($name:ident, $t:ty, $load:ident) => {
-            /// # Safety
-            /// The CPU must have AVX-512F; the shapes must be as `Pack::transpose_into`
-            /// asserts them.
-            #[target_feature(enable = "avx512f")]
-            pub unsafe fn $name(src: &[$t], k: usize, width: usize, dst: &mut [f32]) {
-                let n = src.len() / k.max(1);
-                let whole = k - k % 16;
-                for h in (0..width).step_by(16) {
-                    let lanes = (width - h).min(16);
-                    let mask = first_lanes(lanes);
-                    let rows = n.saturating_sub(h).min(16);
-                    for p0 in (0..whole).step_by(16) {
-                        let mut r = [_mm512_setzero_ps(); 16];
-                        for (i, v) in r.iter_mut().enumerate().take(rows) {
-                            // SAFETY: row h + i < n has k values, p0 + 16 ≤ k.
-                            *v = unsafe { $load(src.as_ptr().add((h + i) * k + p0)) };
-                        }
-                        for (p, v) in transpose16(r).into_iter().enumerate() {
-                            // SAFETY: (p0 + p) · width + h + lanes ≤ k · width = dst.len();
-                            // the lanes past `lanes` are masked off.
-                            unsafe {
-                                let at = dst.as_mut_ptr().add((p0 + p) * width + h);
-                                _mm512_mask_storeu_ps(at, mask, v);
-                            }
-                        }
-                    }
-                }
-                super::transpose_plain(src, k, width, dst, whole);
-            }
-        };
-    }
-
-    transpose_for!(transpose_f32, f32, load_f32);
-    transpose_for!(transpose_f16, f16, load_f16);
-    transpose_for!(transpose_bf16, bf16, load_bf16);
+    transposes!(
+        "avx512f", 16, _mm512_setzero_ps, transpose16, first_lanes, _mm512_mask_storeu_ps;
+        transpose_f32: f32 = load_f32,
+        transpose_f16: f16 = load_f16,
+        transpose_bf16: bf16 = load_bf16,
+    );
 
     /// Writes the `tile.m × tile.width` product of one micro-tile to `y` (row stride `ldy`).
     ///
@@ -369,16 +465,156 @@ mod avx512 {
     );
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::kernels::avx2::{load_bf16, load_f16, load_f32};
+    use super::{Tile, MR, NR};
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    /// Rows of the micro-tile per part.
+    const PART_ROWS: usize = 6;
+
+    /// Columns of the micro-tile per part: two 8-lane registers.
+    const PART_COLS: usize = 16;
+
+    /// The mask of the first `lanes` (at most 8) lanes of a register.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn first_lanes(lanes: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(lanes as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// The transpose of an 8 × 8 block of f32 held as 8 rows.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        // Pairs of rows interleaved, then pairs of pairs: `s[4h + c]` holds column c of rows
+        // 4h..4h + 4 in its low 128-bit lane and column c + 4 in its high one.
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        let mut s = [_mm256_setzero_ps(); 8];
+        for h in 0..2 {
+            let (lo, hi, lo2, hi2) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+            s[4 * h] = _mm256_shuffle_ps::<0x44>(lo, lo2);
+            s[4 * h + 1] = _mm256_shuffle_ps::<0xee>(lo, lo2);
+            s[4 * h + 2] = _mm256_shuffle_ps::<0x44>(hi, hi2);
+            s[4 * h + 3] = _mm256_shuffle_ps::<0xee>(hi, hi2);
+        }
+        std::array::from_fn(|c| {
+            if c < 4 {
+                _mm256_permute2f128_ps::<0x20>(s[c], s[4 + c])
+            } else {
+                _mm256_permute2f128_ps::<0x31>(s[c - 4], s[c])
+            }
+        })
+    }
+
+    transposes!(
+        "avx2,fma,f16c", 8, _mm256_setzero_ps, transpose8, first_lanes, _mm256_maskstore_ps;
+        transpose_f32: f32 = load_f32,
+        transpose_f16: f16 = load_f16,
+        transpose_bf16: bf16 = load_bf16,
+    );
+
+    /// Writes the `tile.m × tile.width` product of one micro-tile to `y` (row stride `ldy`),
+    /// one 6 × 16 part at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `tile.x` holds `tile.k · MR` values, `tile.panel`
+    /// `tile.k · NR`, `tile.m ≤ MR`, `tile.width ≤ NR`, and `y` points to `tile.m` rows
+    /// (stride `ldy`) of `tile.width` writable f32.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile(tile: &Tile, y: *mut f32, ldy: isize) {
+        assert!(tile.x.len() >= tile.k * MR && tile.panel.len() >= tile.k * NR);
+        for r0 in (0..tile.m).step_by(PART_ROWS) {
+            for c0 in (0..tile.width).step_by(PART_COLS) {
+                // SAFETY: forwarded from the caller; row r0 < m and column c0 < width of `y`.
+                unsafe { part(tile, r0, c0, y.offset(r0 as isize * ldy).add(c0), ldy) };
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + 6` and columns `c0..c0 + 16` of a micro-tile (those of them below
+    /// `tile.m` and `tile.width`), written from `y`.
+    ///
+    /// # Safety
+    /// As for [`tile`], with `y` at row `r0 < tile.m`, column `c0 < tile.width` of its
+    /// output; `r0 + 6 ≤ MR` and `c0 + 16 ≤ NR`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn part(tile: &Tile, r0: usize, c0: usize, y: *mut f32, ldy: isize) {
+        let a = tile.x.as_ptr();
+        let b = tile.panel.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; PART_ROWS];
+        for p in 0..tile.k {
+            // SAFETY: p < k, r0 + i < MR and c0 + 16 ≤ NR: inside `x` (k · MR values) and the
+            // panel (k · NR).
+            unsafe {
+                let at = b.add(p * NR + c0);
+                let bv = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*a.add(p * MR + r0 + i));
+                    row[0] = _mm256_fmadd_ps(x, bv[0], row[0]);
+                    row[1] = _mm256_fmadd_ps(x, bv[1], row[1]);
+                }
+            }
+        }
+        let lanes = |v: usize| (tile.width - c0).saturating_sub(8 * v).min(8);
+        let masks = [first_lanes(lanes(0)), first_lanes(lanes(1))];
+        for (i, row) in acc.iter().enumerate().take(tile.m - r0) {
+            for v in 0..2 {
+                if lanes(v) == 0 {
+                    break;
+                }
+                // SAFETY: row `r0 + i < m` of the output has `width` writable values (caller)
+                // and column c0 + 8·v is one of them; lanes past `width` are masked off, so
+                // they are neither read nor written.
+                unsafe {
+                    let out = y.offset(i as isize * ldy).add(8 * v);
+                    let mut sum = row[v];
+                    if tile.accumulate {
+                        sum = _mm256_add_ps(sum, _mm256_maskload_ps(out, masks[v]));
+                    }
+                    _mm256_maskstore_ps(out, masks[v], sum);
+                }
+            }
+        }
+    }
+
+    const _: () = assert!(
+        MR.is_multiple_of(PART_ROWS) && NR.is_multiple_of(PART_COLS),
+        "the parts cover the micro-tile"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::{bf16, f16};
     use ndarray::{s, Array2};
 
+    /// The instruction sets this CPU has: each is tested.
+    fn isas_here() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|isa| isa.runs_here())
+    }
+
     fn check<T: Weight>(from: fn(f32) -> T) {
-        if !available() {
-            return;
+        for isa in isas_here() {
+            check_with(isa, from);
         }
+    }
+
+    fn check_with<T: Weight>(isa: Isa, from: fn(f32) -> T) {
         for (t, cols, k) in [
             (1, 1, 1),
             (5, 17, 3),
@@ -393,9 +629,10 @@ mod tests {
             let xs = Array2::from_shape_fn((t, k), |(i, j)| ((i * 5 + j) % 13) as f32 / 6.0 - 1.0);
             // A strided output: the product lands in the middle columns of a wider array.
             let mut wide = Array2::from_elem((t, cols + 5), 7.0f32);
-            product(
+            product_with(
+                isa,
                 w.view(),
-                &PackedRows::new(xs.view()),
+                &PackedRows::packed_with(Some(isa), xs.view()),
                 wide.slice_mut(s![.., 2..2 + cols]),
             );
             for ti in 0..t {
@@ -406,14 +643,14 @@ mod tests {
                     let y = wide[(ti, 2 + c)] as f64;
                     assert!(
                         (y - r).abs() <= 1e-4 * (1.0 + r.abs()),
-                        "{t}x{cols}x{k} at ({ti}, {c}): {y} vs {r}"
+                        "{isa:?} {t}x{cols}x{k} at ({ti}, {c}): {y} vs {r}"
                     );
                 }
                 for c in [0, 1, cols + 2, cols + 3, cols + 4] {
                     assert_eq!(
                         wide[(ti, c)],
                         7.0,
-                        "{t}x{cols}x{k}: column {c} outside the block untouched"
+                        "{isa:?} {t}x{cols}x{k}: column {c} outside the block untouched"
                     );
                 }
             }
@@ -428,15 +665,18 @@ mod tests {
             (32, 48, 32),
             (17, 70, 32),
             (3, 15, 32),
+            (9, 24, 12),
         ] {
             let src: Vec<T> = (0..n * k)
                 .map(|i| from(((i * 7) % 23) as f32 - 11.0))
                 .collect();
-            let mut fast = vec![f32::NAN; k * width];
             let mut plain = vec![f32::NAN; k * width];
-            T::transpose_into(&src, k, width, &mut fast);
             transpose_plain(&src, k, width, &mut plain, 0);
-            assert_eq!(fast, plain, "{n} rows of {k} into width {width}");
+            for isa in isas_here() {
+                let mut fast = vec![f32::NAN; k * width];
+                T::transpose_into(Some(isa), &src, k, width, &mut fast);
+                assert_eq!(fast, plain, "{isa:?}: {n} rows of {k} into width {width}");
+            }
             assert_eq!(
                 plain[(k - 1) * width + n - 1],
                 src[n * k - 1].widen(),

@@ -115,7 +115,7 @@ fn dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma_f16c() -> bool {
+pub(super) fn has_avx2_fma_f16c() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -175,7 +175,7 @@ weight_impl!(f16, f16::to_f32, dots_f16, row_dots_f16);
 weight_impl!(bf16, bf16::to_f32, dots_bf16, row_dots_bf16);
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{Weight, GROUP};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
@@ -190,7 +190,7 @@ mod avx2 {
     /// `p` must point to 8 readable f32; the CPU must have AVX.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_f32(p: *const f32) -> __m256 {
+    pub(in crate::ops) unsafe fn load_f32(p: *const f32) -> __m256 {
         // SAFETY: the caller guarantees 8 readable values at `p`; loadu has no alignment need.
         unsafe { _mm256_loadu_ps(p) }
     }
@@ -199,7 +199,7 @@ mod avx2 {
     /// `p` must point to 8 readable f16; the CPU must have F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_f16(p: *const f16) -> __m256 {
+    pub(in crate::ops) unsafe fn load_f16(p: *const f16) -> __m256 {
         // SAFETY: 8 f16 = 16 readable bytes at `p` (caller); loadu has no alignment need.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
@@ -208,7 +208,7 @@ mod avx2 {
     /// `p` must point to 8 readable bf16; the CPU must have AVX2.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+    pub(in crate::ops) unsafe fn load_bf16(p: *const bf16) -> __m256 {
         // SAFETY: 8 bf16 = 16 readable bytes at `p` (caller). A bf16 is the top half of an f32.
         unsafe {
             let h = _mm_loadu_si128(p as *const __m128i);

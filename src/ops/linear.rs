@@ -4,9 +4,9 @@
 //! - up to [`SMALL_BATCH`] rows (one-token decode, batched decode): each weight row is read once
 //!   and dotted with every input row ([`kernels`](super::kernels));
 //! - more rows (prefill): matrix-matrix products over blocks of output columns. Where the CPU
-//!   has AVX-512F they run on the crate's own kernels ([`gemm`](super::gemm)), which widen and
-//!   pack the weights a block at a time; elsewhere each block is widened to f32 and handed to
-//!   ndarray's product.
+//!   has AVX-512F, or AVX2 with FMA and F16C, they run on the crate's own kernels
+//!   ([`gemm`](super::gemm)), which widen and pack the weights a block at a time; elsewhere
+//!   each block is widened to f32 and handed to ndarray's product.
 
 use super::gemm;
 use super::kernels::Weight;
@@ -261,8 +261,8 @@ fn dot_rows<T: Weight>(
 }
 
 /// `ys = xs Wᵀ` as matrix-matrix products over blocks of output columns, two blocks per rayon
-/// thread (at least [`GEMM_BLOCK`] columns each). With AVX-512F, `xs` is packed once for all
-/// blocks and each block of `W` is packed by [`gemm::product`]; otherwise each block of `W` is
+/// thread (at least [`GEMM_BLOCK`] columns each). Where [`gemm`] runs, `xs` is packed once
+/// for all blocks and each block of `W` is packed by [`gemm::product`]; otherwise each block of `W` is
 /// made f32 by `widen` (no copy for f32) just before ndarray's product, which packs all of `xs`
 /// again.
 fn blocked_gemm<T: Weight>(
