@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example bench -- [--model M.safetensors | --layers 12 --embd 768
 //!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16] [--threads N]
-//!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--json]
+//!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--vs-f32] [--json]
 //! ```
 //!
 //! (a) memory-read bandwidth: the faster of two streaming reads of a 1 GiB buffer on all
@@ -16,8 +16,10 @@
 //!     limits. Decode is reported as a ratio to the bandwidth measured on either side of its
 //!     fastest round (bytes read per token × tokens/s / bandwidth), prefill as a ratio to the
 //!     GEMM limit (FLOPs per token × tokens/s / GEMM FLOP/s). `--busy-core` adds (f): decode on
-//!     all threads and on one while another thread keeps a core busy. The default shape is RWKV-6
-//!     0.1B (12 × 768, head size 64, vocab 65536) with random weights.
+//!     all threads and on one while another thread keeps a core busy. `--vs-f32` adds (g): decode
+//!     alternated with a random f32 model of the same shape, so that the speed-up of f16 or bf16
+//!     weights is measured at the same moments of the machine. The default shape is RWKV-6 0.1B
+//!     (12 × 768, head size 64, vocab 65536) with random weights.
 
 mod args;
 
@@ -94,6 +96,24 @@ fn decode_against_bandwidth(model: &Model, n: usize, probe: &Probe) -> Result<(f
     Ok((speed, limits[best].max(limits[best + 1])))
 }
 
+/// The best of two runs of each of `a` and `b`, in the order a, b, b, a: the speed of a shared
+/// machine drifts (by 10-20% over a minute on the development host), and this order gives
+/// neither side the later, or the earlier, half of the measurement.
+fn alternated(
+    mut a: impl FnMut() -> Result<f64, String>,
+    mut b: impl FnMut() -> Result<f64, String>,
+) -> Result<(f64, f64), String> {
+    let (mut best_a, mut best_b) = (0.0f64, 0.0f64);
+    for first in [true, false, false, true] {
+        if first {
+            best_a = best_a.max(a()?);
+        } else {
+            best_b = best_b.max(b()?);
+        }
+    }
+    Ok((best_a, best_b))
+}
+
 /// Decode tokens/s `(all threads, one thread)` while another thread keeps a core busy.
 fn busy_core_decode(model: &Model, n: usize) -> Result<(f64, f64), String> {
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -104,23 +124,15 @@ fn busy_core_decode(model: &Model, n: usize) -> Result<(f64, f64), String> {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
         });
-        // In the order all, one, one, all, the best of each: the speed of a shared machine
-        // drifts (by 10-20% over a minute on the development host), and this order gives
-        // neither side the later, or the earlier, half of the run.
         let measure = || -> Result<(f64, f64), String> {
             let single = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
                 .build()
                 .map_err(|e| e.to_string())?;
-            let (mut all, mut one) = (0.0f64, 0.0f64);
-            for on_one in [false, true, true, false] {
-                if on_one {
-                    one = one.max(single.install(|| decode_speed(model, n))?);
-                } else {
-                    all = all.max(decode_speed(model, n)?);
-                }
-            }
-            Ok((all, one))
+            alternated(
+                || decode_speed(model, n),
+                || single.install(|| decode_speed(model, n)),
+            )
         };
         let speeds = measure();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -249,7 +261,7 @@ fn main() {
                 "decode-tokens",
                 "write-model",
             ],
-            &["json", "memory", "busy-core"],
+            &["json", "memory", "busy-core", "vs-f32"],
         )?;
         if let Some(path) = args.get("write-model") {
             let dtype: DType = args.parsed("dtype", DType::F32)?;
@@ -334,6 +346,18 @@ fn main() {
             None
         };
 
+        // A model of the same shape (with the same weights, unless loaded from a file) in f32,
+        // decoded in alternation with this one.
+        let vs_f32 = if args.switch("vs-f32") {
+            let f32_model = random_model(&config, DType::F32, 1).map_err(|e| e.to_string())?;
+            Some(alternated(
+                || decode_speed(&model, decode_n),
+                || decode_speed(&f32_model, decode_n),
+            )?)
+        } else {
+            None
+        };
+
         // The GEMM limit again after the model's runs: the machine is shared, so it is the
         // best of both measurements.
         let gemm = gemm.max(gemm_gflops());
@@ -349,12 +373,15 @@ fn main() {
                  \"gemm_gflops\": {:.1}, \"decode_tok_s\": {:.2}, \"decode_roofline_ratio\": {:.3}, \
                  \"prefill_tok_s\": {:.1}, \"prefill_roofline_ratio\": {:.3}, \
                  \"batch{}_tok_s\": {:.2}, \"decode_bytes_per_token\": {}, \
-                 \"prefill_flops_per_token\": {}{}}}",
+                 \"prefill_flops_per_token\": {}{}{}}}",
                 config.version, config.n_layer, config.n_embd, config.head_size, config.vocab,
                 dtype, threads, bandwidth, gemm, decode_tok_s, decode_ratio, prefill_tok_s,
                 prefill_ratio, batch, batch_tok_s, bytes_per_token, flops_per_token,
                 busy.map_or(String::new(), |(all, one)| format!(
                     ", \"busy_core_decode_tok_s\": {all:.2}, \"busy_core_one_thread_decode_tok_s\": {one:.2}"
+                )),
+                vs_f32.map_or(String::new(), |(own, f32)| format!(
+                    ", \"alternated_decode_tok_s\": {own:.2}, \"alternated_f32_decode_tok_s\": {f32:.2}"
                 ))
             );
         } else {
@@ -378,6 +405,12 @@ fn main() {
             if let Some((all, one)) = busy {
                 println!(
                     "(f) with another thread keeping a core busy: decode {all:.2} tok/s on {threads} threads, {one:.2} on 1"
+                );
+            }
+            if let Some((own, f32)) = vs_f32 {
+                println!(
+                    "(g) decode alternated with the same weights in f32: {own:.2} tok/s against {f32:.2} = {:.2}x",
+                    own / f32
                 );
             }
         }
