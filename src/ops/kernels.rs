@@ -5,9 +5,10 @@
 //! time with several independent accumulators; elsewhere a plain loop is used. Each weight row is
 //! read once for up to [`GROUP`] activation vectors, so a batch of `B` tokens reads the weights
 //! `⌈B / GROUP⌉` times from cache and once from memory. Where the CPU also has AVX-512F, products
-//! take two weight rows at a time (four for a single vector), 16 lanes wide, so that each
-//! activation loaded serves every row of the block, with the weights asked for ahead (on AMD Zen 4, whose AVX-512 runs in 256-bit halves,
-//! only from five vectors up, where the one-row AVX2 loops stream faster below that).
+//! take two weight rows at a time, 16 lanes wide, so that each activation loaded serves both
+//! rows, with the weights asked for ahead. On AMD CPUs the one-row AVX2 loops stream faster for
+//! few vectors: there the AVX-512 kernels start at two vectors (Zen 5) or five (Zen 4, whose
+//! AVX-512 runs in 256-bit halves).
 //!
 //! Also here: [`wkv_step`], one token of RWKV-5/6's WKV state update, compiled for AVX2 where
 //! the CPU has it.
@@ -459,37 +460,37 @@ pub(super) mod avx512 {
     /// registers; three rows made the compiler spill them).
     const ROWS: usize = 2;
 
-    /// Weight rows per block for a single vector (one-token decode): four streams of weights
-    /// at once, and the next block asked for further ahead. Against two rows, one-token decode
-    /// of the 0.1B shape ran 1.03-1.16× faster with f16 weights and 1.01-1.09× with f32 (four
-    /// interleaved runs each, two threads, Zen 5).
-    const ROWS_FOR_ONE: usize = 4;
+    /// Vectors from which these kernels are used on AMD Zen 4, whose AVX-512 runs on 256-bit
+    /// units. With fewer, a product is closer to a stream of the weights than to arithmetic,
+    /// and there the one-row AVX2 loops stream faster (1.2× at four vectors, 1.6× at two,
+    /// measured on a Zen 4 core); from eight up these are faster (1.3× at eight, 1.5× at
+    /// sixteen).
+    pub const MIN_VECTORS_ON_ZEN4: usize = 5;
 
-    /// Vectors from which these kernels are used on a CPU whose AVX-512 runs on 256-bit units
-    /// (AMD Zen 4). With fewer, a product is closer to a stream of the weights than to
-    /// arithmetic, and there the one-row AVX2 loops stream faster (1.2× at four vectors, 1.6×
-    /// at two, measured on a Zen 4 core); from eight up these are faster (1.3× at eight, 1.5×
-    /// at sixteen). Elsewhere they are used from one vector: on a Xeon with AVX-512, one-token
-    /// decode ran 1.15× faster in f32 and 1.3× in f16 through them than through the AVX2 loops
-    /// (two threads, 0.1B shape).
-    pub const MIN_VECTORS_ON_HALF_WIDTH: usize = 5;
+    /// Vectors from which these kernels are used on AMD Zen 5 and later. For one vector the
+    /// one-row AVX2 loop streams faster: one-token decode ran 1.11-1.15× faster through it in
+    /// f32, 1.01-1.09× in bf16 and 0.97-1.06× in f16 than through these kernels even in a
+    /// four-row form (itself up to 1.16× faster than two rows; two threads, 0.1B shape, three
+    /// runs alternating the kernels within one process). For two and four vectors these are
+    /// about as fast or faster with f16 weights (0.97-1.11×), slower with f32 (0.87-0.94×).
+    pub const MIN_VECTORS_ON_ZEN5: usize = 2;
 
     /// Vectors from which [`Weight::row_dots`](super::Weight::row_dots) takes these kernels
-    /// on this CPU (which must have AVX-512F).
+    /// on this CPU (which must have AVX-512F). On Intel CPUs, from one: on a Xeon, one-token
+    /// decode ran 1.15× faster in f32 and 1.3× in f16 through them than through the AVX2
+    /// loops (two threads, 0.1B shape).
     pub fn min_vectors() -> usize {
         static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *MIN.get_or_init(|| {
-            if half_width() {
-                MIN_VECTORS_ON_HALF_WIDTH
-            } else {
-                1
-            }
+        *MIN.get_or_init(|| match amd_family() {
+            Some(0x19) => MIN_VECTORS_ON_ZEN4,
+            Some(family) if family >= 0x1a => MIN_VECTORS_ON_ZEN5,
+            _ => 1,
         })
     }
 
-    /// Whether this CPU is an AMD family 19h part (Zen 3 and Zen 4; of those only Zen 4 has
-    /// AVX-512, executed in two 256-bit halves).
-    fn half_width() -> bool {
+    /// The CPU family of an AMD CPU (19h: Zen 3 and Zen 4, of which only Zen 4 has AVX-512;
+    /// 1Ah: Zen 5), `None` for other vendors.
+    fn amd_family() -> Option<u32> {
         // SAFETY: CPUID exists on every x86-64 CPU (older toolchains declare the intrinsic
         // unsafe, newer ones safe).
         #[allow(unused_unsafe)]
@@ -501,7 +502,7 @@ pub(super) mod avx512 {
         } else {
             base
         };
-        amd && family == 0x19
+        amd.then_some(family)
     }
 
     /// How far ahead each row's weights are asked for: at least 4 KiB (1.3× faster than 1 KiB
@@ -553,12 +554,6 @@ pub(super) mod avx512 {
                 let b = xs.len();
                 let mut r = 0;
                 while r < rows {
-                    if b == 1 && rows - r >= ROWS_FOR_ONE {
-                        // SAFETY: forwarded from the caller; rows r..r + ROWS_FOR_ONE exist.
-                        unsafe { $block::<ROWS_FOR_ONE>(w, xs, (r, 0, 1), out) };
-                        r += ROWS_FOR_ONE;
-                        continue;
-                    }
                     let take = if rows - r >= ROWS { ROWS } else { 1 };
                     for (g, group) in xs.chunks(GROUP).enumerate() {
                         let at = (r, g * GROUP, b);
@@ -781,8 +776,8 @@ mod tests {
                 })
                 .collect();
             let xs = &xs16[..GROUP];
-            // Blocks of 1 to 7 rows (the AVX-512 kernels' blocks of four, two and one) times 1
-            // to 16 vectors (whole groups and the rest), rows cut from `w` at other offsets.
+            // Blocks of 1 to 7 rows (the AVX-512 kernels' blocks of two and one) times 1 to 16
+            // vectors (whole groups and the rest), rows cut from `w` at other offsets.
             let shifted = |k: usize| -> Vec<T> { (0..n).map(|i| w[(i + k) % n.max(1)]).collect() };
             for rows in 1..=7 {
                 let block: Vec<T> = (0..rows).flat_map(shifted).collect();
