@@ -96,15 +96,16 @@ fn decode_against_bandwidth(model: &Model, n: usize, probe: &Probe) -> Result<(f
     Ok((speed, limits[best].max(limits[best + 1])))
 }
 
-/// The best of two runs of each of `a` and `b`, in the order a, b, b, a: the speed of a shared
-/// machine drifts (by 10-20% over a minute on the development host), and this order gives
-/// neither side the later, or the earlier, half of the measurement.
+/// The best of four runs of each of `a` and `b`, in the order a, b, b, a, a, b, b, a: the speed
+/// of a shared machine drifts (by 10-20% over a minute on the development host) and dips for
+/// seconds at a time; this order gives neither side the later, or the earlier, half of the
+/// measurement, and four runs each let both sides meet a quiet moment.
 fn alternated(
     mut a: impl FnMut() -> Result<f64, String>,
     mut b: impl FnMut() -> Result<f64, String>,
 ) -> Result<(f64, f64), String> {
     let (mut best_a, mut best_b) = (0.0f64, 0.0f64);
-    for first in [true, false, false, true] {
+    for first in [true, false, false, true, true, false, false, true] {
         if first {
             best_a = best_a.max(a()?);
         } else {
