@@ -410,7 +410,7 @@ fn main() {
             }
             if let Some((own, f32)) = vs_f32 {
                 println!(
-                    "(g) decode alternated with the same weights in f32: {own:.2} tok/s against {f32:.2} = {:.2}x",
+                    "(g) decode alternated with an f32 model of the same shape: {own:.2} tok/s against {f32:.2} = {:.2}x",
                     own / f32
                 );
             }

@@ -262,9 +262,9 @@ fn dot_rows<T: Weight>(
 
 /// `ys = xs Wᵀ` as matrix-matrix products over blocks of output columns, two blocks per rayon
 /// thread (at least [`GEMM_BLOCK`] columns each). Where [`gemm`] runs, `xs` is packed once
-/// for all blocks and each block of `W` is packed by [`gemm::product`]; otherwise each block of `W` is
-/// made f32 by `widen` (no copy for f32) just before ndarray's product, which packs all of `xs`
-/// again.
+/// for all blocks and each block of `W` is packed by [`gemm::product`]; otherwise each block of
+/// `W` is made f32 by `widen` (no copy for f32) just before ndarray's product, which packs all
+/// of `xs` again.
 fn blocked_gemm<T: Weight>(
     w: ArrayView2<T>,
     widen: impl for<'b> Fn(ArrayView2<'b, T>) -> CowArray<'b, f32, Ix2> + Sync,
