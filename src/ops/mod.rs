@@ -5,6 +5,7 @@
 //! Nothing here knows about checkpoints, versions or sequence state.
 
 mod activation;
+pub mod aligned;
 mod elementwise;
 mod gemm;
 pub mod kernels;

@@ -27,8 +27,9 @@
 //! afterwards.
 //! Epochs keep growing from run to run (the buffers remember the last one).
 
+use super::aligned;
 use super::linear::Linear;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -74,6 +75,8 @@ struct Parts {
     next: Vec<AtomicU64>,
     /// One private scratch per helper.
     helpers: Vec<Mutex<HelperScratch>>,
+    /// The lead's copy of the input, `[rows, in]`, on a cache line like the helpers'.
+    lead_x: Mutex<Array1<f32>>,
     sizes: TeamSizes,
 }
 
@@ -86,8 +89,9 @@ struct TeamSizes {
 }
 
 struct HelperScratch {
-    /// The helper's copy of the input, `[rows, in]`.
-    x: Vec<f32>,
+    /// The helper's copy of the input, `[rows, in]`, starting on a cache line (so that the
+    /// kernels' loads of it do not straddle two).
+    x: Array1<f32>,
     /// One finished chunk, `[CHUNK_ROWS, rows]`.
     y: Vec<f32>,
 }
@@ -130,11 +134,12 @@ impl TeamBuffers {
             helpers: (0..helpers)
                 .map(|_| {
                     Mutex::new(HelperScratch {
-                        x: vec![0.0; max_in * rows],
+                        x: aligned::zeros(max_in * rows),
                         y: vec![0.0; CHUNK_ROWS * rows],
                     })
                 })
                 .collect(),
+            lead_x: Mutex::new(aligned::zeros(max_in * rows)),
             sizes,
         };
         TeamBuffers {
@@ -470,8 +475,12 @@ impl<'w> Shared<'w> {
         }
         self.seq.store(2 * e, Ordering::Release);
 
-        let xs = xs.as_standard_layout();
-        let x = xs.as_slice().expect("standard layout");
+        let mut lead_x = lock(&self.buffers.lead_x);
+        let x = &mut lead_x.as_slice_mut().expect("contiguous")[..xs.len()];
+        for (o, &v) in x.iter_mut().zip(xs.iter()) {
+            *o = v;
+        }
+        let x = &*x;
         let chunk_of = |c: usize, y: &mut [f32]| {
             let r = chunk_rows(c, out);
             w.dot_rows(x, inp, r.clone(), &mut y[r.start * rows..r.end * rows]);
@@ -512,6 +521,7 @@ impl<'w> Shared<'w> {
     fn help(&self, slot: &Mutex<HelperScratch>, me: usize) {
         let mut scratch = lock(slot);
         let HelperScratch { x, y } = &mut *scratch;
+        let x = x.as_slice_mut().expect("contiguous");
         let mut seen = 0;
         let mut idle = 0u32;
         loop {

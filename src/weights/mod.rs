@@ -11,7 +11,7 @@ pub use self::memory::TensorMap;
 pub use self::safetensors::SafeTensorsFile;
 
 use crate::error::{Error, Result};
-use crate::ops::Linear;
+use crate::ops::{aligned, Linear};
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 
@@ -79,8 +79,8 @@ impl Tensor {
         let wide = self.into_f32();
         match dtype {
             DType::F32 => Tensor::F32(wide),
-            DType::F16 => Tensor::F16(wide.mapv(f16::from_f32)),
-            DType::Bf16 => Tensor::Bf16(wide.mapv(bf16::from_f32)),
+            DType::F16 => Tensor::F16(converted(&wide, f16::from_f32)),
+            DType::Bf16 => Tensor::Bf16(converted(&wide, bf16::from_f32)),
         }
     }
 
@@ -88,8 +88,8 @@ impl Tensor {
     pub fn to_f32(&self) -> ArrayD<f32> {
         match self {
             Tensor::F32(a) => a.clone(),
-            Tensor::F16(a) => a.mapv(f32::from),
-            Tensor::Bf16(a) => a.mapv(f32::from),
+            Tensor::F16(a) => converted(a, f32::from),
+            Tensor::Bf16(a) => converted(a, f32::from),
         }
     }
 
@@ -99,6 +99,13 @@ impl Tensor {
             other => other.to_f32(),
         }
     }
+}
+
+/// `a` with `convert` applied to every element, starting on a cache line.
+fn converted<S: Copy, T: Copy + Default>(a: &ArrayD<S>, convert: fn(S) -> T) -> ArrayD<T> {
+    aligned::collect(a.len(), a.iter().map(|&v| convert(v)))
+        .into_shape_with_order(a.raw_dim())
+        .expect("as many elements as the tensor")
 }
 
 /// Anything that holds named tensors: a safetensors file, or a map built in memory.
@@ -233,14 +240,15 @@ impl<'a> Scope<'a> {
         inp: usize,
         out: usize,
     ) -> Result<Vec<Linear>> {
-        fn transposes<T: Clone>(a: ArrayD<T>, shape: (usize, usize, usize)) -> Vec<Array2<T>> {
+        fn transposes<T: Copy + Default>(
+            a: ArrayD<T>,
+            shape: (usize, usize, usize),
+        ) -> Vec<Array2<T>> {
             let a = a.as_standard_layout().into_owned();
             let a = a
                 .into_shape_with_order(shape)
                 .expect("element count checked by the shape test");
-            a.outer_iter()
-                .map(|m| m.t().as_standard_layout().into_owned())
-                .collect()
+            a.outer_iter().map(|m| aligned::to_matrix(m.t())).collect()
         }
         // One matrix is named by its own shape in errors, a stack by the stacked one.
         let stacked = [count, inp, out];
@@ -278,14 +286,68 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// A two-axis `ArrayD` as a standard-layout `Array2` (no copy when it already is one).
-fn into_matrix<T: Clone>(a: ArrayD<T>) -> Array2<T> {
-    let a = a
-        .into_dimensionality::<ndarray::Ix2>()
-        .expect("caller checked two axes");
-    if a.is_standard_layout() {
-        a
-    } else {
-        a.as_standard_layout().into_owned()
+/// A two-axis `ArrayD` as a standard-layout `Array2` that starts on a cache line (no copy when
+/// it already is one, as the loaders make them).
+fn into_matrix<T: Copy + Default>(a: ArrayD<T>) -> Array2<T> {
+    aligned::matrix(
+        a.into_dimensionality::<ndarray::Ix2>()
+            .expect("caller checked two axes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(l: &Linear) -> *const u8 {
+        match l {
+            Linear::F32(w) => w.as_ptr().cast(),
+            Linear::F16(w) => w.as_ptr().cast(),
+            Linear::Bf16(w) => w.as_ptr().cast(),
+        }
+    }
+
+    /// Every matrix a loader makes starts on a cache line, whatever the source, the storage
+    /// type and the conversion at load, and keeps its values.
+    #[test]
+    fn loaded_matrices_start_on_a_cache_line() {
+        let values = |n: usize| (0..n).map(|i| (i % 13) as f32 / 4.0).collect::<Vec<f32>>();
+        let dense = Array2::from_shape_vec((6, 5), values(30)).unwrap();
+        let stack = ArrayD::from_shape_vec(IxDyn(&[3, 5, 2]), values(30)).unwrap();
+        let mut map = TensorMap::new();
+        for (suffix, dtype) in [("32", DType::F32), ("16", DType::F16), ("b16", DType::Bf16)] {
+            let t = Tensor::F32(dense.clone().into_dyn()).to_dtype(dtype);
+            map.insert(format!("w{suffix}"), t);
+            map.insert(
+                format!("s{suffix}"),
+                Tensor::F32(stack.clone()).to_dtype(dtype),
+            );
+        }
+        let path = std::env::temp_dir().join(format!("tokenshift-align-{}.st", std::process::id()));
+        map.save(&path).unwrap();
+        let file = SafeTensorsFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let sources: [&dyn TensorSource; 2] = [&map, &file];
+        for source in sources {
+            for convert in [None, Some(DType::F32), Some(DType::F16), Some(DType::Bf16)] {
+                let scope = Scope::new(source).with_matrix_dtype(convert);
+                for suffix in ["32", "16", "b16"] {
+                    let w = scope.linear(&format!("w{suffix}"), 6, 5).unwrap();
+                    assert!(aligned::is_aligned(start(&w)), "w{suffix} {convert:?}");
+                    assert_eq!(w.to_f32(), dense);
+                    let parts = scope
+                        .low_rank_stack(&format!("s{suffix}"), 3, 5, 2)
+                        .unwrap();
+                    for (k, part) in parts.iter().enumerate() {
+                        assert!(
+                            aligned::is_aligned(start(part)),
+                            "s{suffix}[{k}] {convert:?}"
+                        );
+                        let want = stack.index_axis(ndarray::Axis(0), k).t().to_owned();
+                        assert_eq!(part.to_f32().into_dyn(), want);
+                    }
+                }
+            }
+        }
     }
 }

@@ -6,8 +6,9 @@
 
 use super::{Tensor, TensorSource};
 use crate::error::{Error, Result};
+use crate::ops::aligned;
 use half::{bf16, f16};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{Array1, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::HashMap;
 use std::fs::File;
@@ -138,21 +139,21 @@ impl SafeTensorsFile {
 
     /// The elements of a tensor whose range was validated, decoded by `from_le`. A file is read
     /// in pieces of [`READ_PIECE`] bytes, so decoding needs no second copy of the tensor.
-    fn decode<T, const B: usize>(
+    fn decode<T: Copy + Default, const B: usize>(
         &self,
         info: &TensorInfo,
         from_le: fn([u8; B]) -> T,
-    ) -> Result<Vec<T>> {
+    ) -> Result<Array1<T>> {
         let (start, end) = info.data_offsets;
         let at = self.data_start as usize + start;
-        let decode_into = |bytes: &[u8], out: &mut Vec<T>| {
+        let decode_into = |bytes: &[u8], out: &mut aligned::Buffer<T>| {
             out.extend(
                 bytes
                     .chunks_exact(B)
                     .map(|c| from_le(c.try_into().expect("chunks_exact yields B bytes"))),
             )
         };
-        let mut out = Vec::with_capacity((end - start) / B);
+        let mut out = aligned::Buffer::with_capacity((end - start) / B);
         match &self.backing {
             Backing::Bytes(b) => decode_into(&b[at..at + (end - start)], &mut out),
             Backing::File(file, path) => {
@@ -172,12 +173,13 @@ impl SafeTensorsFile {
                 }
             }
         }
-        Ok(out)
+        Ok(out.into_array())
     }
 }
 
-fn array<T>(name: &str, shape: &[usize], values: Vec<T>) -> Result<ArrayD<T>> {
-    ArrayD::from_shape_vec(IxDyn(shape), values)
+fn array<T>(name: &str, shape: &[usize], values: Array1<T>) -> Result<ArrayD<T>> {
+    values
+        .into_shape_with_order(IxDyn(shape))
         .map_err(|e| format_error(format!("tensor `{name}`: {e}")))
 }
 
