@@ -2,27 +2,26 @@
 //! F16C: the prefill path of [`Linear::forward`](super::Linear::forward) where the CPU has one
 //! of them ([`Isa`]).
 //!
-//! Both operands are packed first: the rows of `xs` once per product into groups of [`MR`]
-//! rows (`group[k][i]`, [`PackedRows`]), the weight (`[out, in]`, f32, f16 or bf16) a block
-//! of output columns at a time, widened to f32 and transposed into panels of [`NR`] columns
-//! (`panel[k][c]`), 16 × 16 values at a time in registers. Each micro-tile keeps `MR` rows ×
-//! `NR` columns of the result in 24 of the 32 vector registers and, per step along `k`, loads
-//! two panel vectors and broadcasts one activation per row: 24 multiply-adds for 14 loads,
-//! over [`DEPTH`] values of `k` before moving to the next tile. Where the CPU has two 512-bit
-//! FMA units this is twice the arithmetic per cycle of the AVX2 kernel underneath ndarray's
-//! product (measured on a 2-core Xeon with AVX-512: 2.5-3.5× its f32 throughput at the 0.1B
-//! model's shapes on two threads, 145-210 GFLOP/s of a 262 GFLOP/s FMA peak). With AVX2 the
-//! same packed operands go through 6 × 16 parts of each micro-tile, 12 accumulators of the 16
-//! registers.
+//! Both operands are packed first, for the instruction set's micro-tile of `MR` rows × `NR`
+//! columns ([`Isa::tile`]: 12 × 32 with AVX-512, 6 × 16 with AVX2): the rows of `xs` once per
+//! product into groups of `MR` rows (`group[k][i]`, [`PackedRows`]), the weight (`[out, in]`,
+//! f32, f16 or bf16) a block of output columns at a time, widened to f32 and transposed into
+//! panels of `NR` columns (`panel[k][c]`), a square of register width at a time. Each
+//! micro-tile keeps its `MR × NR` results in registers (24 of the 32 with AVX-512, 12 of the
+//! 16 with AVX2) and, per step along `k`, loads two panel vectors and broadcasts one activation
+//! per row, over [`DEPTH`] values of `k` before moving to the next tile. Where the CPU has two
+//! 512-bit FMA units this is twice the arithmetic per cycle of the AVX2 kernel underneath
+//! ndarray's product (measured on a 2-core Xeon with AVX-512: 2.5-3.5× its f32 throughput at
+//! the 0.1B model's shapes on two threads, 145-210 GFLOP/s of a 262 GFLOP/s FMA peak). With
+//! AVX2 each tile has panels and row groups of its own width, so a tile's operands are
+//! contiguous: running the 12 × 32 layout in four 6 × 16 parts, each part read every other
+//! cache line of its panel, half of L1's sets, and ran about 10% slower on a Zen 3 core.
 
 use super::kernels::Weight;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// Rows of `xs` per micro-tile.
-const MR: usize = 12;
-
-/// Output columns per micro-tile and per panel: two 16-lane registers.
-const NR: usize = 32;
+/// The most output columns of a micro-tile and a panel (two 16-lane registers).
+const MAX_NR: usize = 32;
 
 /// Bytes of packed weights per block of output columns: the block stays in L2 while every row
 /// of `xs` passes over it.
@@ -40,9 +39,9 @@ const TRANSPOSE_PREFETCH_BYTES: usize = 512;
 /// The vector instructions a product runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512F: the `MR × NR` micro-tile in 24 of the 32 registers.
+    /// AVX-512F: a 12 × 32 micro-tile in 24 of the 32 registers.
     Avx512,
-    /// AVX2, FMA and F16C: the micro-tile in four 6 × 16 parts, 12 of the 16 registers each.
+    /// AVX2, FMA and F16C: a 6 × 16 micro-tile in 12 of the 16 registers.
     Avx2,
 }
 
@@ -65,45 +64,53 @@ impl Isa {
         }
     }
 
+    /// Rows of `xs` and output columns per micro-tile, which are also the widths of the
+    /// packed row groups and weight panels.
+    const fn tile(self) -> (usize, usize) {
+        match self {
+            Isa::Avx512 => (12, 32),
+            Isa::Avx2 => (6, 16),
+        }
+    }
+
     /// The widest this CPU has, if any.
     pub fn best() -> Option<Isa> {
         Isa::ALL.into_iter().find(|isa| isa.runs_here())
     }
 }
 
-/// Whether [`product`] can run on this CPU.
-pub(crate) fn available() -> bool {
-    Isa::best().is_some()
-}
-
-/// The rows of `xs` (`[T, K]`) packed for [`product`]: `⌈T / MR⌉` groups of `K · MR` values,
-/// `group[p · MR + i]` = row `i` of the group, element `p`, zero past the last row. Packed once
-/// and shared by every block of output columns.
+/// The rows of `xs` (`[T, K]`) packed for [`product`] with one instruction set's micro-tile
+/// of `MR` rows ([`Isa::tile`]): `⌈T / MR⌉` groups of `K · MR` values, `group[p · MR + i]` =
+/// row `i` of the group, element `p`, zero past the last row. Packed once and shared by every
+/// block of output columns.
 pub(crate) struct PackedRows {
     groups: Vec<Line>,
+    isa: Isa,
     t: usize,
     k: usize,
 }
 
 impl PackedRows {
-    /// Packs `xs`.
-    pub(crate) fn new(xs: ArrayView2<f32>) -> PackedRows {
-        PackedRows::packed_with(Isa::best(), xs)
+    /// `xs` packed for this CPU's widest instruction set, or `None` if [`product`] does not
+    /// run here.
+    pub(crate) fn new(xs: ArrayView2<f32>) -> Option<PackedRows> {
+        Some(PackedRows::packed_with(Isa::best()?, xs))
     }
 
-    /// Packs `xs` with `isa`'s transpose (the plain loop for `None`).
-    fn packed_with(isa: Option<Isa>, xs: ArrayView2<f32>) -> PackedRows {
+    /// Packs `xs` for `isa`'s micro-tile, with its transpose.
+    fn packed_with(isa: Isa, xs: ArrayView2<f32>) -> PackedRows {
         let (t, k) = xs.dim();
+        let (mr, _) = isa.tile();
         let xs = xs.as_standard_layout();
         let mut groups = Vec::new();
-        let flat = resized(&mut groups, t.div_ceil(MR) * k * MR);
+        let flat = resized(&mut groups, t.div_ceil(mr) * k * mr);
         if k > 0 {
             let values = xs.as_slice().expect("standard layout");
-            for (rows, group) in values.chunks(k * MR).zip(flat.chunks_exact_mut(k * MR)) {
-                f32::transpose_into(isa, rows, k, MR, group);
+            for (rows, group) in values.chunks(k * mr).zip(flat.chunks_exact_mut(k * mr)) {
+                f32::transpose_into(Some(isa), rows, k, mr, group);
             }
         }
-        PackedRows { groups, t, k }
+        PackedRows { groups, isa, t, k }
     }
 }
 
@@ -113,25 +120,12 @@ impl PackedRows {
 /// `w: [cols, K]`, `xs: [T, K]` (packed), `ys: [T, cols]`; `ys` must have unit column stride.
 ///
 /// # Panics
-/// If the shapes disagree, `ys`' columns are not contiguous, or the CPU has neither
-/// instruction set (see [`available`]).
+/// If the shapes disagree or `ys`' columns are not contiguous. With the kernels of the
+/// instruction set `xs` was packed for.
 #[track_caller]
-pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, ys: ArrayViewMut2<f32>) {
-    let isa = Isa::best().expect("gemm::product: the CPU has neither AVX-512F nor AVX2");
-    product_with(isa, w, xs, ys);
-}
-
-/// [`product`] with `isa`'s kernels.
-///
-/// # Panics
-/// As [`product`], and if the CPU lacks `isa`.
-#[track_caller]
-fn product_with<T: Weight>(
-    isa: Isa,
-    w: ArrayView2<T>,
-    xs: &PackedRows,
-    mut ys: ArrayViewMut2<f32>,
-) {
+pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: ArrayViewMut2<f32>) {
+    let isa = xs.isa;
+    let (mr, nr) = isa.tile();
     let (cols, k) = w.dim();
     let t = xs.t;
     assert_eq!(xs.k, k, "gemm::product: input width");
@@ -150,30 +144,30 @@ fn product_with<T: Weight>(
     }
     let ldy = ys.strides()[0];
     let y0 = ys.as_mut_ptr();
-    let block_cols = (BLOCK_BYTES / (k * 4)).max(NR) / NR * NR;
+    let block_cols = (BLOCK_BYTES / (k * 4)).max(nr) / nr * nr;
     let w = w.as_standard_layout();
     let weights = w.as_slice().expect("standard layout");
     let mut panels = Vec::new();
     for c0 in (0..cols).step_by(block_cols) {
         let c1 = (c0 + block_cols).min(cols);
-        let flat = resized(&mut panels, (c1 - c0).div_ceil(NR) * k * NR);
+        let flat = resized(&mut panels, (c1 - c0).div_ceil(nr) * k * nr);
         for (strip, panel) in weights[c0 * k..c1 * k]
-            .chunks(k * NR)
-            .zip(flat.chunks_exact_mut(k * NR))
+            .chunks(k * nr)
+            .zip(flat.chunks_exact_mut(k * nr))
         {
-            T::transpose_into(Some(isa), strip, k, NR, panel);
+            T::transpose_into(Some(isa), strip, k, nr, panel);
         }
         for k0 in (0..k).step_by(DEPTH) {
             let k1 = (k0 + DEPTH).min(k);
-            for (g, t0) in (0..t).step_by(MR).enumerate() {
-                let x = &lines(&xs.groups, g, k * MR)[k0 * MR..k1 * MR];
-                for (p, s0) in (c0..c1).step_by(NR).enumerate() {
+            for (g, t0) in (0..t).step_by(mr).enumerate() {
+                let x = &lines(&xs.groups, g, k * mr)[k0 * mr..k1 * mr];
+                for (p, s0) in (c0..c1).step_by(nr).enumerate() {
                     let tile = Tile {
                         x,
                         k: k1 - k0,
-                        panel: &lines(&panels, p, k * NR)[k0 * NR..k1 * NR],
-                        m: MR.min(t - t0),
-                        width: NR.min(c1 - s0),
+                        panel: &lines(&panels, p, k * nr)[k0 * nr..k1 * nr],
+                        m: mr.min(t - t0),
+                        width: nr.min(c1 - s0),
                         accumulate: k0 > 0,
                     };
                     #[cfg(target_arch = "x86_64")]
@@ -202,7 +196,8 @@ struct Line([f32; 16]);
 
 /// One micro-tile's inputs: `MR` packed rows of `x` (`x[p · MR + i]` = row `i`, element `p`),
 /// one panel of `k · NR` weights (`panel[p · NR + c]` = weight row `c`, element `p`), and how
-/// many of the product's rows and columns are wanted.
+/// many of the product's rows and columns are wanted (`MR × NR` is the instruction set's
+/// [`Isa::tile`]).
 struct Tile<'a> {
     x: &'a [f32],
     k: usize,
@@ -240,7 +235,7 @@ fn resized(lines: &mut Vec<Line>, n: usize) -> &mut [f32] {
 pub trait Pack: Sized {
     /// `dst[p · width + i] = src[i · k + p]` widened to f32 for the `src.len() / k ≤ width`
     /// rows of `src` (`k` values each), and zero for the rows past them: `dst` holds
-    /// `k · width` values, `width` is at most [`NR`]. With `isa`'s registers (the plain loop
+    /// `k · width` values, `width` is at most [`MAX_NR`]. With `isa`'s registers (the plain loop
     /// for `None`).
     ///
     /// # Panics
@@ -260,7 +255,7 @@ macro_rules! pack_impl {
             ) {
                 let n = src.len() / k.max(1);
                 assert!(
-                    n <= width && width <= NR && src.len() == n * k && dst.len() == k * width,
+                    n <= width && width <= MAX_NR && src.len() == n * k && dst.len() == k * width,
                     "Pack::transpose_into: shapes"
                 );
                 assert!(
@@ -353,9 +348,12 @@ macro_rules! transposes {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::kernels::avx512::{load_bf16, load_f16, load_f32};
-    use super::{Tile, MR, NR};
+    use super::{Isa, Tile};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
+
+    const MR: usize = Isa::Avx512.tile().0;
+    const NR: usize = Isa::Avx512.tile().1;
 
     /// The mask of the first `lanes` (at most 16) lanes of a register.
     fn first_lanes(lanes: usize) -> __mmask16 {
@@ -468,15 +466,12 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::kernels::avx2::{load_bf16, load_f16, load_f32};
-    use super::{Tile, MR, NR};
+    use super::{Isa, Tile};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
-    /// Rows of the micro-tile per part.
-    const PART_ROWS: usize = 6;
-
-    /// Columns of the micro-tile per part: two 8-lane registers.
-    const PART_COLS: usize = 16;
+    const MR: usize = Isa::Avx2.tile().0;
+    const NR: usize = Isa::Avx2.tile().1;
 
     /// The mask of the first `lanes` (at most 8) lanes of a register.
     #[inline]
@@ -526,8 +521,7 @@ mod avx2 {
         transpose_bf16: bf16 = load_bf16,
     );
 
-    /// Writes the `tile.m × tile.width` product of one micro-tile to `y` (row stride `ldy`),
-    /// one 6 × 16 part at a time.
+    /// Writes the `tile.m × tile.width` product of one micro-tile to `y` (row stride `ldy`).
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; `tile.x` holds `tile.k · MR` values, `tile.panel`
@@ -536,65 +530,57 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile(tile: &Tile, y: *mut f32, ldy: isize) {
         assert!(tile.x.len() >= tile.k * MR && tile.panel.len() >= tile.k * NR);
-        for r0 in (0..tile.m).step_by(PART_ROWS) {
-            for c0 in (0..tile.width).step_by(PART_COLS) {
-                // SAFETY: forwarded from the caller; row r0 < m and column c0 < width of `y`.
-                unsafe { part(tile, r0, c0, y.offset(r0 as isize * ldy).add(c0), ldy) };
-            }
-        }
-    }
-
-    /// Rows `r0..r0 + 6` and columns `c0..c0 + 16` of a micro-tile (those of them below
-    /// `tile.m` and `tile.width`), written from `y`.
-    ///
-    /// # Safety
-    /// As for [`tile`], with `y` at row `r0 < tile.m`, column `c0 < tile.width` of its
-    /// output; `r0 + 6 ≤ MR` and `c0 + 16 ≤ NR`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn part(tile: &Tile, r0: usize, c0: usize, y: *mut f32, ldy: isize) {
         let a = tile.x.as_ptr();
         let b = tile.panel.as_ptr();
-        let mut acc = [[_mm256_setzero_ps(); 2]; PART_ROWS];
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for p in 0..tile.k {
-            // SAFETY: p < k, r0 + i < MR and c0 + 16 ≤ NR: inside `x` (k · MR values) and the
-            // panel (k · NR).
+            // SAFETY: p < k: `b[p·NR .. p·NR + NR]` and `a[p·MR .. p·MR + MR]` are inside
+            // the slices (asserted above).
             unsafe {
-                let at = b.add(p * NR + c0);
+                let at = b.add(p * NR);
                 let bv = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let x = _mm256_broadcast_ss(&*a.add(p * MR + r0 + i));
+                    let x = _mm256_broadcast_ss(&*a.add(p * MR + i));
                     row[0] = _mm256_fmadd_ps(x, bv[0], row[0]);
                     row[1] = _mm256_fmadd_ps(x, bv[1], row[1]);
                 }
             }
         }
-        let lanes = |v: usize| (tile.width - c0).saturating_sub(8 * v).min(8);
-        let masks = [first_lanes(lanes(0)), first_lanes(lanes(1))];
-        for (i, row) in acc.iter().enumerate().take(tile.m - r0) {
-            for v in 0..2 {
-                if lanes(v) == 0 {
-                    break;
-                }
-                // SAFETY: row `r0 + i < m` of the output has `width` writable values (caller)
-                // and column c0 + 8·v is one of them; lanes past `width` are masked off, so
-                // they are neither read nor written.
+        let lanes = |v: usize| tile.width.saturating_sub(8 * v).min(8);
+        for (i, row) in acc.iter().enumerate().take(tile.m) {
+            for (v, &sum) in row.iter().enumerate() {
+                // SAFETY: row `i < m` of `y` has `width` writable values (caller); the stores
+                // below cover columns 8·v .. 8·v + lanes(v) of them.
                 unsafe {
                     let out = y.offset(i as isize * ldy).add(8 * v);
-                    let mut sum = row[v];
-                    if tile.accumulate {
-                        sum = _mm256_add_ps(sum, _mm256_maskload_ps(out, masks[v]));
+                    match lanes(v) {
+                        0 => {}
+                        // A whole register: plain loads and stores (masked ones are slow on
+                        // AMD cores).
+                        8 => {
+                            let add = if tile.accumulate {
+                                _mm256_loadu_ps(out)
+                            } else {
+                                _mm256_setzero_ps()
+                            };
+                            _mm256_storeu_ps(out, _mm256_add_ps(sum, add));
+                        }
+                        // Lanes past `width` are masked off: neither read nor written.
+                        n => {
+                            let mask = first_lanes(n);
+                            let mut sum = sum;
+                            if tile.accumulate {
+                                sum = _mm256_add_ps(sum, _mm256_maskload_ps(out, mask));
+                            }
+                            _mm256_maskstore_ps(out, mask, sum);
+                        }
                     }
-                    _mm256_maskstore_ps(out, masks[v], sum);
                 }
             }
         }
     }
 
-    const _: () = assert!(
-        MR.is_multiple_of(PART_ROWS) && NR.is_multiple_of(PART_COLS),
-        "the parts cover the micro-tile"
-    );
+    const _: () = assert!(NR == 16, "two 8-lane registers per row of the micro-tile");
 }
 
 #[cfg(test)]
@@ -629,10 +615,9 @@ mod tests {
             let xs = Array2::from_shape_fn((t, k), |(i, j)| ((i * 5 + j) % 13) as f32 / 6.0 - 1.0);
             // A strided output: the product lands in the middle columns of a wider array.
             let mut wide = Array2::from_elem((t, cols + 5), 7.0f32);
-            product_with(
-                isa,
+            product(
                 w.view(),
-                &PackedRows::packed_with(Some(isa), xs.view()),
+                &PackedRows::packed_with(isa, xs.view()),
                 wide.slice_mut(s![.., 2..2 + cols]),
             );
             for ti in 0..t {
@@ -666,6 +651,10 @@ mod tests {
             (17, 70, 32),
             (3, 15, 32),
             (9, 24, 12),
+            (6, 20, 6),
+            (4, 9, 6),
+            (16, 40, 16),
+            (3, 17, 16),
         ] {
             let src: Vec<T> = (0..n * k)
                 .map(|i| from(((i * 7) % 23) as f32 - 11.0))

@@ -288,7 +288,7 @@ fn blocked_gemm<T: Weight>(
     mut ys: ArrayViewMut2<f32>,
 ) {
     let (out, inp) = w.dim();
-    let packed = gemm::available().then(|| gemm::PackedRows::new(xs));
+    let packed = gemm::PackedRows::new(xs);
     let run = |(w_block, mut y_block): (ArrayView2<T>, ArrayViewMut2<f32>)| {
         if let Some(packed) = &packed {
             gemm::product(w_block, packed, y_block);
