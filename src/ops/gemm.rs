@@ -20,8 +20,8 @@
 use super::kernels::Weight;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// The most output columns of a micro-tile and a panel (two 16-lane registers).
-const MAX_NR: usize = 32;
+/// The most output columns of a micro-tile and a panel: the widest tile's.
+const MAX_NR: usize = Isa::Avx512.tile().1;
 
 /// Bytes of packed weights per block of output columns: the block stays in L2 while every row
 /// of `xs` passes over it.
@@ -546,34 +546,33 @@ mod avx2 {
                 }
             }
         }
-        let lanes = |v: usize| tile.width.saturating_sub(8 * v).min(8);
         for (i, row) in acc.iter().enumerate().take(tile.m) {
             for (v, &sum) in row.iter().enumerate() {
-                // SAFETY: row `i < m` of `y` has `width` writable values (caller); the stores
-                // below cover columns 8·v .. 8·v + lanes(v) of them.
+                let n = tile.width.saturating_sub(8 * v).min(8);
+                if n == 0 {
+                    break;
+                }
+                // A whole register takes plain loads and stores (masked ones are slow on AMD
+                // cores); in a partial one the lanes past `width` are masked off, neither read
+                // nor written.
+                // SAFETY: row `i < m` of `y` has `width` writable values (caller), and columns
+                // 8·v .. 8·v + n are among them.
                 unsafe {
                     let out = y.offset(i as isize * ldy).add(8 * v);
-                    match lanes(v) {
-                        0 => {}
-                        // A whole register: plain loads and stores (masked ones are slow on
-                        // AMD cores).
-                        8 => {
-                            let add = if tile.accumulate {
-                                _mm256_loadu_ps(out)
-                            } else {
-                                _mm256_setzero_ps()
-                            };
-                            _mm256_storeu_ps(out, _mm256_add_ps(sum, add));
-                        }
-                        // Lanes past `width` are masked off: neither read nor written.
-                        n => {
-                            let mask = first_lanes(n);
-                            let mut sum = sum;
-                            if tile.accumulate {
-                                sum = _mm256_add_ps(sum, _mm256_maskload_ps(out, mask));
-                            }
-                            _mm256_maskstore_ps(out, mask, sum);
-                        }
+                    let mut sum = sum;
+                    let mask = first_lanes(n);
+                    if tile.accumulate {
+                        let before = if n == 8 {
+                            _mm256_loadu_ps(out)
+                        } else {
+                            _mm256_maskload_ps(out, mask)
+                        };
+                        sum = _mm256_add_ps(sum, before);
+                    }
+                    if n == 8 {
+                        _mm256_storeu_ps(out, sum);
+                    } else {
+                        _mm256_maskstore_ps(out, mask, sum);
                     }
                 }
             }
