@@ -111,12 +111,17 @@ impl ChannelMix {
         let sc = scratch;
         shift::advance_into(x, x_prev, sc.delta.view_mut());
         shift::mix_into(x, sc.delta.view(), self.maa_k.view(), sc.xk.view_mut());
-        team.matvec_into(&self.key, sc.xk.view(), sc.k.view_mut());
+        let key = (&self.key, sc.xk.view(), sc.k.view_mut());
+        match &self.receptance {
+            Some(gate) => {
+                shift::mix_into(x, sc.delta.view(), gate.maa_r.view(), sc.xr.view_mut());
+                team.matvecs_into([key, (&gate.weight, sc.xr.view(), sc.r.view_mut())]);
+            }
+            None => team.matvecs_into([key]),
+        }
         relu_squared(&mut sc.k);
         team.matvec_into(&self.value, sc.k.view(), out.view_mut());
-        if let Some(gate) = &self.receptance {
-            shift::mix_into(x, sc.delta.view(), gate.maa_r.view(), sc.xr.view_mut());
-            team.matvec_into(&gate.weight, sc.xr.view(), sc.r.view_mut());
+        if self.receptance.is_some() {
             sigmoid(&mut sc.r);
             out *= &sc.r;
         }

@@ -159,9 +159,11 @@ impl Model {
             xn: Array1::zeros(c),
             v_first: Array1::zeros(c),
             block: last.scratch(),
+            // The largest joint products: a time-mix's projections of its mixed rows (up
+            // to seven of width C for RWKV-7), the channel-mix's key and receptance.
             team: TeamBuffers::new(
-                c.max(self.config.dim_ffn),
-                self.config.vocab.max(self.config.dim_ffn),
+                (8 * c).max(self.config.dim_ffn + c),
+                self.config.vocab.max(self.config.dim_ffn + c).max(8 * c),
                 1,
             ),
         }

@@ -383,10 +383,12 @@ impl Rwkv4TimeMix {
         shift::mix_into(x, d, self.maa_k.view(), sc.xk.view_mut());
         shift::mix_into(x, d, self.maa_v.view(), sc.xv.view_mut());
         shift::mix_into(x, d, self.maa_r.view(), sc.xr.view_mut());
-        team.matvec_into(&self.receptance, sc.xr.view(), sc.r.view_mut());
+        team.matvecs_into([
+            (&self.receptance, sc.xr.view(), sc.r.view_mut()),
+            (&self.key, sc.xk.view(), sc.k.view_mut()),
+            (&self.value, sc.xv.view(), sc.v.view_mut()),
+        ]);
         sigmoid(&mut sc.r);
-        team.matvec_into(&self.key, sc.xk.view(), sc.k.view_mut());
-        team.matvec_into(&self.value, sc.xv.view(), sc.v.view_mut());
         // The WKV goes into `xk`, then `σ(r) ⊙ wkv`.
         wkv4_step_into(
             sc.k.view(),

@@ -139,22 +139,21 @@ impl WkvOutput {
     }
 
     /// One token of `W_o (GroupNorm(y) ⊙ silu(W_g x_g))` into `out`, with `y` normalised and
-    /// gated in place and `g` as scratch (no allocation); `xg` is ignored when there is no gate.
+    /// gated in place and `g` holding `W_g x_g` on entry (the caller runs that product
+    /// together with the others of its input row); `g` is ignored when there is no gate.
     ///
     /// # Shapes
-    /// `y, xg, g, out: [C]`.
+    /// `y, g, out: [C]`.
     #[track_caller]
     pub(crate) fn step_into<'w>(
         &'w self,
         mut y: ArrayViewMut1<f32>,
-        xg: ArrayView1<f32>,
         mut g: ArrayViewMut1<f32>,
         out: ArrayViewMut1<f32>,
         team: &Team<'_, 'w>,
     ) {
         self.ln_x.forward_one_inplace(y.view_mut());
-        if let Some(gate) = &self.gate {
-            team.matvec_into(gate, xg, g.view_mut());
+        if self.gate.is_some() {
             silu(&mut g);
             y *= &g;
         }
@@ -348,9 +347,13 @@ impl Rwkv5TimeMix {
             }
         }
         let m = &sc.mixed;
-        team.matvec_into(&self.key, m.row(1), sc.k.view_mut());
-        team.matvec_into(&self.value, m.row(2), sc.v.view_mut());
-        team.matvec_into(&self.receptance, m.row(3), sc.r.view_mut());
+        let k = (&self.key, m.row(1), sc.k.view_mut());
+        let v = (&self.value, m.row(2), sc.v.view_mut());
+        let r = (&self.receptance, m.row(3), sc.r.view_mut());
+        match &self.out.gate {
+            Some(gate) => team.matvecs_into([k, v, r, (gate, m.row(4), sc.g.view_mut())]),
+            None => team.matvecs_into([k, v, r]),
+        }
         wkv::step_into(
             sc.r.view(),
             sc.k.view(),
@@ -361,7 +364,7 @@ impl Rwkv5TimeMix {
             sc.y.view_mut(),
         );
         self.out
-            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out, team);
+            .step_into(sc.y.view_mut(), sc.g.view_mut(), out, team);
     }
 }
 

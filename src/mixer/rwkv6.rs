@@ -168,10 +168,14 @@ impl Rwkv6TimeMix {
             team,
         );
         let m = &sc.mixed;
-        team.matvec_into(&self.receptance, m.row(3), sc.r.view_mut());
-        team.matvec_into(&self.key, m.row(1), sc.k.view_mut());
-        team.matvec_into(&self.value, m.row(2), sc.v.view_mut());
-        team.matvec_into(&self.decay_w1, m.row(0), sc.z_decay.view_mut());
+        let r = (&self.receptance, m.row(3), sc.r.view_mut());
+        let k = (&self.key, m.row(1), sc.k.view_mut());
+        let v = (&self.value, m.row(2), sc.v.view_mut());
+        let w1 = (&self.decay_w1, m.row(0), sc.z_decay.view_mut());
+        match &self.out.gate {
+            Some(gate) => team.matvecs_into([r, k, v, w1, (gate, m.row(4), sc.g.view_mut())]),
+            None => team.matvecs_into([r, k, v, w1]),
+        }
         sc.z_decay.mapv_inplace(f32::tanh);
         team.matvec_into(&self.decay_w2, sc.z_decay.view(), sc.w.view_mut());
         Zip::from(&mut sc.w)
@@ -192,7 +196,7 @@ impl Rwkv6TimeMix {
             sc.y.view_mut(),
         );
         self.out
-            .step_into(sc.y.view_mut(), m.row(4), sc.g.view_mut(), out, team);
+            .step_into(sc.y.view_mut(), sc.g.view_mut(), out, team);
     }
 }
 

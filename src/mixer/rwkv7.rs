@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::ops::{join4, shift, sigmoid, GroupNorm, Linear, Team};
 use crate::weights::Scope;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
 /// The decay scale `0.606531 ≈ e^{−1/2}`, as the official code writes it: `w = exp(−0.606531 σ(·))`.
 pub const DECAY_SCALE: f32 = 0.606_531;
@@ -59,27 +59,6 @@ impl Lora {
             a: att.low_rank(&format!("{name}1"), c, d)?,
             b: att.low_rank(&format!("{name}2"), d, c)?,
         })
-    }
-
-    /// One vector: `inner(x A) B` into `out`, with `mid` (at least `D` long) as scratch and
-    /// the products where `team` says.
-    fn step_into<'w>(
-        &'w self,
-        x: ArrayView1<f32>,
-        mid: &mut Array1<f32>,
-        out: ArrayViewMut1<f32>,
-        inner: impl FnOnce(ArrayViewMut1<f32>),
-        team: &Team<'_, 'w>,
-    ) {
-        let d = self.a.dim().0;
-        assert!(
-            mid.len() >= d,
-            "Rwkv7TimeMix: scratch made for another layer shape"
-        );
-        let mut z = mid.slice_mut(s![..d]);
-        team.matvec_into(&self.a, x, z.view_mut());
-        inner(z.view_mut());
-        team.matvec_into(&self.b, z.view(), out);
     }
 
     /// `inner(x A) B`.
@@ -371,7 +350,8 @@ pub struct Rwkv7Scratch {
     /// The value residual's mix.
     mix: Array1<f32>,
     y: Array1<f32>,
-    /// Low-rank intermediates, as long as the widest LoRA.
+    /// Low-rank intermediates of the decay, in-context rate, gate and value residual, one
+    /// after the other.
     mid: Array1<f32>,
 }
 
@@ -381,12 +361,11 @@ impl Rwkv7TimeMix {
     pub fn scratch(&self) -> Rwkv7Scratch {
         let c = self.w0.len();
         let z = || Array1::zeros(c);
-        let mid = [&self.decay, &self.iclr, &self.gate]
+        let mid: usize = [&self.decay, &self.iclr, &self.gate]
             .into_iter()
             .chain(self.value_residual.as_ref().map(|r| &r.lora))
             .map(|l| l.a.dim().0)
-            .max()
-            .unwrap_or(0);
+            .sum();
         Rwkv7Scratch {
             delta: z(),
             mixed: Array2::zeros((6, c)),
@@ -436,30 +415,52 @@ impl Rwkv7TimeMix {
         }
         let m = &sc.mixed;
         let (xr, xw, xk, xv, xa, xg) = (m.row(0), m.row(1), m.row(2), m.row(3), m.row(4), m.row(5));
-        team.matvec_into(&self.receptance, xr, sc.r.view_mut());
-        team.matvec_into(&self.key, xk, sc.k.view_mut());
-        team.matvec_into(&self.value, xv, sc.v.view_mut());
-        self.decay.step_into(
-            xw,
-            &mut sc.mid,
-            sc.w.view_mut(),
-            |mut z| z.mapv_inplace(f32::tanh),
-            team,
+        let ranks = [&self.decay, &self.iclr, &self.gate].map(|l| l.a.dim().0);
+        let residual = self.value_residual.as_ref().zip(v_first.as_ref());
+        let rank_v = residual.map_or(0, |(res, _)| res.lora.a.dim().0);
+        assert!(
+            sc.mid.len() >= ranks.iter().sum::<usize>() + rank_v,
+            "Rwkv7TimeMix: scratch made for another layer shape"
         );
+        let (mut zw, rest) = sc.mid.view_mut().split_at(Axis(0), ranks[0]);
+        let (mut za, rest) = rest.split_at(Axis(0), ranks[1]);
+        let (mut zg, rest) = rest.split_at(Axis(0), ranks[2]);
+        let mut zv = rest.slice_move(s![..rank_v]);
+        // The products of the mixed rows, then the LoRAs' second halves: two joint jobs.
+        let first = [
+            (&self.receptance, xr, sc.r.view_mut()),
+            (&self.key, xk, sc.k.view_mut()),
+            (&self.value, xv, sc.v.view_mut()),
+            (&self.decay.a, xw, zw.view_mut()),
+            (&self.iclr.a, xa, za.view_mut()),
+            (&self.gate.a, xg, zg.view_mut()),
+        ];
+        match residual {
+            Some((res, _)) => {
+                let [r, k, v, w, a, g] = first;
+                team.matvecs_into([r, k, v, w, a, g, (&res.lora.a, xv, zv.view_mut())]);
+            }
+            None => team.matvecs_into(first),
+        }
+        zw.mapv_inplace(f32::tanh);
+        sigmoid(&mut zg);
+        let second = [
+            (&self.decay.b, zw.view(), sc.w.view_mut()),
+            (&self.iclr.b, za.view(), sc.a.view_mut()),
+            (&self.gate.b, zg.view(), sc.g.view_mut()),
+        ];
+        match residual {
+            Some((res, _)) => {
+                let [w, a, g] = second;
+                team.matvecs_into([w, a, g, (&res.lora.b, zv.view(), sc.mix.view_mut())]);
+            }
+            None => team.matvecs_into(second),
+        }
         Zip::from(&mut sc.w)
             .and(&self.w0)
             .for_each(|w, &w0| *w = (-DECAY_SCALE / (1.0 + (-(*w + w0)).exp())).exp());
-        self.iclr
-            .step_into(xa, &mut sc.mid, sc.a.view_mut(), |_| (), team);
         sc.a += &self.a0;
         sigmoid(&mut sc.a);
-        self.gate.step_into(
-            xg,
-            &mut sc.mid,
-            sc.g.view_mut(),
-            |mut z| sigmoid(&mut z),
-            team,
-        );
 
         Zip::from(&mut sc.kappa)
             .and(&sc.k)
@@ -475,8 +476,6 @@ impl Rwkv7TimeMix {
             .for_each(|k, &a, &ka| *k *= 1.0 + (a - 1.0) * ka);
         match (&self.value_residual, v_first) {
             (Some(res), Some(first)) => {
-                res.lora
-                    .step_into(xv, &mut sc.mid, sc.mix.view_mut(), |_| (), team);
                 sc.mix += &res.v0;
                 sigmoid(&mut sc.mix);
                 Zip::from(&mut sc.v)

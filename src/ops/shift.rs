@@ -210,8 +210,13 @@ impl Ddlerp {
         mix_into(x, delta, self.maa_x.view(), tmp.view_mut());
         team.matvec_into(&self.w1, tmp.view(), z.view_mut());
         z.mapv_inplace(f32::tanh);
+        let z = z.view();
+        let mut rows = out.rows_mut().into_iter();
+        team.matvecs_into(std::array::from_fn::<_, 5, _>(|s| {
+            let o = rows.next().expect("five rows");
+            (&self.w2[s], z.slice_move(s![s * d..(s + 1) * d]), o)
+        }));
         for (s, mut o) in out.rows_mut().into_iter().enumerate() {
-            team.matvec_into(&self.w2[s], z.slice(s![s * d..(s + 1) * d]), o.view_mut());
             Zip::from(&mut o)
                 .and(&self.maa.row(s))
                 .and(&x)

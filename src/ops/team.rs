@@ -5,31 +5,33 @@
 //! recurrence). A fork-join per product makes every product wait for its slowest thread, and a
 //! worker that shares its core with another process can be descheduled for milliseconds in the
 //! middle of its share. In a [`with_team`] run the calling thread (the *lead*) runs the whole
-//! token: for each product it publishes the weight and the input, and every participant (the
-//! lead and the *helpers*, rayon workers that joined the run) takes row chunks of the output
-//! one at a time, first from its own segment of consecutive rows (so each thread reads the
-//! weight as one stream), then from the others'. When no chunk is left to take, the lead
-//! computes itself every chunk a helper took but has not finished and moves on; a helper's
-//! late result is then discarded. The lead waits only for a helper that is copying a finished
-//! chunk out (a few hundred nanoseconds), so a slow or absent helper costs at most its
-//! unfinished chunk, never a scheduler time slice.
+//! token: for each product, or each group of independent products ([`Team::matvecs_into`]:
+//! the threads then meet once for the group), it publishes the weights and the inputs, and
+//! every participant (the lead and the *helpers*, rayon workers that joined the run) takes
+//! row chunks of the outputs one at a time, first from its own segment of consecutive rows (so
+//! each thread reads the weights as one stream), then from the others'. When no chunk is left
+//! to take, the lead computes itself every chunk a helper took but has not finished and moves
+//! on; a helper's late result is then discarded. The lead waits only for a helper that is
+//! copying a finished chunk out (a few hundred nanoseconds), so a slow or absent helper costs
+//! at most its unfinished chunk, never a scheduler time slice.
 //!
 //! Every shared value is an atomic or behind a mutex: the module has no `unsafe`.
 //!
-//! Protocol. Products are numbered by an *epoch* `e`. `seq` is `2e` while product `e` is published
-//! and odd while the lead rewrites the job and the input (a sequence lock: a helper copies the
-//! input, then checks that `seq` did not move). Each participant's `next` holds `e << 32 | k`:
+//! Protocol. Jobs (one product or a group) are numbered by an *epoch* `e`; a job's chunks are
+//! numbered one after the other over its products. `seq` is `2e` while job `e` is published
+//! and odd while the lead rewrites the job and the inputs (a sequence lock: a helper copies the
+//! inputs, then checks that `seq` did not move). Each participant's `next` holds `e << 32 | k`:
 //! chunk `k` is the next to take in its segment. Each chunk has a status word `epoch << 2 |
-//! status`: a helper that finished chunk `c` of product `e` may claim it only while its word's
-//! epoch is below `e` (`WRITING`), copies its rows into the shared output and marks it `DONE`; the
-//! lead marks the chunks it computes `TAKEN`. After the lead's sweep every chunk of product `e` is
-//! `DONE` or `TAKEN` with epoch `e`, so no helper still working on `e` can claim anything
+//! status`: a helper that finished chunk `c` of job `e` may claim it only while its word's
+//! epoch is below `e` (`WRITING`), copies its rows into the shared output and marks it `DONE`;
+//! the lead marks the chunks it computes `TAKEN`. After the lead's sweep every chunk of job `e`
+//! is `DONE` or `TAKEN` with epoch `e`, so no helper still working on `e` can claim anything
 //! afterwards.
 //! Epochs keep growing from run to run (the buffers remember the last one).
 
 use super::aligned;
 use super::linear::Linear;
-use ndarray::{Array1, ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -99,7 +101,9 @@ struct HelperScratch {
 impl TeamBuffers {
     /// Buffers for products of at most `max_in` inputs and `max_out` outputs over at most
     /// `rows` input rows (at most [`MAX_ROWS`]), with one helper per rayon thread beyond the
-    /// calling one (`rayon::current_num_threads() − 1`).
+    /// calling one (`rayon::current_num_threads() − 1`). Products published together
+    /// ([`Team::matvecs_into`]) count their inputs and outputs together; a product or group
+    /// larger than that runs on the calling thread alone.
     ///
     /// # Panics
     /// If `rows` is 0 or above [`MAX_ROWS`].
@@ -127,7 +131,7 @@ impl TeamBuffers {
         let parts = Parts {
             x: zeros32(max_in * rows),
             y: zeros32(max_out * rows),
-            chunks: (0..max_out.div_ceil(CHUNK_ROWS))
+            chunks: (0..max_out.div_ceil(CHUNK_ROWS) + MAX_JOINT)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             next: (0..=helpers).map(|_| AtomicU64::new(0)).collect(),
@@ -196,7 +200,7 @@ impl<'t, 'w> Team<'t, 'w> {
     /// # Panics
     /// If the shapes do not match the weight, or `B` is above [`MAX_ROWS`].
     #[track_caller]
-    pub fn product(&self, w: &'w Linear, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>) {
+    pub fn product(&self, w: &'w Linear, xs: ArrayView2<f32>, yt: ArrayViewMut2<f32>) {
         let (out, inp) = w.dim();
         let b = xs.nrows();
         assert!(b <= MAX_ROWS, "Team::product: at most {MAX_ROWS} rows");
@@ -204,13 +208,59 @@ impl<'t, 'w> Team<'t, 'w> {
         assert_eq!(yt.dim(), (out, b), "Team::product: output shape");
         match self.0 {
             Crew::Pool => w.streamed_into(xs, yt, true),
-            Crew::Run(shared) if shared.fits(out, inp, b) && w.rows_contiguous() => {
-                match yt.as_slice_mut() {
-                    Some(y) => shared.lead(w, xs, y),
-                    None => w.streamed_into(xs, yt, false),
+            Crew::Run(shared) if w.rows_contiguous() && yt.is_standard_layout() => {
+                let y = yt.into_slice().expect("standard layout");
+                let mut entries = [Entry { w, xs, y }];
+                if shared.fits(&entries) {
+                    shared.lead(&mut entries);
+                } else {
+                    let [Entry { xs, y, .. }] = entries;
+                    let yt = ArrayViewMut2::from_shape((out, b), y).expect("sized above");
+                    w.streamed_into(xs, yt, false);
                 }
             }
             _ => w.streamed_into(xs, yt, false),
+        }
+    }
+
+    /// `y = W x` for each `(W, x, y)`: independent products that a team run publishes as one
+    /// job, so that the threads meet once for all of them instead of once per product. The
+    /// results are the bits [`Team::matvec_into`] gives for each.
+    ///
+    /// # Shapes
+    /// `x: [in]`, `y: [out]` of each product's weight.
+    ///
+    /// # Panics
+    /// If the shapes do not match the weights.
+    #[track_caller]
+    pub fn matvecs_into<const N: usize>(
+        &self,
+        products: [(&'w Linear, ArrayView1<f32>, ArrayViewMut1<f32>); N],
+    ) {
+        for (w, x, y) in &products {
+            let (out, inp) = w.dim();
+            assert_eq!(x.len(), inp, "Team::matvecs_into: input length");
+            assert_eq!(y.len(), out, "Team::matvecs_into: output length");
+        }
+        let joint = products
+            .iter()
+            .all(|(w, _, y)| w.rows_contiguous() && y.is_standard_layout());
+        if let (Crew::Run(shared), true) = (&self.0, joint) {
+            let mut entries = products.map(|(w, x, y)| Entry {
+                w,
+                xs: x.insert_axis(Axis(0)),
+                y: y.into_slice().expect("standard layout"),
+            });
+            if shared.fits(&entries) {
+                return shared.lead(&mut entries);
+            }
+            for Entry { w, xs, y } in entries {
+                self.matvec_into(w, xs.row(0), ArrayViewMut1::from(y));
+            }
+            return;
+        }
+        for (w, x, y) in products {
+            self.matvec_into(w, x, y);
         }
     }
 
@@ -399,18 +449,106 @@ fn start_helpers(shared: &Shared<'_>, slots: &[Mutex<HelperScratch>], me: usize)
     }
 }
 
-/// The product being run: the weight and the number of input rows.
+/// The most products [`Team::matvecs_into`] publishes as one job; more run in turn.
+pub const MAX_JOINT: usize = 8;
+
+/// One product of a job as the lead holds it: the weight, the input rows and where the
+/// results go (`[out, rows]`).
+struct Entry<'a, 'w> {
+    w: &'w Linear,
+    xs: ArrayView2<'a, f32>,
+    y: &'a mut [f32],
+}
+
+/// One product of the published job: its weight, and where its input, its results and its
+/// chunks start in the shared buffers.
+#[derive(Clone, Copy)]
+struct Part<'w> {
+    w: &'w Linear,
+    out: usize,
+    inp: usize,
+    /// Offsets into the input `[Σ rows·in]`, the output `[Σ out·rows]` and the chunks.
+    x_at: usize,
+    y_at: usize,
+    first_chunk: usize,
+}
+
+/// The job being run: up to [`MAX_JOINT`] products over the same number of input rows, their
+/// chunks numbered one after the other.
 #[derive(Clone, Copy)]
 struct Job<'w> {
-    w: &'w Linear,
+    parts: [Option<Part<'w>>; MAX_JOINT],
     rows: usize,
+    /// Input values and chunks over all parts.
+    x_len: usize,
+    chunks: usize,
+}
+
+impl<'w> Job<'w> {
+    /// The layout of `entries` in the shared buffers.
+    fn of(entries: &[Entry<'_, 'w>]) -> Job<'w> {
+        let rows = entries.first().map_or(1, |e| e.xs.nrows());
+        let mut job = Job {
+            parts: [None; MAX_JOINT],
+            rows,
+            x_len: 0,
+            chunks: 0,
+        };
+        let mut y_at = 0;
+        for (slot, e) in job.parts.iter_mut().zip(entries) {
+            let (out, inp) = e.w.dim();
+            *slot = Some(Part {
+                w: e.w,
+                out,
+                inp,
+                x_at: job.x_len,
+                y_at,
+                first_chunk: job.chunks,
+            });
+            job.x_len += rows * inp;
+            y_at += out * rows;
+            job.chunks += out.div_ceil(CHUNK_ROWS);
+        }
+        job
+    }
+
+    /// Output values over all parts.
+    fn y_len(&self) -> usize {
+        self.parts.iter().flatten().map(|p| p.out * self.rows).sum()
+    }
+
+    /// The part chunk `c` belongs to (its index), and the chunk's rows in that part.
+    fn locate(&self, c: usize) -> (usize, Part<'w>, Range<usize>) {
+        let (i, part) = self
+            .parts
+            .iter()
+            .flatten()
+            .enumerate()
+            .take_while(|(_, p)| p.first_chunk <= c)
+            .last()
+            .map(|(i, p)| (i, *p))
+            .expect("chunk within the job");
+        (i, part, chunk_rows(c - part.first_chunk, part.out))
+    }
+
+    /// `out[(r − rows.start) · B + j]` for the rows `rows` of `part`, from the job's inputs
+    /// `x`.
+    fn compute(&self, part: &Part<'w>, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+        let x = &x[part.x_at..part.x_at + self.rows * part.inp];
+        part.w.dot_rows(x, part.inp, rows, out);
+    }
+
+    /// Where `part`'s rows `rows` sit in the shared output.
+    fn shared_rows(&self, part: &Part<'w>, rows: &Range<usize>) -> Range<usize> {
+        part.y_at + rows.start * self.rows..part.y_at + rows.end * self.rows
+    }
 }
 
 struct Shared<'w> {
     buffers: &'w Parts,
-    /// The current product's epoch (the lead's own count).
+    /// The current job's epoch (the lead's own count).
     epoch: AtomicU64,
-    /// `2e` while product `e` is published, odd while it is written, [`FINISHED`] at the end.
+    /// `2e` while job `e` is published, odd while it is written, [`FINISHED`] at the end.
     seq: AtomicU64,
     /// Participants: the lead and the helpers that may join.
     team_size: usize,
@@ -431,19 +569,30 @@ fn tag(e: u64, status: u64) -> u64 {
 }
 
 impl<'w> Shared<'w> {
-    fn fits(&self, out: usize, inp: usize, rows: usize) -> bool {
-        let s = self.buffers.sizes;
-        out <= s.max_out && inp <= s.max_in && rows <= s.rows
+    /// Whether `entries` fit the buffers as one job (the lead's and helpers' input copies are
+    /// as long as the shared input).
+    fn fits(&self, entries: &[Entry<'_, 'w>]) -> bool {
+        let rows = entries.first().map_or(1, |e| e.xs.nrows());
+        if entries.len() > MAX_JOINT
+            || rows > self.buffers.sizes.rows
+            || entries.iter().any(|e| e.xs.nrows() != rows)
+        {
+            return false;
+        }
+        let job = Job::of(entries);
+        job.x_len <= self.buffers.x.len()
+            && job.y_len() <= self.buffers.y.len()
+            && job.chunks <= self.buffers.chunks.len()
     }
 
     /// Participant `p`'s share of the `n` chunks: consecutive rows, so that each thread reads
-    /// the weight as one stream.
+    /// the weights as one stream.
     fn segment(&self, p: usize, n: usize) -> Range<usize> {
         p * n / self.team_size..(p + 1) * n / self.team_size
     }
 
-    /// The next chunk of product `e` (of `n` chunks) for participant `me`: from its own
-    /// segment, then from the others'. `None` once every chunk is taken or the product is no
+    /// The next chunk of job `e` (of `n` chunks) for participant `me`: from its own
+    /// segment, then from the others'. `None` once every chunk is taken or the job is no
     /// longer `e`.
     fn claim(&self, me: usize, e: u64, n: usize) -> Option<usize> {
         (0..self.team_size).find_map(|i| {
@@ -454,19 +603,19 @@ impl<'w> Shared<'w> {
         })
     }
 
-    /// The lead's side of one product: publish, take chunks, sweep.
-    fn lead(&self, w: &'w Linear, xs: ArrayView2<f32>, y: &mut [f32]) {
-        let (out, inp) = w.dim();
-        let rows = xs.nrows();
+    /// The lead's side of one job (`entries` fit the buffers): publish, take chunks, sweep.
+    fn lead(&self, entries: &mut [Entry<'_, 'w>]) {
+        let job = Job::of(entries);
         let e = self.epoch.load(Ordering::Relaxed) + 1;
         self.epoch.store(e, Ordering::Relaxed);
         self.seq.store(2 * e - 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        *lock(&self.job) = Some(Job { w, rows });
-        for (slot, &v) in self.buffers.x.iter().zip(xs.iter()) {
+        *lock(&self.job) = Some(job);
+        let inputs = || entries.iter().flat_map(|en| en.xs.iter());
+        for (slot, &v) in self.buffers.x.iter().zip(inputs()) {
             slot.store(v.to_bits(), Ordering::Relaxed);
         }
-        let n = out.div_ceil(CHUNK_ROWS);
+        let n = job.chunks;
         for (p, next) in self.buffers.next[..self.team_size].iter().enumerate() {
             next.store(
                 low32(e) << 32 | self.segment(p, n).start as u64,
@@ -476,18 +625,20 @@ impl<'w> Shared<'w> {
         self.seq.store(2 * e, Ordering::Release);
 
         let mut lead_x = lock(&self.buffers.lead_x);
-        let x = &mut lead_x.as_slice_mut().expect("contiguous")[..xs.len()];
-        for (o, &v) in x.iter_mut().zip(xs.iter()) {
+        let x = &mut lead_x.as_slice_mut().expect("contiguous")[..job.x_len];
+        for (o, &v) in x.iter_mut().zip(inputs()) {
             *o = v;
         }
         let x = &*x;
-        let chunk_of = |c: usize, y: &mut [f32]| {
-            let r = chunk_rows(c, out);
-            w.dot_rows(x, inp, r.clone(), &mut y[r.start * rows..r.end * rows]);
+        let rows = job.rows;
+        let chunk_of = |c: usize, entries: &mut [Entry<'_, 'w>]| {
+            let (i, part, r) = job.locate(c);
+            let y = &mut entries[i].y[r.start * rows..r.end * rows];
+            job.compute(&part, x, r, y);
         };
         while let Some(c) = self.claim(0, e, n) {
             self.buffers.chunks[c].store(tag(e, TAKEN), Ordering::Relaxed);
-            chunk_of(c, y);
+            chunk_of(c, entries);
         }
         for (c, status) in self.buffers.chunks[..n].iter().enumerate() {
             loop {
@@ -495,9 +646,10 @@ impl<'w> Shared<'w> {
                 if now >> 2 == e {
                     match now & 3 {
                         DONE => {
-                            let r = chunk_rows(c, out);
-                            let shared = &self.buffers.y[r.start * rows..r.end * rows];
-                            for (o, v) in y[r.start * rows..r.end * rows].iter_mut().zip(shared) {
+                            let (i, part, r) = job.locate(c);
+                            let shared = &self.buffers.y[job.shared_rows(&part, &r)];
+                            let y = &mut entries[i].y[r.start * rows..r.end * rows];
+                            for (o, v) in y.iter_mut().zip(shared) {
                                 *o = f32::from_bits(v.load(Ordering::Relaxed));
                             }
                             break;
@@ -510,14 +662,14 @@ impl<'w> Shared<'w> {
                     .is_ok()
                 {
                     // Taken by a helper that has not finished it: computed here instead.
-                    chunk_of(c, y);
+                    chunk_of(c, entries);
                     break;
                 }
             }
         }
     }
 
-    /// A helper's loop: wait for a product, copy its input, take chunks until none is left.
+    /// A helper's loop: wait for a job, copy its input, take chunks until none is left.
     fn help(&self, slot: &Mutex<HelperScratch>, me: usize) {
         let mut scratch = lock(slot);
         let HelperScratch { x, y } = &mut *scratch;
@@ -543,9 +695,7 @@ impl<'w> Shared<'w> {
             let Some(job) = *lock(&self.job) else {
                 continue;
             };
-            let (out, inp) = job.w.dim();
-            let len = job.rows * inp;
-            for (o, v) in x[..len].iter_mut().zip(&self.buffers.x) {
+            for (o, v) in x[..job.x_len].iter_mut().zip(&self.buffers.x) {
                 *o = f32::from_bits(v.load(Ordering::Relaxed));
             }
             fence(Ordering::Acquire);
@@ -553,11 +703,10 @@ impl<'w> Shared<'w> {
                 continue; // The lead moved on while the input was copied.
             }
             seen = e;
-            let n = out.div_ceil(CHUNK_ROWS);
-            while let Some(c) = self.claim(me, e, n) {
-                let r = chunk_rows(c, out);
-                let part = &mut y[..r.len() * job.rows];
-                job.w.dot_rows(&x[..len], inp, r.clone(), part);
+            while let Some(c) = self.claim(me, e, job.chunks) {
+                let (_, part, r) = job.locate(c);
+                let done = &mut y[..r.len() * job.rows];
+                job.compute(&part, x, r.clone(), done);
                 let status = &self.buffers.chunks[c];
                 let now = status.load(Ordering::Relaxed);
                 if now >> 2 >= e
@@ -572,8 +721,8 @@ impl<'w> Shared<'w> {
                 {
                     continue; // The lead computed it.
                 }
-                let shared = &self.buffers.y[r.start * job.rows..r.end * job.rows];
-                for (slot, &v) in shared.iter().zip(part.iter()) {
+                let shared = &self.buffers.y[job.shared_rows(&part, &r)];
+                for (slot, &v) in shared.iter().zip(done.iter()) {
                     slot.store(v.to_bits(), Ordering::Relaxed);
                 }
                 status.store(tag(e, DONE), Ordering::Release);
@@ -629,14 +778,16 @@ mod tests {
         })
     }
 
-    /// Many products of every weight type, width and row count, each compared with the serial
-    /// kernel: the same per-row dot products, so the results are bit-identical whoever
-    /// computed each chunk. More threads than cores make helpers lose their core in the middle
-    /// of chunks, which exercises the lead's sweep.
-    #[test]
-    fn team_products_equal_serial_products() {
-        let shapes = [(1, 5), (15, 16), (16, 33), (17, 64), (100, 48), (768, 96)];
-        let layers: Vec<Linear> = shapes
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// A layer of each weight type for each `(out, in)` shape.
+    fn every_type(shapes: &[(usize, usize)]) -> Vec<Linear> {
+        shapes
             .iter()
             .enumerate()
             .flat_map(|(s, &(out, inp))| {
@@ -647,12 +798,18 @@ mod tests {
                     Linear::Bf16(w.mapv(bf16::from_f32)),
                 ]
             })
-            .collect();
+            .collect()
+    }
+
+    /// Many products of every weight type, width and row count, each compared with the serial
+    /// kernel: the same per-row dot products, so the results are bit-identical whoever
+    /// computed each chunk. More threads than cores make helpers lose their core in the middle
+    /// of chunks, which exercises the lead's sweep.
+    #[test]
+    fn team_products_equal_serial_products() {
+        let layers = every_type(&[(1, 5), (15, 16), (16, 33), (17, 64), (100, 48), (768, 96)]);
         for threads in [2, 4, 8] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool(threads);
             pool.install(|| {
                 let mut buffers = TeamBuffers::new(96, 768, MAX_ROWS);
                 assert_eq!(buffers.parts.helpers.len(), threads - 1);
@@ -686,14 +843,77 @@ mod tests {
         }
     }
 
+    /// A weight, an input and the serial product.
+    type Case<'w> = (&'w Linear, Array1<f32>, Array1<f32>);
+
+    /// Groups of products published as one job give, product by product, the serial bits:
+    /// groups of every size up to [`MAX_JOINT`] and beyond it, of mixed weight types and
+    /// shapes, and groups too large for the buffers (run one product at a time).
+    #[test]
+    fn joint_products_equal_serial_products() {
+        let layers = every_type(&[(768, 96), (5, 64), (100, 48), (33, 7), (512, 64), (16, 32)]);
+        let groups = [1, 2, 3, MAX_JOINT, MAX_JOINT + 1];
+        let rounds = 40;
+        let cases: Vec<Vec<Case>> = (0..rounds)
+            .flat_map(|round| groups.iter().map(move |&n| (round, n)))
+            .map(|(round, n)| {
+                (0..n)
+                    .map(|i| {
+                        let w = &layers[(round + 2 * i + n) % layers.len()];
+                        let x = weight(1, w.dim().1, round + i).row(0).to_owned();
+                        let mut y = Array1::zeros(w.dim().0);
+                        Team::serial().matvec_into(w, x.view(), y.view_mut());
+                        (w, x, y)
+                    })
+                    .collect()
+            })
+            .collect();
+        for threads in [2, 3, 8] {
+            let pool = pool(threads);
+            pool.install(|| {
+                // Room for two or three of the products at once: larger groups fall back.
+                let mut buffers = TeamBuffers::new(200, 1400, 1);
+                // A fresh buffer's first run takes helpers.
+                let got: Vec<Vec<Array1<f32>>> = with_team(&mut buffers, |team| {
+                    cases.iter().map(|case| joint(team, case)).collect()
+                });
+                for (c, (case, got)) in cases.iter().zip(&got).enumerate() {
+                    for (k, ((_, _, want), y)) in case.iter().zip(got).enumerate() {
+                        assert_eq!(y, want, "threads {threads}, case {c}, product {k}");
+                    }
+                }
+            });
+        }
+    }
+
+    /// `case`'s products through [`Team::matvecs_into`], as groups of 1, 2, 3, [`MAX_JOINT`]
+    /// or more.
+    fn joint<'w>(team: &Team<'_, 'w>, case: &[Case<'w>]) -> Vec<Array1<f32>> {
+        let mut ys: Vec<Array1<f32>> = case
+            .iter()
+            .map(|(_, _, want)| Array1::from_elem(want.len(), f32::NAN))
+            .collect();
+        let mut args = case
+            .iter()
+            .zip(ys.iter_mut())
+            .map(|((w, x, _), y)| (*w, x.view(), y.view_mut()));
+        let mut next = || args.next().expect("enough products");
+        match case.len() {
+            1 => team.matvecs_into([next()]),
+            2 => team.matvecs_into([next(), next()]),
+            3 => team.matvecs_into([next(), next(), next()]),
+            MAX_JOINT => team.matvecs_into::<MAX_JOINT>(std::array::from_fn(|_| next())),
+            9 => team.matvecs_into::<9>(std::array::from_fn(|_| next())),
+            n => unreachable!("no group of {n}"),
+        }
+        ys
+    }
+
     /// Products larger than the buffers, and weights in another layout, fall back to the
     /// serial kernel inside a team run.
     #[test]
     fn products_the_buffers_do_not_fit_run_serially() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = pool(2);
         pool.install(|| {
             let mut buffers = TeamBuffers::new(8, 8, 1);
             let big = Linear::F32(weight(40, 20, 1));
@@ -715,10 +935,7 @@ mod tests {
     /// A panic in the lead reaches the caller; the helpers stop.
     #[test]
     fn a_panicking_lead_releases_the_helpers() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
+        let pool = pool(3);
         let mut buffers = TeamBuffers::new(8, 8, 1);
         let caught = pool.install(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
