@@ -66,9 +66,10 @@ pub struct TeamBuffers {
 
 /// What the lead and the helpers share in a run.
 struct Parts {
-    /// The published input, `[rows, in]`, as f32 bits.
+    /// The published inputs, each product's `[rows, in]` after the other's, as f32 bits.
     x: Vec<AtomicU32>,
-    /// The helpers' finished chunks, `[out, rows]`, as f32 bits.
+    /// The helpers' finished chunks, each product's `[out, rows]` after the other's, as f32
+    /// bits.
     y: Vec<AtomicU32>,
     /// One status word per output chunk.
     chunks: Vec<AtomicU64>,
@@ -77,7 +78,7 @@ struct Parts {
     next: Vec<AtomicU64>,
     /// One private scratch per helper.
     helpers: Vec<Mutex<HelperScratch>>,
-    /// The lead's copy of the input, `[rows, in]`, on a cache line like the helpers'.
+    /// The lead's copy of the inputs, on a cache line like the helpers'.
     lead_x: Mutex<Array1<f32>>,
     sizes: TeamSizes,
 }
@@ -91,7 +92,7 @@ struct TeamSizes {
 }
 
 struct HelperScratch {
-    /// The helper's copy of the input, `[rows, in]`, starting on a cache line (so that the
+    /// The helper's copy of the inputs, starting on a cache line (so that the
     /// kernels' loads of it do not straddle two).
     x: Array1<f32>,
     /// One finished chunk, `[CHUNK_ROWS, rows]`.
@@ -210,14 +211,7 @@ impl<'t, 'w> Team<'t, 'w> {
             Crew::Pool => w.streamed_into(xs, yt, true),
             Crew::Run(shared) if w.rows_contiguous() && yt.is_standard_layout() => {
                 let y = yt.into_slice().expect("standard layout");
-                let mut entries = [Entry { w, xs, y }];
-                if shared.fits(&entries) {
-                    shared.lead(&mut entries);
-                } else {
-                    let [Entry { xs, y, .. }] = entries;
-                    let yt = ArrayViewMut2::from_shape((out, b), y).expect("sized above");
-                    w.streamed_into(xs, yt, false);
-                }
+                shared.run(&mut [Entry { w, xs, y }]);
             }
             _ => w.streamed_into(xs, yt, false),
         }
@@ -251,13 +245,7 @@ impl<'t, 'w> Team<'t, 'w> {
                 xs: x.insert_axis(Axis(0)),
                 y: y.into_slice().expect("standard layout"),
             });
-            if shared.fits(&entries) {
-                return shared.lead(&mut entries);
-            }
-            for Entry { w, xs, y } in entries {
-                self.matvec_into(w, xs.row(0), ArrayViewMut1::from(y));
-            }
-            return;
+            return shared.run(&mut entries);
         }
         for (w, x, y) in products {
             self.matvec_into(w, x, y);
@@ -479,8 +467,9 @@ struct Part<'w> {
 struct Job<'w> {
     parts: [Option<Part<'w>>; MAX_JOINT],
     rows: usize,
-    /// Input values and chunks over all parts.
+    /// Input values, output values and chunks over all parts.
     x_len: usize,
+    y_len: usize,
     chunks: usize,
 }
 
@@ -492,9 +481,9 @@ impl<'w> Job<'w> {
             parts: [None; MAX_JOINT],
             rows,
             x_len: 0,
+            y_len: 0,
             chunks: 0,
         };
-        let mut y_at = 0;
         for (slot, e) in job.parts.iter_mut().zip(entries) {
             let (out, inp) = e.w.dim();
             *slot = Some(Part {
@@ -502,19 +491,14 @@ impl<'w> Job<'w> {
                 out,
                 inp,
                 x_at: job.x_len,
-                y_at,
+                y_at: job.y_len,
                 first_chunk: job.chunks,
             });
             job.x_len += rows * inp;
-            y_at += out * rows;
+            job.y_len += out * rows;
             job.chunks += out.div_ceil(CHUNK_ROWS);
         }
         job
-    }
-
-    /// Output values over all parts.
-    fn y_len(&self) -> usize {
-        self.parts.iter().flatten().map(|p| p.out * self.rows).sum()
     }
 
     /// The part chunk `c` belongs to (its index), and the chunk's rows in that part.
@@ -569,20 +553,41 @@ fn tag(e: u64, status: u64) -> u64 {
 }
 
 impl<'w> Shared<'w> {
-    /// Whether `entries` fit the buffers as one job (the lead's and helpers' input copies are
-    /// as long as the shared input).
-    fn fits(&self, entries: &[Entry<'_, 'w>]) -> bool {
+    /// `entries` as one job, if they fit the buffers (the lead's and helpers' input copies
+    /// are as long as the shared input).
+    fn plan(&self, entries: &[Entry<'_, 'w>]) -> Option<Job<'w>> {
         let rows = entries.first().map_or(1, |e| e.xs.nrows());
         if entries.len() > MAX_JOINT
             || rows > self.buffers.sizes.rows
             || entries.iter().any(|e| e.xs.nrows() != rows)
         {
-            return false;
+            return None;
         }
         let job = Job::of(entries);
-        job.x_len <= self.buffers.x.len()
-            && job.y_len() <= self.buffers.y.len()
-            && job.chunks <= self.buffers.chunks.len()
+        (job.x_len <= self.buffers.x.len()
+            && job.y_len <= self.buffers.y.len()
+            && job.chunks <= self.buffers.chunks.len())
+        .then_some(job)
+    }
+
+    /// `entries` as one job if they fit the buffers, else one at a time: each as a job of
+    /// its own where it fits, on the calling thread where it does not.
+    fn run(&self, entries: &mut [Entry<'_, 'w>]) {
+        if let Some(job) = self.plan(entries) {
+            return self.lead(job, entries);
+        }
+        for entry in entries {
+            let one = std::slice::from_mut(entry);
+            match self.plan(one) {
+                Some(job) => self.lead(job, one),
+                None => {
+                    let Entry { w, xs, y } = &mut one[0];
+                    let yt = ArrayViewMut2::from_shape((w.dim().0, xs.nrows()), y)
+                        .expect("[out, rows] values");
+                    w.streamed_into(xs.view(), yt, false);
+                }
+            }
+        }
     }
 
     /// Participant `p`'s share of the `n` chunks: consecutive rows, so that each thread reads
@@ -603,9 +608,8 @@ impl<'w> Shared<'w> {
         })
     }
 
-    /// The lead's side of one job (`entries` fit the buffers): publish, take chunks, sweep.
-    fn lead(&self, entries: &mut [Entry<'_, 'w>]) {
-        let job = Job::of(entries);
+    /// The lead's side of `job`, [`Shared::plan`]'s of `entries`: publish, take chunks, sweep.
+    fn lead(&self, job: Job<'w>, entries: &mut [Entry<'_, 'w>]) {
         let e = self.epoch.load(Ordering::Relaxed) + 1;
         self.epoch.store(e, Ordering::Relaxed);
         self.seq.store(2 * e - 1, Ordering::Relaxed);
