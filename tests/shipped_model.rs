@@ -218,3 +218,40 @@ fn sampled_generation_is_english_like() {
     );
     assert_english_like(&out, 80);
 }
+
+/// `step_batch` on the trained model: every row within rounding of `step` (the products sum in
+/// another order, so the bits may differ; the bound is the one `Model::step_batch` documents).
+#[test]
+fn step_batch_rows_are_steps_up_to_rounding() {
+    let model = load();
+    let text = b"And God said, Let there be light: and there was light. And God saw the light";
+    let tokens = encode(text);
+    for b in [2usize, 4, 8] {
+        let mut states: Vec<_> = (0..b).map(|_| model.init_state()).collect();
+        for (i, s) in states.iter_mut().enumerate() {
+            model.forward(&tokens[..i + 1], s, Logits::Last).unwrap();
+        }
+        for step in 0..32 {
+            let next: Vec<u32> = (0..b)
+                .map(|i| tokens[(i + step + 1) % tokens.len()])
+                .collect();
+            let mut alone = states.clone();
+            let batched = model.step_batch(&next, &mut states).unwrap();
+            for (i, s) in alone.iter_mut().enumerate() {
+                let row = model.step(next[i], s).unwrap();
+                let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = row
+                    .iter()
+                    .zip(batched.row(i))
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst <= 2e-4 * largest,
+                    "B={b} step {step} row {i}: |Δ logits| {worst} against a largest logit of \
+                     {largest}"
+                );
+                // Carry on from the one-token states so that differences do not accumulate.
+                states[i] = s.clone();
+            }
+        }
+    }
+}
