@@ -6,7 +6,8 @@
 //!
 //! - `model_load`: random-weight checkpoints of every version, tiny (width 8, vocabulary 16)
 //!   so that a fuzzer gets through thousands a second, in f32, f16 and bf16;
-//! - `state_load`: states of the RWKV-4, -6 and -7 test fixtures after a few tokens;
+//! - `state_load`: states of the RWKV-4, -6 and -7 test fixtures after a few tokens, and the
+//!   RWKV-6 one as a state-tuning file;
 //! - `vocab`: the 256 single bytes and a few dozen longer tokens of the World vocabulary,
 //!   renumbered, followed by 0xFF and text to encode; and a file of escapes;
 //! - `tokenizer_roundtrip`: short texts in several scripts, code, and invalid UTF-8.
@@ -15,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use tokenshift::config::{Config, Version};
 use tokenshift::synthetic::{random_checkpoint, DType};
+use tokenshift::weights::{Tensor, TensorMap};
 use tokenshift::Model;
 
 fn dir(target: &str) -> PathBuf {
@@ -76,6 +78,20 @@ fn states() {
         state
             .save(out.join(format!("{name}.state.safetensors")))
             .expect("write a state seed");
+        // The same matrices as a state-tuning file, for `Model::state_from_tuning`.
+        if name == "v6-a" {
+            let mut tuning = TensorMap::new();
+            for (tensor, values) in state.tensors() {
+                if let Some(block) = tensor.strip_suffix(".att.wkv") {
+                    tuning.insert(format!("{block}.att.time_state"), Tensor::F32(values));
+                }
+            }
+            let path = out.join(format!("{name}.tuning.safetensors"));
+            tuning.save(&path).expect("write a tuning seed");
+            model
+                .state_from_tuning(&path)
+                .expect("the tuning seed loads");
+        }
     }
 }
 

@@ -15,6 +15,12 @@ pub fn check_known() -> bool {
     })
 }
 
+/// A file of this process under the temporary directory, for the loaders that take a path
+/// (each input overwrites it).
+pub fn scratch(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tokenshift-fuzz-{tag}-{}", std::process::id()))
+}
+
 /// A value from the last bytes of the input, different for each `k` (FNV-1a), used to pick
 /// token ids and split points so that they change as the fuzzer mutates the input.
 pub fn derive(data: &[u8], k: u64) -> u64 {

@@ -23,14 +23,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use tokenshift::{Logits, Model, State};
 
-/// A file of this process for `Model::load`, removed never (the next input overwrites it).
-fn scratch() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        std::env::temp_dir().join(format!("tokenshift-fuzz-model-{}.st", std::process::id()))
-    })
-}
-
 fn exercise(model: &Model, data: &[u8]) -> Vec<Vec<u32>> {
     let config = model.config();
     let vocab = config.vocab;
@@ -80,6 +72,11 @@ fn exercise(model: &Model, data: &[u8]) -> Vec<Vec<u32>> {
         "a saved state loads back different"
     );
     seen
+}
+
+fn scratch() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| common::scratch("model"))
 }
 
 fuzz_target!(|data: &[u8]| {
