@@ -506,12 +506,18 @@ impl Workspace {
         let kept = &self.order[..keep];
         self.weights.extend(kept.iter().map(|&i| probs[i as usize]));
         if temperature != 1.0 {
-            let inv_t = (1.0 / temperature) as f32;
+            // In f64, 1/T stays positive for every finite T > 0 (it would round to 0 in f32
+            // above about 1e45, and 0^0 = 1 would revive the zero weights); a T so small that
+            // 1/T overflows gives an infinite exponent, which keeps the largest weight alone.
+            let inv_t = 1.0 / temperature;
             let max = self.weights.iter().fold(0.0f32, |m, &w| m.max(w));
             for w in self.weights.iter_mut() {
                 // (p / p_max)^(1/T): the same distribution as p^(1/T) after renormalising,
-                // without underflowing to all zeros for small T.
-                *w = (*w / max).powf(inv_t);
+                // without underflowing to all zeros for small T. A zero weight (a banned or
+                // −∞ token) stays exactly zero.
+                if *w > 0.0 {
+                    *w = f64::from(*w / max).powf(inv_t) as f32;
+                }
             }
         }
         Ok(())

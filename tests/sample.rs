@@ -494,6 +494,52 @@ fn tiny_and_huge_temperatures_stay_finite() {
     }
 }
 
+/// Banned and −∞ tokens have probability exactly 0 at every temperature: at a huge `T` the
+/// surviving tokens tend to uniform, at a tiny one to the argmax, and the dead ones stay dead.
+#[test]
+fn banned_tokens_stay_impossible_at_any_temperature() {
+    let mut logits = Array1::from(vec![0.5f32, 2.0, -1.0, 1.0, f32::NEG_INFINITY, 0.0]);
+    ban_tokens(logits.view_mut(), &[1]).unwrap();
+    let dead = [1usize, 4];
+    for t in [1e30, 1e45, 1e300, f64::MAX, 1e-300, 5e-324, 1e-30] {
+        let p = probabilities(logits.view(), t, 1.0, 0).unwrap();
+        for &d in &dead {
+            assert_eq!(p[d], 0.0, "T = {t:e}: token {d} has probability {}", p[d]);
+        }
+        assert!(p.iter().all(|x| x.is_finite()), "T = {t:e}: {p:?}");
+        let sum: f32 = p.iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "T = {t:e}: probabilities sum to {sum}"
+        );
+        if t >= 1e30 {
+            for (i, &x) in p.iter().enumerate().filter(|(i, _)| !dead.contains(i)) {
+                assert!((x - 0.25).abs() < 1e-5, "T = {t:e}: token {i} has {x}");
+            }
+        } else {
+            assert_eq!(p[3], 1.0, "T = {t:e}: {p:?}");
+        }
+        let mut rng = Rng::new(7);
+        for _ in 0..2000 {
+            let id = sample_logits(logits.view(), t, 1.0, 0, &mut rng).unwrap() as usize;
+            assert!(!dead.contains(&id), "T = {t:e}: drew dead token {id}");
+        }
+        let config = SamplerConfig {
+            temperature: t,
+            top_p: 1.0,
+            ..Default::default()
+        };
+        let mut sampler = Sampler::new(config, 8).unwrap();
+        for _ in 0..200 {
+            let id = sampler.sample(logits.view()).unwrap() as usize;
+            assert!(
+                !dead.contains(&id),
+                "T = {t:e}: the sampler drew dead token {id}"
+            );
+        }
+    }
+}
+
 #[test]
 fn non_contiguous_logit_views_work() {
     let m = ndarray::Array2::from_shape_fn((4, 3), |(i, j)| (i * 3 + j) as f32);
