@@ -179,6 +179,12 @@ impl Tokenizer for ByteTokenizer {
 /// value).
 const NONE: u32 = 0;
 
+/// The longest token a vocabulary may hold, in bytes: twice the longest of the World
+/// vocabulary (128). Greedy longest match looks at most this many bytes ahead of each
+/// position, so encoding costs at most this many trie steps per input byte whatever the
+/// vocabulary.
+pub const MAX_TOKEN_BYTES: usize = 256;
+
 /// Largest trie size (in `u32` words): edges store a node's offset in their upper 24 bits.
 const MAX_TRIE_WORDS: usize = 1 << 24;
 
@@ -203,7 +209,8 @@ const DENSE: u32 = u32::MAX;
 /// literals `\uXXXX` and `\UXXXXXXXX` (`\N{…}` is not supported); an unknown escape keeps its
 /// backslash, as in Python. `<length>` must equal the token's byte length. The ids must run
 /// from 1 to N without gaps or repeats, no two ids may have the same bytes, no token may be
-/// empty, and every single byte must be a token (so every input is encodable).
+/// empty or longer than [`MAX_TOKEN_BYTES`], and every single byte must be a token (so every
+/// input is encodable).
 ///
 /// # Encoding
 ///
@@ -609,6 +616,12 @@ fn parse_line(line: &str) -> std::result::Result<(u32, Vec<u8>), String> {
     let token = parse_literal(literal)?;
     if token.is_empty() {
         return Err("empty token".into());
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(format!(
+            "a token of {} bytes; tokens may be at most {MAX_TOKEN_BYTES} bytes",
+            token.len()
+        ));
     }
     if token.len() != length as usize {
         return Err(format!(

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 use std::time::Instant;
-use tokenshift::tokenizer::{ByteTokenizer, Tokenizer, Utf8Stream, WorldTokenizer};
+use tokenshift::tokenizer::{
+    ByteTokenizer, Tokenizer, Utf8Stream, WorldTokenizer, MAX_TOKEN_BYTES,
+};
 use tokenshift::Error;
 
 struct Case {
@@ -262,6 +264,45 @@ fn structural_vocabulary_errors() {
         err.to_string().contains("line 257: not valid UTF-8"),
         "{err}"
     );
+}
+
+/// A vocabulary of the bytes plus one `a…ab` token of `len` bytes: the input `a…a` walks the
+/// whole token from every position and matches one byte each time, greedy matching's worst case.
+fn long_token_vocab(len: usize) -> String {
+    let token = format!("{}b", "a".repeat(len - 1));
+    byte_vocab(&format!("257 '{token}' {len}\n"))
+}
+
+#[test]
+fn tokens_longer_than_the_limit_are_refused() {
+    let tok = WorldTokenizer::from_vocab_str(&long_token_vocab(MAX_TOKEN_BYTES)).unwrap();
+    let longest = format!("{}b", "a".repeat(MAX_TOKEN_BYTES - 1));
+    assert_eq!(tok.encode(&longest), [257]);
+    let err = WorldTokenizer::from_vocab_str(&long_token_vocab(MAX_TOKEN_BYTES + 1)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("line 257") && message.contains(&MAX_TOKEN_BYTES.to_string()),
+        "{message}"
+    );
+}
+
+/// Encoding time on greedy matching's worst case at the token-length limit (not a correctness
+/// test): 1 MiB of `a` against a vocabulary whose longest token is `a…ab` of the limit's length.
+///
+/// `cargo test --release --test tokenizer -- --ignored --nocapture worst_case_encode_time`
+#[test]
+#[ignore]
+fn worst_case_encode_time() {
+    let tok = WorldTokenizer::from_vocab_str(&long_token_vocab(MAX_TOKEN_BYTES)).unwrap();
+    let data = vec![b'a'; 1 << 20];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let ids = tok.encode_bytes(&data);
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_eq!(ids.len(), data.len());
+    }
+    println!("worst case at {MAX_TOKEN_BYTES} bytes: 1 MiB encoded in {best:.3} s");
 }
 
 #[test]
