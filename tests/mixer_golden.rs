@@ -274,7 +274,8 @@ fn retention_layer_matches_torchscale() {
         log_gammas(2),
         false,
         HeadNorm::plain(32, 2, 1e-12, NormKind::Rms),
-    );
+    )
+    .unwrap();
     let xs = w("x");
     let mut worst = 0.0f32;
     for (oracle, expected) in [

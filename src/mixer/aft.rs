@@ -29,7 +29,8 @@
 
 use super::random::Rng;
 use super::rwkv4::{wkv4_path, Rwkv4State, PP_INIT};
-use super::{by_chunks, MultiPath, Path, SequenceMixer};
+use super::{by_chunks, check_arg, check_dims, MultiPath, Path, SequenceMixer};
+use crate::error::Result;
 use crate::ops::{sigmoid, Linear};
 use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
 
@@ -49,20 +50,27 @@ pub struct AftProjections {
 impl AftProjections {
     /// From `[W_q, W_k, W_v, W_o]`, each `[C, C]`.
     ///
-    /// # Panics
-    /// If a matrix is not `[C, C]` for one `C`.
-    #[track_caller]
-    pub fn new([w_q, w_k, w_v, w_o]: [Array2<f32>; 4]) -> Self {
+    /// # Errors
+    /// [`Error::InputShape`] naming the first matrix that is not `[C, C]` for the `C` of
+    /// `W_q`'s rows.
+    pub fn new([w_q, w_k, w_v, w_o]: [Array2<f32>; 4]) -> Result<Self> {
         let c = w_q.nrows();
-        for (name, w) in [("W_q", &w_q), ("W_k", &w_k), ("W_v", &w_v), ("W_o", &w_o)] {
-            assert_eq!(w.dim(), (c, c), "Aft: {name} must be [C, C]");
-        }
-        AftProjections {
+        let square = "[C, C]";
+        check_dims(
+            "Aft",
+            &[
+                ("W_q", w_q.dim(), (c, c), square),
+                ("W_k", w_k.dim(), (c, c), square),
+                ("W_v", w_v.dim(), (c, c), square),
+                ("W_o", w_o.dim(), (c, c), square),
+            ],
+        )?;
+        Ok(AftProjections {
             w_q: Linear::F32(w_q),
             w_k: Linear::F32(w_k),
             w_v: Linear::F32(w_v),
             w_o: Linear::F32(w_o),
-        }
+        })
     }
 
     fn random(c: usize, rng: &mut Rng) -> Self {
@@ -232,23 +240,19 @@ pub struct AftFull {
 impl AftFull {
     /// From its projections and bias table.
     ///
-    /// # Panics
-    /// If the bias is not square.
-    #[track_caller]
-    pub fn new(proj: AftProjections, bias: Array2<f32>) -> Self {
-        assert_eq!(
-            bias.nrows(),
-            bias.ncols(),
-            "AftFull: the bias must be [T_max, T_max]"
-        );
-        AftFull { proj, bias }
+    /// # Errors
+    /// [`Error::InputShape`] if the bias is not square.
+    pub fn new(proj: AftProjections, bias: Array2<f32>) -> Result<Self> {
+        let t = bias.nrows();
+        check_dims("AftFull", &[("bias", bias.dim(), (t, t), "[T_max, T_max]")])?;
+        Ok(AftFull { proj, bias })
     }
 
     /// Random projections of width `c` and a bias in `[−1, 1]` for `t_max` tokens, from `seed`.
     pub fn random(c: usize, t_max: usize, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let proj = AftProjections::random(c, &mut rng);
-        AftFull::new(proj, rng.matrix(t_max, t_max, -1.0, 1.0))
+        AftFull::new(proj, rng.matrix(t_max, t_max, -1.0, 1.0)).expect("a square bias")
     }
 
     /// `T_max`: the most tokens a state can see.
@@ -330,17 +334,16 @@ pub struct AftLocal {
 impl AftLocal {
     /// From its projections, bias table and window.
     ///
-    /// # Panics
-    /// If the bias is not square or the window is 0.
-    #[track_caller]
-    pub fn new(proj: AftProjections, bias: Array2<f32>, window: usize) -> Self {
-        assert_eq!(
-            bias.nrows(),
-            bias.ncols(),
-            "AftLocal: the bias must be [T_max, T_max]"
-        );
-        assert!(window > 0, "AftLocal: the window must be positive");
-        AftLocal { proj, bias, window }
+    /// # Errors
+    /// [`Error::InputShape`] if the bias is not square or the window is 0.
+    pub fn new(proj: AftProjections, bias: Array2<f32>, window: usize) -> Result<Self> {
+        let t = bias.nrows();
+        check_dims(
+            "AftLocal",
+            &[("bias", bias.dim(), (t, t), "[T_max, T_max]")],
+        )?;
+        check_arg(window > 0, "AftLocal", "window", "at least 1", &[window])?;
+        Ok(AftLocal { proj, bias, window })
     }
 
     /// Random projections of width `c`, a bias in `[−1, 1]` for `t_max` tokens and a window,
@@ -349,6 +352,7 @@ impl AftLocal {
         let mut rng = Rng::new(seed);
         let proj = AftProjections::random(c, &mut rng);
         AftLocal::new(proj, rng.matrix(t_max, t_max, -1.0, 1.0), window)
+            .expect("a square bias and a positive window")
     }
 
     /// `T_max`.

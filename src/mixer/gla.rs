@@ -17,7 +17,8 @@
 use super::linear_attention::run;
 use super::outer_product::{Gate, Inputs, OuterState};
 use super::random::Rng;
-use super::{MultiPath, Path, SequenceMixer};
+use super::{check_arg, check_dims, MultiPath, Path, SequenceMixer};
+use crate::error::Result;
 use crate::ops::{silu, HeadNorm, Linear, NormKind};
 use ndarray::{Array1, Array2, ArrayView2};
 
@@ -59,9 +60,8 @@ impl Gla {
     /// A layer from its projections (`[out, in]`): `[W_q, W_k, W_v, W_r, W_o, W_α1, W_α2]`, the
     /// gate bias and the norm.
     ///
-    /// # Panics
-    /// If the shapes disagree.
-    #[track_caller]
+    /// # Errors
+    /// [`Error::InputShape`] naming the first argument whose shape disagrees.
     pub fn new(
         heads: usize,
         key: usize,
@@ -69,10 +69,10 @@ impl Gla {
         [w_q, w_k, w_v, w_r, w_o, w_a1, w_a2]: [Array2<f32>; 7],
         b_alpha: Array1<f32>,
         norm: HeadNorm,
-    ) -> Self {
+    ) -> Result<Self> {
         let c = w_q.ncols();
         let r = w_a1.nrows();
-        super::assert_dims(
+        check_dims(
             "Gla",
             &[
                 ("W_q", w_q.dim(), (heads * key, c), "[H·K, C]"),
@@ -83,10 +83,23 @@ impl Gla {
                 ("W_α1", w_a1.dim(), (r, c), "[R, C]"),
                 ("W_α2", w_a2.dim(), (heads * key, r), "[H·K, R]"),
             ],
-        );
-        assert_eq!(b_alpha.len(), heads * key, "Gla: b_α must be [H·K]");
-        assert_eq!(norm.weight.len(), heads * value, "Gla: norm width");
-        Gla {
+        )?;
+        let (hk, hv) = (heads * key, heads * value);
+        check_arg(
+            b_alpha.len() == hk,
+            "Gla",
+            "b_α",
+            format!("[H·K] = [{hk}]"),
+            b_alpha.shape(),
+        )?;
+        check_arg(
+            norm.weight.len() == hv,
+            "Gla",
+            "norm weight",
+            format!("[H·V] = [{hv}]"),
+            norm.weight.shape(),
+        )?;
+        Ok(Gla {
             heads,
             key,
             value,
@@ -100,7 +113,7 @@ impl Gla {
             b_alpha,
             temperature: GATE_TEMPERATURE,
             norm,
-        }
+        })
     }
 
     /// Random projections of width `c` from `seed` (`V = 2K`, gate rank 16, gate bias in
@@ -121,7 +134,7 @@ impl Gla {
         ];
         let bias = rng.vector(heads * key, 0.0, 4.0);
         let norm = HeadNorm::plain(heads * value, heads, 1e-5, NormKind::Rms);
-        Gla::new(heads, key, value, ws, bias, norm)
+        Gla::new(heads, key, value, ws, bias, norm).expect("random layers have consistent shapes")
     }
 
     /// Width `C`.

@@ -29,7 +29,8 @@
 
 use super::outer_product::{self, Inputs, OuterState};
 use super::random::Rng;
-use super::{MultiPath, Path, SequenceMixer};
+use super::{check_dims, MultiPath, Path, SequenceMixer};
+use crate::error::Result;
 use crate::ops::Linear;
 use ndarray::{s, Array2, ArrayView2, Zip};
 
@@ -187,19 +188,18 @@ pub struct LinearAttention {
 impl LinearAttention {
     /// A layer from its projections (`[out, in]`) and feature map.
     ///
-    /// # Panics
-    /// If the projections' shapes disagree with `heads`, `key`, `value` or each other, or a
-    /// FAVOR+ projection is not `[m, key]`.
-    #[track_caller]
+    /// # Errors
+    /// [`Error::InputShape`] naming the argument if the projections' shapes disagree with
+    /// `heads`, `key`, `value` or each other, or a FAVOR+ projection is not `[m, key]`.
     pub fn new(
         heads: usize,
         key: usize,
         value: usize,
         [w_q, w_k, w_v, w_o]: [Array2<f32>; 4],
         feature: FeatureMap,
-    ) -> Self {
+    ) -> Result<Self> {
         let c = w_q.ncols();
-        super::assert_dims(
+        check_dims(
             "LinearAttention",
             &[
                 ("W_q", w_q.dim(), (heads * key, c), "[H·K, C]"),
@@ -207,15 +207,16 @@ impl LinearAttention {
                 ("W_v", w_v.dim(), (heads * value, c), "[H·V, C]"),
                 ("W_o", w_o.dim(), (c, heads * value), "[C, H·V]"),
             ],
-        );
+        )?;
         let eps = match &feature {
             FeatureMap::EluPlusOne => ELU_EPS,
             FeatureMap::Favor(f) => {
-                assert_eq!(f.omega.ncols(), key, "LinearAttention: Ω must be [m, K]");
+                let (m, k) = f.omega.dim();
+                check_dims("LinearAttention", &[("Ω", (m, k), (m, key), "[m, K]")])?;
                 FAVOR_EPS
             }
         };
-        LinearAttention {
+        Ok(LinearAttention {
             heads,
             key,
             value,
@@ -225,7 +226,7 @@ impl LinearAttention {
             w_o: Linear::F32(w_o),
             feature,
             eps,
-        }
+        })
     }
 
     /// Random projections of width `c` from `seed`; `favor = Some(m)` selects `m` FAVOR+
@@ -245,6 +246,7 @@ impl LinearAttention {
             None => FeatureMap::EluPlusOne,
         };
         LinearAttention::new(heads, key, key, ws, feature)
+            .expect("random layers have consistent shapes")
     }
 
     /// Width `C`.

@@ -32,6 +32,7 @@ pub mod short_conv;
 pub mod wkv;
 pub mod wkv7;
 
+use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 /// A causal layer with a recurrent and a sequence path.
@@ -141,11 +142,37 @@ pub(crate) type DimCheck<'a> = (&'a str, (usize, usize), (usize, usize), &'a str
 
 /// Checks a layer's matrix shapes.
 ///
-/// # Panics
-/// On the first mismatch, naming the layer, the matrix and the shape it must have.
-#[track_caller]
-pub(crate) fn assert_dims(layer: &str, checks: &[DimCheck]) {
-    for &(name, found, expected, shape) in checks {
-        assert_eq!(found, expected, "{layer}: {name} must be {shape}");
+/// # Errors
+/// [`Error::InputShape`] for the first mismatch, naming the layer, the matrix and the shape it
+/// must have.
+pub(crate) fn check_dims(layer: &str, checks: &[DimCheck]) -> Result<()> {
+    for &(name, found, (rows, cols), shape) in checks {
+        if found != (rows, cols) {
+            return Err(Error::InputShape {
+                what: format!("{layer}: {name}"),
+                expected: format!("{shape} = [{rows}, {cols}]"),
+                found: vec![found.0, found.1],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `Ok` if `holds`, else [`Error::InputShape`] for the argument `what` of `layer`.
+pub(crate) fn check_arg(
+    holds: bool,
+    layer: &str,
+    what: &str,
+    expected: impl std::fmt::Display,
+    found: &[usize],
+) -> Result<()> {
+    if holds {
+        Ok(())
+    } else {
+        Err(Error::InputShape {
+            what: format!("{layer}: {what}"),
+            expected: expected.to_string(),
+            found: found.to_vec(),
+        })
     }
 }

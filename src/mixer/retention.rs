@@ -28,7 +28,8 @@
 use super::linear_attention::run;
 use super::outer_product::{Gate, Inputs, OuterState};
 use super::random::Rng;
-use super::{MultiPath, Path, SequenceMixer};
+use super::{check_arg, check_dims, MultiPath, Path, SequenceMixer};
+use crate::error::{Error, Result};
 use crate::ops::{silu, HeadNorm, Linear, NormKind};
 use ndarray::{Array1, Array2, ArrayView2};
 
@@ -84,9 +85,9 @@ impl Retention {
     /// A layer from its projections (`[out, in]`): `[W_q, W_k, W_v, W_g, W_o]`, the per-head
     /// log-decays `ln γ_h` and the norm of the read-out.
     ///
-    /// # Panics
-    /// If the shapes disagree, `key` is odd or a decay is positive.
-    #[track_caller]
+    /// # Errors
+    /// [`Error::InputShape`] naming the argument if the shapes disagree, `key` is odd or
+    /// below 4, or a decay is positive or NaN.
     pub fn new(
         heads: usize,
         key: usize,
@@ -95,13 +96,17 @@ impl Retention {
         log_gamma: Array1<f32>,
         xpos: bool,
         norm: HeadNorm,
-    ) -> Self {
+    ) -> Result<Self> {
+        const LAYER: &str = "Retention";
         let c = w_q.ncols();
-        assert!(
+        check_arg(
             key.is_multiple_of(2) && key >= 4,
-            "Retention: the key size must be even and ≥ 4"
-        );
-        super::assert_dims(
+            LAYER,
+            "key size",
+            "an even size ≥ 4",
+            &[key],
+        )?;
+        check_dims(
             "Retention",
             &[
                 ("W_q", w_q.dim(), (heads * key, c), "[H·K, C]"),
@@ -110,13 +115,28 @@ impl Retention {
                 ("W_g", w_g.dim(), (heads * value, c), "[H·V, C]"),
                 ("W_o", w_o.dim(), (c, heads * value), "[C, H·V]"),
             ],
-        );
-        assert_eq!(log_gamma.len(), heads, "Retention: one decay per head");
-        assert!(
-            log_gamma.iter().all(|&g| g <= 0.0),
-            "Retention: γ must be ≤ 1"
-        );
-        assert_eq!(norm.weight.len(), heads * value, "Retention: norm width");
+        )?;
+        check_arg(
+            log_gamma.len() == heads,
+            LAYER,
+            "ln γ",
+            format!("[H] = [{heads}]"),
+            log_gamma.shape(),
+        )?;
+        if let Some(h) = log_gamma.iter().position(|&g| g.is_nan() || g > 0.0) {
+            return Err(Error::InputShape {
+                what: format!("{LAYER}: ln γ of head {h} is {}", log_gamma[h]),
+                expected: "ln γ ≤ 0 (γ ≤ 1)".into(),
+                found: log_gamma.shape().to_vec(),
+            });
+        }
+        check_arg(
+            norm.weight.len() == heads * value,
+            LAYER,
+            "norm weight",
+            format!("[H·V] = [{}]", heads * value),
+            norm.weight.shape(),
+        )?;
         let half = key / 2;
         let theta = thetas(key);
         let log_gate = Array1::from_shape_fn(heads * key, |c| {
@@ -128,7 +148,7 @@ impl Retention {
             };
             (log_gamma[h] as f64 + xpos_term) as f32
         });
-        Retention {
+        Ok(Retention {
             heads,
             key,
             value,
@@ -142,7 +162,7 @@ impl Retention {
             xpos,
             theta,
             norm,
-        }
+        })
     }
 
     /// Random projections of width `c` from `seed`, `V = 2K`, the standard `γ_h` and an
@@ -161,6 +181,7 @@ impl Retention {
         ];
         let norm = HeadNorm::plain(heads * value, heads, 1e-5, NormKind::Layer);
         Retention::new(heads, key, value, ws, log_gammas(heads), xpos, norm)
+            .expect("random layers have consistent shapes")
     }
 
     /// Width `C`.

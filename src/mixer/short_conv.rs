@@ -13,7 +13,8 @@
 //! chunkwise (chunks with a `K − 1`-row halo carried in the state); all `O(K·C)` per token.
 
 use super::random::Rng;
-use super::{by_chunks, MultiPath, Path, SequenceMixer};
+use super::{by_chunks, check_arg, MultiPath, Path, SequenceMixer};
+use crate::error::Result;
 use crate::ops::{shift, silu};
 use ndarray::{Array1, Array2, ArrayView2};
 
@@ -31,15 +32,21 @@ pub struct ShortConv {
 impl ShortConv {
     /// From taps `[C, K]`, an optional bias and the activation flag.
     ///
-    /// # Panics
-    /// If `K` is 0 or the bias is not `[C]`.
-    #[track_caller]
-    pub fn new(weight: Array2<f32>, bias: Option<Array1<f32>>, silu: bool) -> Self {
-        assert!(weight.ncols() > 0, "ShortConv: at least one tap");
+    /// # Errors
+    /// [`Error::InputShape`] if `K` is 0 or the bias is not `[C]`.
+    pub fn new(weight: Array2<f32>, bias: Option<Array1<f32>>, silu: bool) -> Result<Self> {
+        let (c, k) = weight.dim();
+        check_arg(k > 0, "ShortConv", "taps", "[C, K] with K ≥ 1", &[c, k])?;
         if let Some(b) = &bias {
-            assert_eq!(b.len(), weight.nrows(), "ShortConv: bias must be [C]");
+            check_arg(
+                b.len() == c,
+                "ShortConv",
+                "bias",
+                format!("[C] = [{c}]"),
+                b.shape(),
+            )?;
         }
-        ShortConv { weight, bias, silu }
+        Ok(ShortConv { weight, bias, silu })
     }
 
     /// RWKV token shift `x_t + (x_{t−1} − x_t) ⊙ μ` as a kernel-2 convolution.
@@ -47,7 +54,7 @@ impl ShortConv {
         let c = maa.len();
         let weight =
             Array2::from_shape_fn((c, 2), |(i, j)| if j == 0 { maa[i] } else { 1.0 - maa[i] });
-        ShortConv::new(weight, None, false)
+        ShortConv::new(weight, None, false).expect("two taps, no bias")
     }
 
     /// Random taps (`[C, K]`, uniform with variance `1/K`) and bias, SiLU, from `seed`.
@@ -56,7 +63,7 @@ impl ShortConv {
         let b = (3.0 / k as f32).sqrt();
         let weight = rng.matrix(c, k, -b, b);
         let bias = rng.vector(c, -0.1, 0.1);
-        ShortConv::new(weight, Some(bias), true)
+        ShortConv::new(weight, Some(bias), true).expect("a bias of the taps' width")
     }
 
     /// Kernel length `K`.
