@@ -39,10 +39,10 @@ use crate::error::{Error, Result};
 use crate::mixer::rwkv4::Rwkv4State;
 use crate::mixer::rwkv5::WkvState;
 use crate::model::Workspace;
+use crate::save::{SafeTensorsWriter, Values};
 use crate::weights::{SafeTensorsFile, Scope, TensorSource};
-use ndarray::{Array1, ArrayD, Ix3};
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
+use ndarray::{Array1, ArrayD, ArrayViewD, Ix3};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const FORMAT: &str = "tokenshift-state";
@@ -132,22 +132,30 @@ impl State {
 
     /// The state as named tensors (see the module docs for the names).
     pub fn tensors(&self) -> Vec<(String, ArrayD<f32>)> {
+        self.tensor_views()
+            .into_iter()
+            .map(|(name, a)| (name, a.to_owned()))
+            .collect()
+    }
+
+    /// [`State::tensors`] without copying.
+    fn tensor_views(&self) -> Vec<(String, ArrayViewD<'_, f32>)> {
         let mut out = Vec::new();
         for (l, b) in self.blocks.iter().enumerate() {
             let name = |s: &str| format!("blocks.{l}.{s}");
             match &b.att {
                 TimeMixState::V4(s) => {
-                    out.push((name("att.x_prev"), s.x_prev.clone().into_dyn()));
-                    out.push((name("att.aa"), s.aa.clone().into_dyn()));
-                    out.push((name("att.bb"), s.bb.clone().into_dyn()));
-                    out.push((name("att.pp"), s.pp.clone().into_dyn()));
+                    out.push((name("att.x_prev"), s.x_prev.view().into_dyn()));
+                    out.push((name("att.aa"), s.aa.view().into_dyn()));
+                    out.push((name("att.bb"), s.bb.view().into_dyn()));
+                    out.push((name("att.pp"), s.pp.view().into_dyn()));
                 }
                 TimeMixState::Wkv(s) => {
-                    out.push((name("att.x_prev"), s.x_prev.clone().into_dyn()));
-                    out.push((name("att.wkv"), s.s.clone().into_dyn()));
+                    out.push((name("att.x_prev"), s.x_prev.view().into_dyn()));
+                    out.push((name("att.wkv"), s.s.view().into_dyn()));
                 }
             }
-            out.push((name("ffn.x_prev"), b.ffn.clone().into_dyn()));
+            out.push((name("ffn.x_prev"), b.ffn.view().into_dyn()));
         }
         out
     }
@@ -159,38 +167,48 @@ impl State {
         self.tensors().into_iter().map(|(_, a)| a).collect()
     }
 
-    /// The state as the bytes of a safetensors file.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let tensors = self.tensors();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(name, a)| {
-                let data = a.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name, a.shape().to_vec(), data)
-            })
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(name, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|v| (name.as_str(), v))
-                    .map_err(|e| Error::Format(e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let metadata: HashMap<String, String> = self.shape.metadata().into_iter().collect();
-        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format(e.to_string()))
-    }
-
-    /// Writes the state to a safetensors file.
+    /// The state as the bytes of a safetensors file (the layout of the module docs). The
+    /// bytes depend only on the state: tensors are in name order and the header's keys sorted,
+    /// so saving one state twice gives the same file.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be written.
+    /// None in practice: [`Error::Format`] if the header would be over the format's limit.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_with_metadata(&BTreeMap::new())
+    }
+
+    /// [`State::to_bytes`] with `extra` entries added to the file's metadata, e.g. what an
+    /// application needs to resume (the `generate` example records the token still to be
+    /// read). [`State::load`] ignores them; read them with
+    /// [`SafeTensorsFile::metadata`](crate::weights::SafeTensorsFile::metadata).
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if a key of `extra` is one of the state's own (`format`,
+    /// `format_version`, `version`, `n_layer`, `n_embd`, `n_head`, `head_size`).
+    pub fn to_bytes_with_metadata(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+        let mut metadata: BTreeMap<String, String> = self.shape.metadata().into_iter().collect();
+        for (key, value) in extra {
+            if metadata.insert(key.clone(), value.clone()).is_some() {
+                return Err(Error::StateMismatch(format!(
+                    "metadata `{key}` is the state's own and cannot be set"
+                )));
+            }
+        }
+        let tensors = self
+            .tensor_views()
+            .into_iter()
+            .map(|(name, a)| (name, Values::F32(a)))
+            .collect();
+        Ok(SafeTensorsWriter::new(tensors, &metadata)?.to_bytes())
+    }
+
+    /// Writes the state to a safetensors file, atomically ([`crate::write_atomic`]): if the
+    /// write fails, a file already at `path` is left as it was.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path` if the file cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::save::write_atomic(path, &self.to_bytes()?)
     }
 
     /// Reads a state saved by [`State::save`] for a model with `config`.
