@@ -17,7 +17,12 @@
 //! Without `--model` it runs the shipped `assets/models/kjv-rwkv6.safetensors`, which is not a
 //! chat model (it continues in the style of the King James Bible). `--vocab` defaults to
 //! `bytes` for byte-level models (at most 257 outputs) and to the shipped World vocabulary
-//! otherwise. `--state-in` starts from a saved state; `--state-out` saves the state at the end.
+//! otherwise. `--state-in` starts from a saved state (first reading the token it records as not
+//! read yet, if it was saved by the `generate` example). `--state-out` saves the state after
+//! every completed turn, atomically, so an error later (a line of stdin that is not UTF-8, a
+//! closed output) loses nothing already said; it is saved at a turn boundary (a reply cut by
+//! `--max-tokens` is followed by the "\n\n" that ends a turn), so a later run can start with
+//! "User: ...". It may be the `--state-in` file but not the model or the vocabulary file.
 //! Works the same when stdin is a pipe (each message is then echoed after "User: ").
 
 mod args;
@@ -63,8 +68,13 @@ fn main() {
             ],
             &[],
         )?;
-        let model =
-            Model::load(args.get("model").unwrap_or(DEFAULT_MODEL)).map_err(|e| e.to_string())?;
+        let model_path = args.get("model").unwrap_or(DEFAULT_MODEL);
+        if let Some(out) = args.get("state-out") {
+            let mut inputs = vec![("model", model_path)];
+            inputs.extend(args::Vocab::file_flag(args.get("vocab")).map(|v| ("vocab", v)));
+            args::refuse_overwrite(("state-out", out), &inputs)?;
+        }
+        let model = Model::load(model_path).map_err(|e| e.to_string())?;
         eprintln!("{}", model.config());
 
         let vocab = args::Vocab::from_flag(
@@ -87,19 +97,26 @@ fn main() {
         let sampler = Sampler::new(config, args.parsed("seed", 0)?).map_err(|e| e.to_string())?;
         let mut session = Session::new(&model, tokenizer, sampler);
         if let Some(path) = args.get("state-in") {
-            let state = model.load_state(path).map_err(|e| e.to_string())?;
+            let (state, next) = args::load_state(&model, path)?;
             session = session
                 .with_initial_state(state)
                 .map_err(|e| e.to_string())?;
+            if let Some(token) = next {
+                session.prefill(&[token]).map_err(|e| e.to_string())?;
+            }
         }
+        let save =
+            |session: &Session<&Model, &dyn tokenshift::Tokenizer>| match args.get("state-out") {
+                Some(path) => args::save_state(path, session.state(), None),
+                None => Ok(()),
+            };
         let max_tokens: usize = args.parsed("max-tokens", 500)?;
 
         let stdin = std::io::stdin();
         let interactive = stdin.is_terminal();
         let mut lines = stdin.lock().lines();
         let mut out = std::io::stdout().lock();
-        // A reply cut by --max-tokens did not end with "\n\n": the next turn starts with it.
-        let mut separator = "";
+        let mut turns = 0;
         let (mut generated, mut gen_time) = (0, Duration::ZERO);
         loop {
             if interactive {
@@ -117,7 +134,7 @@ fn main() {
                 write_out(&mut out, &format!("User: {msg}\n"))?;
             }
             session
-                .prefill_text(&format!("{separator}User: {msg}\n\nAssistant:"))
+                .prefill_text(&format!("User: {msg}\n\nAssistant:"))
                 .map_err(|e| e.to_string())?;
             write_out(&mut out, "\nAssistant:")?;
             let start = Instant::now();
@@ -126,12 +143,16 @@ fn main() {
                 write_out(&mut out, &piece.map_err(|e| e.to_string())?)?;
             }
             generated += reply.generated();
-            separator = match reply.stop_reason() {
-                Some(StopReason::StopString(_)) => "",
-                _ => "\n\n",
-            };
+            let ended = matches!(reply.stop_reason(), Some(StopReason::StopString(_)));
             drop(reply);
             gen_time += start.elapsed();
+            // A reply cut by --max-tokens did not end with "\n\n": read it, so the state is
+            // at a turn boundary.
+            if !ended {
+                session.prefill_text("\n\n").map_err(|e| e.to_string())?;
+            }
+            save(&session)?;
+            turns += 1;
             write_out(&mut out, "\n\n")?;
         }
         if generated > 0 {
@@ -141,11 +162,11 @@ fn main() {
                 generated as f64 / gen_time.as_secs_f64()
             );
         }
+        if turns == 0 {
+            save(&session)?;
+        }
         if let Some(path) = args.get("state-out") {
-            // Saved at a turn boundary, so a later run can start with "User: ...".
-            session.prefill_text(separator).map_err(|e| e.to_string())?;
-            session.state().save(path).map_err(|e| e.to_string())?;
-            eprintln!("state saved to {path}");
+            eprintln!("state saved to {path} after {turns} turns");
         }
         Ok(())
     });

@@ -13,8 +13,16 @@
 //! otherwise. Sampling uses the official defaults (temperature 1, top-p 0.85, presence and
 //! frequency penalties 0.2, decay 0.996) and stops at the end-of-text token 0.
 //!
-//! `--state-in` continues a saved conversation (only the new prompt is read) and `--state-out`
-//! saves the state after the generated text, so runs can be chained.
+//! `--state-out` saves the state at the end, so runs can be chained: `--state-in` continues
+//! from it, and `--prompt ''` continues the text exactly where the last run stopped. A state
+//! alone carries no prediction of the next token, so the file holds the state before the last
+//! token read (the last generated one, or the prompt's last if none was generated) and records
+//! that token in its metadata (`next_token`); `--state-in` reads it first, then the prompt.
+//! Continuing so gives the same prediction as the first run would have made next (up to
+//! rounding: the token goes through the sequence path instead of the recurrent one). A state
+//! saved without `next_token` (by `chat`, `logits` or `State::save`) needs a non-empty
+//! prompt. `--state-in S --state-out S` replaces `S` atomically; `--state-out` may not be the
+//! model or the vocabulary file.
 //!
 //! The text goes to stdout; the speeds go to stderr.
 
@@ -22,7 +30,7 @@ mod args;
 
 use std::io::{ErrorKind, Write};
 use std::time::Instant;
-use tokenshift::{Model, Sampler, SamplerConfig, Session, StopReason};
+use tokenshift::{Model, Sampler, SamplerConfig, Session, State, StopReason, TextStream};
 
 const DEFAULT_MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -48,6 +56,11 @@ fn main() {
             &[],
         )?;
         let model_path = args.get("model").unwrap_or(DEFAULT_MODEL);
+        if let Some(out) = args.get("state-out") {
+            let mut inputs = vec![("model", model_path)];
+            inputs.extend(args::Vocab::file_flag(args.get("vocab")).map(|v| ("vocab", v)));
+            args::refuse_overwrite(("state-out", out), &inputs)?;
+        }
         let model = Model::load(model_path).map_err(|e| e.to_string())?;
         eprintln!("{}", model.config());
 
@@ -66,18 +79,32 @@ fn main() {
         };
         let sampler = Sampler::new(config, args.parsed("seed", 0)?).map_err(|e| e.to_string())?;
         let mut session = Session::new(&model, tokenizer, sampler);
+        let mut input = Vec::new();
         if let Some(path) = args.get("state-in") {
-            let state = model.load_state(path).map_err(|e| e.to_string())?;
+            let (state, next) = args::load_state(&model, path)?;
             session = session
                 .with_initial_state(state)
                 .map_err(|e| e.to_string())?;
+            input.extend(next);
         }
+        // The state to save is the one before the last token read: kept here while
+        // generating when --state-out is given.
+        let keep = args.get("state-out").is_some();
+        let initial = keep.then(|| session.state().clone());
 
         let prompt = args.get("prompt").unwrap_or(DEFAULT_PROMPT);
         let max_tokens: usize = args.parsed("max-tokens", 200)?;
         let prompt_ids = tokenizer.encode(prompt);
+        input.extend_from_slice(&prompt_ids);
+        if input.is_empty() {
+            return Err(
+                "nothing to read: give a --prompt, or a --state-in saved by \
+                        --state-out of this example (which records the token to read next)"
+                    .into(),
+            );
+        }
         let start = Instant::now();
-        session.prefill(&prompt_ids).map_err(|e| e.to_string())?;
+        session.prefill(&input).map_err(|e| e.to_string())?;
         let prefill_secs = start.elapsed().as_secs_f64();
 
         let mut out = std::io::stdout().lock();
@@ -90,15 +117,36 @@ fn main() {
         };
         print(&mut out, prompt)?;
         let start = Instant::now();
-        let mut text = session.text(max_tokens);
-        for piece in text.by_ref() {
-            if !print(&mut out, &piece.map_err(|e| e.to_string())?)? {
+        let mut stream = TextStream::new::<&str>(&[]);
+        let mut snapshot = initial.clone();
+        let mut last_generated = None;
+        let mut generated = 0;
+        let mut stop = None;
+        let mut open = true;
+        while open {
+            if generated == max_tokens {
+                stop = Some(StopReason::MaxTokens);
                 break;
             }
+            if let Some(s) = snapshot.as_mut() {
+                s.blocks_mut().clone_from_slice(session.state().blocks());
+            }
+            let mut one = session.tokens(1);
+            let token = match one.next() {
+                Some(token) => token.map_err(|e| e.to_string())?,
+                None => {
+                    stop = one.stop_reason();
+                    break;
+                }
+            };
+            generated += 1;
+            last_generated = Some(token);
+            let bytes = tokenizer.token_bytes(token).map_err(|e| e.to_string())?;
+            open = print(&mut out, &stream.push(bytes))?;
         }
-        let generated = text.generated();
-        let stop = text.stop_reason();
-        drop(text);
+        if open {
+            print(&mut out, &stream.finish())?;
+        }
         let gen_secs = start.elapsed().as_secs_f64();
         print(&mut out, "\n")?;
 
@@ -111,16 +159,30 @@ fn main() {
         eprintln!(
             "prefill: {} tokens in {:.3} s ({:.1} tokens/s); generation: {} tokens in {:.3} s \
              ({:.1} tokens/s, ended by {ended})",
-            prompt_ids.len(),
+            input.len(),
             prefill_secs,
-            prompt_ids.len() as f64 / prefill_secs,
+            input.len() as f64 / prefill_secs,
             generated,
             gen_secs,
             generated as f64 / gen_secs,
         );
         if let Some(path) = args.get("state-out") {
-            session.state().save(path).map_err(|e| e.to_string())?;
-            eprintln!("state saved to {path}");
+            let (state, next) = match (snapshot, last_generated) {
+                (Some(state), Some(token)) => (state, token),
+                // Nothing generated: the state before the input's last token.
+                _ => {
+                    let mut state: State = initial.expect("kept for --state-out");
+                    let (last, rest) = input.split_last().expect("checked non-empty");
+                    if !rest.is_empty() {
+                        model
+                            .forward(rest, &mut state, tokenshift::Logits::Last)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    (state, *last)
+                }
+            };
+            args::save_state(path, &state, Some(next))?;
+            eprintln!("state saved to {path} (next token {next})");
         }
         Ok(())
     });

@@ -7,6 +7,7 @@
 //!
 //! `OUT` gets one f32 tensor `logits` of shape `[T, vocab]`; `--mode seq` runs the whole list at
 //! once, `--mode step` one token at a time. With `--state-out` the final state is saved too.
+//! Both files are written atomically; neither may be the model (nor each other).
 
 mod args;
 
@@ -19,13 +20,26 @@ fn write_logits(path: &str, logits: &Array2<f32>) -> Result<(), String> {
     let view =
         TensorView::new(Dtype::F32, logits.shape().to_vec(), &bytes).map_err(|e| e.to_string())?;
     let file = safetensors::serialize([("logits", view)], None).map_err(|e| e.to_string())?;
-    std::fs::write(path, file).map_err(|e| format!("cannot write `{path}`: {e}"))
+    args::write_file(path, &file)
 }
 
 fn main() {
     args::run(|| {
         let args = args::Args::parse(&["model", "tokens", "mode", "out", "state-out"], &[])?;
-        let model = Model::load(args.required("model")?).map_err(|e| e.to_string())?;
+        let model_path = args.required("model")?;
+        for flag in ["out", "state-out"] {
+            if let Some(out) = args.get(flag) {
+                args::refuse_overwrite((flag, out), &[("model", model_path)])?;
+            }
+        }
+        if let (Some(out), Some(state)) = (args.get("out"), args.get("state-out")) {
+            if out == state || args::same_file(out.as_ref(), state.as_ref()) {
+                return Err(format!(
+                    "--out `{out}` and --state-out `{state}` are the same file"
+                ));
+            }
+        }
+        let model = Model::load(model_path).map_err(|e| e.to_string())?;
         println!("{}", model.config());
         let tokens = args
             .required("tokens")?

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Encoding prints the ids of the file's bytes (or of the text's UTF-8), comma-separated on one
-//! line. Decoding writes the tokens' bytes to `--out`, or to stdout. `--vocab` is a World
+//! line. Decoding writes the tokens' bytes to `--out` (atomically; not the vocabulary file),
+//! or to stdout; an empty id list is an error (it would empty `--out`). `--vocab` is a World
 //! vocabulary file (`rwkv_vocab_v20230424.txt` format), `world` for the shipped World
 //! vocabulary (the default) or `bytes` for the byte-level one (id = byte + 1).
 
@@ -18,6 +19,16 @@ use std::io::Write;
 fn main() {
     args::run(|| {
         let args = args::Args::parse(&["vocab", "text-file", "text", "decode", "out"], &[])?;
+        if let Some(out) = args.get("out") {
+            let inputs: Vec<(&str, &str)> = [
+                ("vocab", args.get("vocab")),
+                ("text-file", args.get("text-file")),
+            ]
+            .into_iter()
+            .filter_map(|(flag, path)| Some((flag, path?)))
+            .collect();
+            args::refuse_overwrite(("out", out), &inputs)?;
+        }
         let vocab = args::Vocab::from_flag(args.get("vocab"), args::Vocab::World)?;
         let tokenizer = vocab.tokenizer();
         let given = ["text-file", "text", "decode"]
@@ -38,11 +49,12 @@ fn main() {
                         .map_err(|_| format!("--decode: `{t}` is not a token id"))
                 })
                 .collect::<Result<Vec<u32>, String>>()?;
+            if ids.is_empty() {
+                return Err("--decode: no token ids given".into());
+            }
             let bytes = tokenizer.decode(&ids).map_err(|e| e.to_string())?;
             return match args.get("out") {
-                Some(path) => {
-                    std::fs::write(path, &bytes).map_err(|e| format!("cannot write `{path}`: {e}"))
-                }
+                Some(path) => args::write_file(path, &bytes),
                 None => std::io::stdout()
                     .lock()
                     .write_all(&bytes)

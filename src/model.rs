@@ -192,15 +192,12 @@ impl Model {
         State::from_time_state(&SafeTensorsFile::open(path)?, &self.config)
     }
 
+    /// Every entry point that takes a state ([`Model::step`], [`Model::step_into`],
+    /// [`Model::forward`], [`Model::step_batch`], and so every [`crate::Session`] call) checks
+    /// it here first: [`State::check`], array by array, so a state edited to the wrong shape
+    /// is an error before any layer runs.
     fn check_state(&self, state: &State) -> Result<()> {
-        let want = StateShape::from(&self.config);
-        if state.shape != want {
-            return Err(Error::StateMismatch(format!(
-                "the state was made for {:?}, the model is {:?}",
-                state.shape, want
-            )));
-        }
-        Ok(())
+        state.check(&self.config)
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {

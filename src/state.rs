@@ -39,10 +39,10 @@ use crate::error::{Error, Result};
 use crate::mixer::rwkv4::Rwkv4State;
 use crate::mixer::rwkv5::WkvState;
 use crate::model::Workspace;
+use crate::save::{SafeTensorsWriter, Values};
 use crate::weights::{SafeTensorsFile, Scope, TensorSource};
-use ndarray::{Array1, ArrayD, Ix3};
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
+use ndarray::{Array1, ArrayD, ArrayViewD, Ix3};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const FORMAT: &str = "tokenshift-state";
@@ -130,24 +130,108 @@ impl State {
         &mut self.blocks
     }
 
+    /// Checks that the state fits a model with `config`: the recorded shape, then the number
+    /// of blocks, each block's variant for the version (RWKV-4's `(x_prev, aa, bb, pp)`, the
+    /// WKV matrix state otherwise) and every array's shape (`[C]`, and `[H, N, N]` for the
+    /// matrix), each array in standard (row-major) layout. A state edited through
+    /// [`State::blocks_mut`] is checked like any other; [`crate::Model`] runs this before
+    /// every use of a state, so a bad one is an error rather than a panic inside a layer.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] naming the block and the array (as the module docs name the
+    /// tensors, e.g. `blocks.1.att.wkv`), with the expected and found shapes.
+    pub fn check(&self, config: &Config) -> Result<()> {
+        let want = StateShape::from(config);
+        if self.shape != want {
+            return Err(Error::StateMismatch(format!(
+                "the state was made for {:?}, the model is {:?}",
+                self.shape, want
+            )));
+        }
+        if self.blocks.len() != config.n_layer {
+            return Err(Error::StateMismatch(format!(
+                "the state has {} blocks, the model {}",
+                self.blocks.len(),
+                config.n_layer
+            )));
+        }
+        let c = config.n_embd;
+        let (h, n) = (config.n_head, config.head_size);
+        for (l, b) in self.blocks.iter().enumerate() {
+            let array = |name: &str, shape: &[usize], expected: &[usize], standard: bool| {
+                if shape != expected {
+                    Err(Error::StateMismatch(format!(
+                        "`blocks.{l}.{name}` has shape {shape:?}, expected {expected:?}"
+                    )))
+                } else if !standard {
+                    Err(Error::StateMismatch(format!(
+                        "`blocks.{l}.{name}` is not in standard (row-major) layout"
+                    )))
+                } else {
+                    Ok(())
+                }
+            };
+            let vector =
+                |name: &str, a: &Array1<f32>| array(name, a.shape(), &[c], a.is_standard_layout());
+            match (&b.att, config.version.has_matrix_state()) {
+                (TimeMixState::V4(s), false) => {
+                    vector("att.x_prev", &s.x_prev)?;
+                    vector("att.aa", &s.aa)?;
+                    vector("att.bb", &s.bb)?;
+                    vector("att.pp", &s.pp)?;
+                }
+                (TimeMixState::Wkv(s), true) => {
+                    vector("att.x_prev", &s.x_prev)?;
+                    array("att.wkv", s.s.shape(), &[h, n, n], s.s.is_standard_layout())?;
+                }
+                (found, _) => {
+                    let kind = |s: &TimeMixState| match s {
+                        TimeMixState::V4(_) => "RWKV-4's (x_prev, aa, bb, pp)",
+                        TimeMixState::Wkv(_) => "the matrix state (x_prev, wkv) of RWKV-5/6/7",
+                    };
+                    let expected = if config.version.has_matrix_state() {
+                        "the matrix state (x_prev, wkv) of RWKV-5/6/7"
+                    } else {
+                        "RWKV-4's (x_prev, aa, bb, pp)"
+                    };
+                    return Err(Error::StateMismatch(format!(
+                        "`blocks.{l}.att` holds {}, RWKV-{} needs {expected}",
+                        kind(found),
+                        config.version
+                    )));
+                }
+            }
+            vector("ffn.x_prev", &b.ffn)?;
+        }
+        Ok(())
+    }
+
     /// The state as named tensors (see the module docs for the names).
     pub fn tensors(&self) -> Vec<(String, ArrayD<f32>)> {
+        self.tensor_views()
+            .into_iter()
+            .map(|(name, a)| (name, a.to_owned()))
+            .collect()
+    }
+
+    /// [`State::tensors`] without copying.
+    fn tensor_views(&self) -> Vec<(String, ArrayViewD<'_, f32>)> {
         let mut out = Vec::new();
         for (l, b) in self.blocks.iter().enumerate() {
             let name = |s: &str| format!("blocks.{l}.{s}");
             match &b.att {
                 TimeMixState::V4(s) => {
-                    out.push((name("att.x_prev"), s.x_prev.clone().into_dyn()));
-                    out.push((name("att.aa"), s.aa.clone().into_dyn()));
-                    out.push((name("att.bb"), s.bb.clone().into_dyn()));
-                    out.push((name("att.pp"), s.pp.clone().into_dyn()));
+                    out.push((name("att.x_prev"), s.x_prev.view().into_dyn()));
+                    out.push((name("att.aa"), s.aa.view().into_dyn()));
+                    out.push((name("att.bb"), s.bb.view().into_dyn()));
+                    out.push((name("att.pp"), s.pp.view().into_dyn()));
                 }
                 TimeMixState::Wkv(s) => {
-                    out.push((name("att.x_prev"), s.x_prev.clone().into_dyn()));
-                    out.push((name("att.wkv"), s.s.clone().into_dyn()));
+                    out.push((name("att.x_prev"), s.x_prev.view().into_dyn()));
+                    out.push((name("att.wkv"), s.s.view().into_dyn()));
                 }
             }
-            out.push((name("ffn.x_prev"), b.ffn.clone().into_dyn()));
+            out.push((name("ffn.x_prev"), b.ffn.view().into_dyn()));
         }
         out
     }
@@ -159,38 +243,48 @@ impl State {
         self.tensors().into_iter().map(|(_, a)| a).collect()
     }
 
-    /// The state as the bytes of a safetensors file.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let tensors = self.tensors();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(name, a)| {
-                let data = a.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name, a.shape().to_vec(), data)
-            })
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(name, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|v| (name.as_str(), v))
-                    .map_err(|e| Error::Format(e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let metadata: HashMap<String, String> = self.shape.metadata().into_iter().collect();
-        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format(e.to_string()))
-    }
-
-    /// Writes the state to a safetensors file.
+    /// The state as the bytes of a safetensors file (the layout of the module docs). The
+    /// bytes depend only on the state: tensors are in name order and the header's keys sorted,
+    /// so saving one state twice gives the same file.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be written.
+    /// None in practice: [`Error::Format`] if the header would be over the format's limit.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_with_metadata(&BTreeMap::new())
+    }
+
+    /// [`State::to_bytes`] with `extra` entries added to the file's metadata, e.g. what an
+    /// application needs to resume (the `generate` example records the token still to be
+    /// read). [`State::load`] ignores them; read them with
+    /// [`SafeTensorsFile::metadata`](crate::weights::SafeTensorsFile::metadata).
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if a key of `extra` is one of the state's own (`format`,
+    /// `format_version`, `version`, `n_layer`, `n_embd`, `n_head`, `head_size`).
+    pub fn to_bytes_with_metadata(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+        let mut metadata: BTreeMap<String, String> = self.shape.metadata().into_iter().collect();
+        for (key, value) in extra {
+            if metadata.insert(key.clone(), value.clone()).is_some() {
+                return Err(Error::StateMismatch(format!(
+                    "metadata `{key}` is the state's own and cannot be set"
+                )));
+            }
+        }
+        let tensors = self
+            .tensor_views()
+            .into_iter()
+            .map(|(name, a)| (name, Values::F32(a)))
+            .collect();
+        Ok(SafeTensorsWriter::new(tensors, &metadata)?.to_bytes())
+    }
+
+    /// Writes the state to a safetensors file, atomically ([`crate::write_atomic`]): if the
+    /// write fails, a file already at `path` is left as it was.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path` if the file cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::save::write_atomic(path, &self.to_bytes()?)
     }
 
     /// Reads a state saved by [`State::save`] for a model with `config`.
@@ -198,13 +292,17 @@ impl State {
     /// # Errors
     /// [`Error::Io`], [`Error::Format`] for a file that is not safetensors, and
     /// [`Error::StateMismatch`] when the file was not saved for a model of this version and
-    /// these sizes (or lacks a tensor, or has one of the wrong shape).
+    /// these sizes (or lacks a tensor, or has one of the wrong shape), or when a tensor holds
+    /// a NaN or an infinity (the message names the tensor and the index).
     pub fn load(path: impl AsRef<Path>, config: &Config) -> Result<State> {
         let file = SafeTensorsFile::open(path)?;
         Self::from_file(&file, config)
     }
 
     /// [`State::load`] from the bytes of a file.
+    ///
+    /// # Errors
+    /// As [`State::load`], without [`Error::Io`].
     pub fn from_bytes(bytes: Vec<u8>, config: &Config) -> Result<State> {
         Self::from_file(&SafeTensorsFile::from_bytes(bytes)?, config)
     }
@@ -268,18 +366,32 @@ impl State {
             }
         }
         let mismatch = |e: Error| Error::StateMismatch(e.to_string());
+        fn finite<'a>(name: &str, values: impl Iterator<Item = &'a f32>) -> Result<()> {
+            match values.enumerate().find(|(_, v)| !v.is_finite()) {
+                Some((i, v)) => Err(Error::StateMismatch(format!(
+                    "tensor `{name}` holds {v} at element {i} (row-major); a state must be \
+                     finite"
+                ))),
+                None => Ok(()),
+            }
+        }
         let root = Scope::new(file);
         let c = config.n_embd;
         let (h, n) = (config.n_head, config.head_size);
         let blocks = (0..config.n_layer)
             .map(|l| {
                 let b = root.pp(&format!("blocks.{l}"));
-                let vector = |name: &str| b.vector(name, c);
+                let vector = |name: &str| {
+                    let a = b.vector(name, c).map_err(mismatch)?;
+                    finite(&b.path(name), a.iter())?;
+                    Ok::<_, Error>(a)
+                };
                 let att = if config.version.has_matrix_state() {
+                    let s = b.f32("att.wkv", &[h, n, n]).map_err(mismatch)?;
+                    finite(&b.path("att.wkv"), s.iter())?;
                     TimeMixState::Wkv(WkvState {
                         x_prev: vector("att.x_prev")?,
-                        s: b.f32("att.wkv", &[h, n, n])?
-                            .into_dimensionality::<Ix3>()
+                        s: s.into_dimensionality::<Ix3>()
                             .expect("reshaped to three axes"),
                     })
                 } else {
@@ -295,8 +407,7 @@ impl State {
                     ffn: vector("ffn.x_prev")?,
                 })
             })
-            .collect::<Result<Vec<_>>>()
-            .map_err(mismatch)?;
+            .collect::<Result<Vec<_>>>()?;
         Ok(State {
             shape,
             blocks,

@@ -1,9 +1,17 @@
-//! What the examples share: a small `--flag value` parser and the choice of tokenizer.
+//! What the examples share: a small `--flag value` parser, the choice of tokenizer, the
+//! check that an output is not one of the inputs, and state files that record the token still
+//! to be read.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::str::FromStr;
-use tokenshift::{ByteTokenizer, Tokenizer, WorldTokenizer};
+use tokenshift::weights::SafeTensorsFile;
+use tokenshift::{ByteTokenizer, Model, State, Tokenizer, WorldTokenizer};
+
+/// The metadata key of a state file under which [`save_state`] records the token the state
+/// has not read yet.
+pub const NEXT_TOKEN: &str = "next_token";
 
 /// Parsed `--name value` pairs and bare `--switch`es.
 pub struct Args {
@@ -103,6 +111,11 @@ impl Vocab {
         })
     }
 
+    /// `--vocab`'s value if it names a file (not `bytes` or `world`).
+    pub fn file_flag(value: Option<&str>) -> Option<&str> {
+        value.filter(|v| !matches!(*v, "bytes" | "world"))
+    }
+
     /// The default for a model with `vocab` outputs: bytes if they fit, World otherwise.
     pub fn for_model(vocab: usize) -> Vocab {
         if vocab <= ByteTokenizer.vocab_size() {
@@ -120,4 +133,79 @@ impl Vocab {
             Vocab::File(t) => &**t,
         }
     }
+}
+
+/// Whether `a` and `b` name the same existing file: the same device and inode on Unix (so a
+/// hard link, a symbolic link or another spelling of the path is caught), the same canonical
+/// path elsewhere. A path that does not exist is no file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+}
+
+/// Refuses, before any work, an output that is one of the inputs: `output` is `(flag, path)`
+/// of the file to be written, `inputs` those of the files read. Writing a model's logits over
+/// the model would destroy it; a state file that is both read and written (`--state-in S
+/// --state-out S`) is not an input here, since it is read whole before the atomic write.
+pub fn refuse_overwrite(output: (&str, &str), inputs: &[(&str, &str)]) -> Result<(), String> {
+    let (out_flag, out_path) = output;
+    match inputs
+        .iter()
+        .find(|(_, path)| same_file(Path::new(out_path), Path::new(path)))
+    {
+        Some((flag, path)) => Err(format!(
+            "--{out_flag} `{out_path}` is the same file as --{flag} `{path}`: refusing to \
+             overwrite an input"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `path` atomically (the old file stays whole if the write fails).
+pub fn write_file(path: &str, bytes: &[u8]) -> Result<(), String> {
+    tokenshift::write_atomic(path, bytes).map_err(|e| e.to_string())
+}
+
+/// Saves `state` to `path` atomically, with `next` recorded as the token it has not read yet
+/// (see [`load_state`]).
+pub fn save_state(path: &str, state: &State, next: Option<u32>) -> Result<(), String> {
+    let mut extra = BTreeMap::new();
+    if let Some(token) = next {
+        extra.insert(NEXT_TOKEN.to_string(), token.to_string());
+    }
+    let bytes = state
+        .to_bytes_with_metadata(&extra)
+        .map_err(|e| e.to_string())?;
+    write_file(path, &bytes)
+}
+
+/// Loads a state file for `model`, with the token it records as not read yet (saved by
+/// [`save_state`]; `None` for a file without one, e.g. from [`State::save`]). A run that
+/// continues from the state must read that token first.
+pub fn load_state(model: &Model, path: &str) -> Result<(State, Option<u32>), String> {
+    let state = model.load_state(path).map_err(|e| e.to_string())?;
+    let meta = SafeTensorsFile::open(path)
+        .map_err(|e| e.to_string())?
+        .metadata();
+    let next =
+        match meta.get(NEXT_TOKEN) {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                format!("`{path}`: metadata `{NEXT_TOKEN}` is `{v}`, not a token id")
+            })?),
+        };
+    Ok((state, next))
 }

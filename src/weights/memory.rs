@@ -39,47 +39,30 @@ impl TensorMap {
 }
 
 impl TensorMap {
-    /// Writes the tensors as a safetensors file (each in its storage type).
+    /// Writes the tensors as a safetensors file (each in its storage type), atomically
+    /// ([`crate::write_atomic`]): if the write fails, a file already at `path` is left as it
+    /// was. The bytes depend only on the tensors, whatever order they were inserted in: they
+    /// are laid out by element size (largest first), then by name, and streamed to the file
+    /// without a second copy in memory.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be written.
+    /// [`Error::Io`] naming `path` if the file cannot be written.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        use safetensors::tensor::{Dtype, TensorView};
-        let path = path.as_ref();
-        let encoded: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = self
+        use crate::save::{SafeTensorsWriter, Values};
+        let tensors = self
             .tensors
             .iter()
             .map(|(name, t)| {
-                let (dtype, bytes): (Dtype, Vec<u8>) = match t {
-                    Tensor::F32(a) => {
-                        (Dtype::F32, a.iter().flat_map(|v| v.to_le_bytes()).collect())
-                    }
-                    Tensor::F16(a) => {
-                        (Dtype::F16, a.iter().flat_map(|v| v.to_le_bytes()).collect())
-                    }
-                    Tensor::Bf16(a) => (
-                        Dtype::BF16,
-                        a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    ),
+                let values = match t {
+                    Tensor::F32(a) => Values::F32(a.view()),
+                    Tensor::F16(a) => Values::F16(a.view()),
+                    Tensor::Bf16(a) => Values::Bf16(a.view()),
                 };
-                (name.as_str(), dtype, t.shape().to_vec(), bytes)
+                (name.clone(), values)
             })
             .collect();
-        let views = encoded
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                TensorView::new(*dtype, shape.clone(), bytes)
-                    .map(|v| (*name, v))
-                    .map_err(|e| Error::Format(e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize_to_file(views, None, path).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(source) => Error::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => Error::Format(other.to_string()),
-        })
+        let file = SafeTensorsWriter::new(tensors, &Default::default())?;
+        crate::save::write_atomic_with(path, |out| file.write(out))
     }
 }
 
