@@ -47,7 +47,7 @@
 use crate::error::{Error, Result};
 use crate::model::{Logits, Model};
 use crate::sample::{find_stop_string, partial_stop_len, Sampler};
-use crate::state::{State, StateShape};
+use crate::state::State;
 use crate::tokenizer::{Tokenizer, Utf8Stream};
 use ndarray::{s, Array1, ArrayView1, Axis};
 use std::borrow::Borrow;
@@ -165,17 +165,11 @@ impl<M: Borrow<Model>, T: Tokenizer> Session<M, T> {
     /// The sampler and the state [`reset`](Session::reset) returns to are unchanged.
     ///
     /// # Errors
-    /// [`Error::StateMismatch`] if `state` was not made for this model's version and sizes; the
-    /// session is then unchanged.
+    /// [`Error::StateMismatch`] if `state` was not made for this model's version and sizes, or
+    /// an array of it was edited to another shape ([`State::check`]); the session is then
+    /// unchanged.
     pub fn set_state(&mut self, state: State) -> Result<()> {
-        let want = StateShape::from(self.model().config());
-        if state.shape() != want {
-            return Err(Error::StateMismatch(format!(
-                "the state was made for {:?}, the model is {:?}",
-                state.shape(),
-                want
-            )));
-        }
+        state.check(self.model().config())?;
         self.state = state;
         self.logits = None;
         Ok(())
