@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
+use safetensors::tensor::Dtype;
 use std::path::PathBuf;
-use tokenshift::{Error, Model};
+use std::sync::Mutex;
+use tokenshift::weights::{SafeTensorsFile, Tensor, TensorSource};
+use tokenshift::{Config, DType, Error, Model};
 
 /// A directory of its own under the system's temporary directory, removed when dropped.
 struct TempDir(PathBuf);
@@ -143,4 +146,205 @@ fn sizes_in_a_header_are_bounded_by_the_file() {
     let path = write(&dir, "huge-tensor.safetensors", &bytes);
     assert_format_error("a 4 TiB tensor", Model::load(&path));
     assert_format_error("a 4 TiB tensor", Model::from_bytes(bytes));
+}
+
+/// A source that forwards to another and records every tensor read through `tensor()`, with
+/// the shape it came back in.
+struct Recorder<'a> {
+    inner: &'a dyn TensorSource,
+    reads: Mutex<Vec<(String, Vec<usize>)>>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(inner: &'a dyn TensorSource) -> Self {
+        Recorder {
+            inner,
+            reads: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn reads(&self) -> Vec<(String, Vec<usize>)> {
+        self.reads.lock().unwrap().clone()
+    }
+}
+
+impl TensorSource for Recorder<'_> {
+    fn names(&self) -> Vec<&str> {
+        self.inner.names()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.shape(name)
+    }
+
+    fn dtype(&self, name: &str) -> Option<Result<DType, String>> {
+        self.inner.dtype(name)
+    }
+
+    fn tensor(&self, name: &str) -> tokenshift::Result<Tensor> {
+        let t = self.inner.tensor(name);
+        let shape = t.as_ref().map(|t| t.shape().to_vec()).unwrap_or_default();
+        self.reads.lock().unwrap().push((name.to_string(), shape));
+        t
+    }
+}
+
+/// The declared tensor list of every piece is exactly what the loaders read: each fixture
+/// model (every version) is loaded through a recorder, and the names read (each once) and
+/// their shapes equal [`Model::tensor_specs`].
+#[test]
+fn declared_tensors_are_exactly_the_tensors_read() {
+    for dir in fixtures() {
+        let file = SafeTensorsFile::open(dir.join("model.safetensors")).unwrap();
+        let config = Config::from_source(&file).unwrap();
+        let mut specs = Model::tensor_specs(&file, &config);
+        specs.sort();
+        for dtype in [None, Some(DType::F16)] {
+            let recorder = Recorder::new(&file);
+            Model::from_source_as(&recorder, dtype).unwrap();
+            let mut reads = recorder.reads();
+            reads.sort();
+            let read_names: Vec<&str> = reads.iter().map(|(n, _)| n.as_str()).collect();
+            let spec_names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(read_names, spec_names, "{}", dir.display());
+            for (spec, (name, shape)) in specs.iter().zip(&reads) {
+                assert!(
+                    spec.fits(shape),
+                    "{}: `{name}` was read as {shape:?}, declared {:?}",
+                    dir.display(),
+                    spec.shape
+                );
+            }
+        }
+    }
+}
+
+/// What is done to one tensor of a fixture, and the error that must name it.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Missing,
+    Reshaped,
+    I32,
+    F64,
+}
+
+fn with_fault(raw: &[RawTensor], name: &str, fault: Fault) -> Vec<u8> {
+    let mut raw = raw.to_vec();
+    let i = raw.iter().position(|t| t.0 == name).expect("tensor exists");
+    let t = &mut raw[i];
+    match fault {
+        Fault::Missing => {
+            raw.remove(i);
+        }
+        // As many elements, in another shape.
+        Fault::Reshaped => t.2 = vec![t.2.iter().product::<usize>() / 2, 2],
+        // The same bytes read as integers.
+        Fault::I32 => t.1 = Dtype::I32,
+        Fault::F64 => {
+            t.1 = Dtype::F64;
+            t.3 =
+                t.3.chunks_exact(4)
+                    .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) as f64).to_le_bytes())
+                    .collect();
+        }
+    }
+    write_tensors(&raw)
+}
+
+fn assert_names(fault: Fault, name: &str, err: &Error) {
+    let named = match (fault, err) {
+        (Fault::Missing, Error::MissingTensor(n)) => n == name,
+        (Fault::Reshaped, Error::Shape { name: n, .. }) => n == name,
+        (Fault::I32 | Fault::F64, Error::Dtype { name: n, .. }) => n == name,
+        _ => false,
+    };
+    assert!(named, "{name} {fault:?}: {err}");
+    assert!(err.to_string().contains(name), "{err}");
+}
+
+/// A late tensor that is absent, of the wrong shape or of an unsupported type is reported
+/// from the header, before any tensor data is read.
+#[test]
+fn bad_late_tensor_is_found_before_any_tensor_is_read() {
+    // `last.` stands for the last block.
+    for (fixture_name, late) in [
+        (
+            "v6-b",
+            ["head.weight", "last.ffn.value.weight", "ln_out.weight"],
+        ),
+        ("v7-a", ["head.weight", "last.att.v2", "last.att.r_k"]),
+        (
+            "v5.1-a",
+            ["head.weight", "last.att.time_first", "last.ln2.bias"],
+        ),
+        (
+            "v4-b",
+            ["head.weight", "last.ffn.receptance.weight", "ln_out.bias"],
+        ),
+    ] {
+        let dir = fixture(fixture_name);
+        let n_layer = load_model(&dir).config().n_layer;
+        let raw = raw_model(&dir);
+        for name in late {
+            let name = match name.strip_prefix("last.") {
+                Some(rest) => format!("blocks.{}.{rest}", n_layer - 1),
+                None => name.to_string(),
+            };
+            for fault in [Fault::Missing, Fault::Reshaped, Fault::I32, Fault::F64] {
+                let bytes = with_fault(&raw, &name, fault);
+                let err = Model::from_bytes(bytes.clone()).unwrap_err();
+                assert_names(fault, &name, &err);
+                let file = SafeTensorsFile::from_bytes(bytes).unwrap();
+                let recorder = Recorder::new(&file);
+                let err = Model::from_source(&recorder).unwrap_err();
+                assert_names(fault, &name, &err);
+                assert_eq!(
+                    recorder.reads(),
+                    vec![],
+                    "{fixture_name} {name} {fault:?}: tensors read before the error"
+                );
+            }
+        }
+    }
+}
+
+/// A 1 GiB file (sparse on disk) whose header names a huge embedding and lacks the head is
+/// rejected without reading a tensor.
+#[test]
+fn sparse_file_missing_a_tensor_is_rejected_unread() {
+    let dir = TempDir::new("sparse");
+    let mut raw = raw_model(&fixture("v6-b"));
+    raw.retain(|t| t.0 != "head.weight" && t.0 != "emb.weight");
+    let c = 48;
+    let vocab = (1usize << 30) / (4 * c);
+    let mut header = String::from("{");
+    let mut offset = 0;
+    for (name, _, shape, bytes) in &raw {
+        let end = offset + bytes.len();
+        header += &format!(
+            r#""{name}":{{"dtype":"F32","shape":{shape:?},"data_offsets":[{offset},{end}]}},"#
+        );
+        offset = end;
+    }
+    let end = offset + vocab * c * 4;
+    header += &format!(
+        r#""emb.weight":{{"dtype":"F32","shape":[{vocab},{c}],"data_offsets":[{offset},{end}]}}}}"#
+    );
+    let path = dir.join("sparse.safetensors");
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    for t in &raw {
+        bytes.extend_from_slice(&t.3);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len((8 + header.len() + end) as u64).unwrap();
+    drop(file);
+    let err = Model::load(&path).unwrap_err();
+    assert_names(Fault::Missing, "head.weight", &err);
+    let file = SafeTensorsFile::open(&path).unwrap();
+    let recorder = Recorder::new(&file);
+    let err = Model::from_source(&recorder).unwrap_err();
+    assert_names(Fault::Missing, "head.weight", &err);
+    assert_eq!(recorder.reads(), vec![]);
 }

@@ -4,7 +4,7 @@
 //! file's length, and each tensor is read from its own byte range when asked for, so loading a
 //! model needs memory for the model plus one tensor, not for a second copy of the file.
 
-use super::{Tensor, TensorSource};
+use super::{DType, Tensor, TensorSource};
 use crate::error::{Error, Result};
 use crate::ops::aligned;
 use half::{bf16, f16};
@@ -243,32 +243,40 @@ impl TensorSource for SafeTensorsFile {
         self.metadata.info(name).map(|i| i.shape.clone())
     }
 
+    fn dtype(&self, name: &str) -> Option<Result<DType, String>> {
+        self.metadata.info(name).map(|info| match info.dtype {
+            Dtype::F32 => Ok(DType::F32),
+            Dtype::F16 => Ok(DType::F16),
+            Dtype::BF16 => Ok(DType::Bf16),
+            other => Err(format!("{other:?}")),
+        })
+    }
+
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let info = self
             .metadata
             .info(name)
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let dtype = self
+            .dtype(name)
+            .expect("present")
+            .map_err(|dtype| Error::Dtype {
+                name: name.to_string(),
+                dtype,
+            })?;
         let shape = &info.shape;
-        let unsupported = || Error::Dtype {
-            name: name.to_string(),
-            dtype: format!("{:?}", info.dtype),
-        };
-        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            return Err(unsupported());
-        }
-        Ok(match info.dtype {
-            Dtype::F32 => Tensor::F32(array(name, shape, self.decode(info, f32::from_le_bytes)?)?),
-            Dtype::F16 => Tensor::F16(array(
+        Ok(match dtype {
+            DType::F32 => Tensor::F32(array(name, shape, self.decode(info, f32::from_le_bytes)?)?),
+            DType::F16 => Tensor::F16(array(
                 name,
                 shape,
                 self.decode(info, |b| f16::from_bits(u16::from_le_bytes(b)))?,
             )?),
-            Dtype::BF16 => Tensor::Bf16(array(
+            DType::Bf16 => Tensor::Bf16(array(
                 name,
                 shape,
                 self.decode(info, |b| bf16::from_bits(u16::from_le_bytes(b)))?,
             )?),
-            _ => return Err(unsupported()),
         })
     }
 }
