@@ -146,6 +146,12 @@ fn sizes_in_a_header_are_bounded_by_the_file() {
     let path = write(&dir, "huge-tensor.safetensors", &bytes);
     assert_format_error("a 4 TiB tensor", Model::load(&path));
     assert_format_error("a 4 TiB tensor", Model::from_bytes(bytes));
+    // No elements, but axes whose product overflows: an error when read, not a panic.
+    let header = br#"{"x":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    let file = SafeTensorsFile::from_bytes(bytes).unwrap();
+    assert_format_error("an empty tensor of overflowing shape", file.tensor("x"));
 }
 
 /// A source that forwards to another and records every tensor read through `tensor()`, with
