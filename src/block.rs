@@ -10,7 +10,7 @@ use crate::mixer::rwkv6::Rwkv6TimeMix;
 use crate::mixer::rwkv7::{Rwkv7Scratch, Rwkv7TimeMix};
 use crate::mixer::SequenceMixer;
 use crate::ops::{zip_inplace, LayerNorm, Team};
-use crate::weights::Scope;
+use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// The time mix of a block, one variant per architecture family.
@@ -96,6 +96,19 @@ impl TimeMix {
                 m.step_into(x, v_first, s, out, b, team)
             }
             _ => panic!("TimeMix::step_into: state or scratch of another RWKV version"),
+        }
+    }
+
+    /// The tensors the time mix of block `layer` reads under `att`, with their shapes (those of
+    /// its version's `tensor_specs`).
+    pub fn tensor_specs(att: &Scope, config: &Config, layer: usize) -> Vec<TensorSpec> {
+        match config.version {
+            Version::V4 => Rwkv4TimeMix::tensor_specs(att, config),
+            Version::V5_0 | Version::V5_1 | Version::V5_2 => {
+                Rwkv5TimeMix::tensor_specs(att, config)
+            }
+            Version::V6 => Rwkv6TimeMix::tensor_specs(att, config),
+            Version::V7 => Rwkv7TimeMix::tensor_specs(att, config, layer),
         }
     }
 
@@ -248,6 +261,17 @@ pub struct Block {
 }
 
 impl Block {
+    /// The tensors [`Block::load`] reads under `block` (`blocks.{layer}`), with their shapes.
+    pub fn tensor_specs(block: &Scope, config: &Config, layer: usize) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let mut specs: Vec<TensorSpec> = ["ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"]
+            .map(|name| block.spec(name, &[c]))
+            .into();
+        specs.extend(TimeMix::tensor_specs(&block.pp("att"), config, layer));
+        specs.extend(ChannelMix::tensor_specs(&block.pp("ffn"), config));
+        specs
+    }
+
     /// Loads block `layer` from its scope `block` (`blocks.{layer}`).
     ///
     /// # Errors

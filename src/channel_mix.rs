@@ -9,7 +9,7 @@ use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::mixer::SequenceMixer;
 use crate::ops::{relu_squared, shift, sigmoid, zip_inplace, Linear, Team};
-use crate::weights::Scope;
+use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// The channel mix of one block. Its state is the previous token's layer-normed input `[C]`.
@@ -35,17 +35,41 @@ pub struct Receptance {
     pub weight: Linear,
 }
 
+/// The name of the shift coefficient of input `s` (`k` or `r`) in `version`.
+fn maa_name(version: Version, s: &str) -> String {
+    match version {
+        Version::V6 => format!("time_maa_{s}"),
+        Version::V7 => format!("x_{s}"),
+        _ => format!("time_mix_{s}"),
+    }
+}
+
 impl ChannelMix {
+    /// The tensors [`ChannelMix::load`] reads under `ffn`, with their shapes.
+    pub fn tensor_specs(ffn: &Scope, config: &Config) -> Vec<TensorSpec> {
+        let (c, f) = (config.n_embd, config.dim_ffn);
+        let mut specs = vec![ffn.spec(&maa_name(config.version, "k"), &[c])];
+        if config.version != Version::V7 {
+            specs.push(ffn.spec(&maa_name(config.version, "r"), &[c]));
+            specs.push(ffn.spec("receptance.weight", &[c, c]));
+        }
+        specs.push(ffn.spec("key.weight", &[f, c]));
+        specs.push(ffn.spec("value.weight", &[c, f]));
+        specs
+    }
+
     /// Loads the tensors under `ffn` (e.g. scope `blocks.3.ffn`).
     ///
     /// # Errors
     /// A missing tensor or a wrong shape, named in full.
     pub fn load(ffn: &Scope, config: &Config) -> Result<Self> {
         let (c, f) = (config.n_embd, config.dim_ffn);
-        let maa = |s: &str| match config.version {
-            Version::V6 => ffn.vector(&format!("time_maa_{s}"), c),
-            Version::V7 => ffn.vector(&format!("x_{s}"), c),
-            _ => ffn.vector(&format!("time_mix_{s}"), c).map(|m| 1.0 - m),
+        let maa = |s: &str| {
+            let m = ffn.vector(&maa_name(config.version, s), c);
+            match config.version {
+                Version::V6 | Version::V7 => m,
+                _ => m.map(|m| 1.0 - m),
+            }
         };
         let maa_k = maa("k")?;
         let receptance = (config.version != Version::V7)

@@ -5,7 +5,7 @@ use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::ops::{with_team, LayerNorm, Linear, Team, TeamBuffers};
 use crate::state::{State, StateShape};
-use crate::weights::{DType, SafeTensorsFile, Scope, TensorSource};
+use crate::weights::{DType, SafeTensorsFile, Scope, TensorSource, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut1, Axis};
 use std::path::Path;
 
@@ -89,7 +89,9 @@ impl Model {
         Self::from_source(&SafeTensorsFile::from_bytes(bytes)?)
     }
 
-    /// Builds the model from named tensors, detecting the version and sizes.
+    /// Builds the model from named tensors, detecting the version and sizes. Every tensor of
+    /// [`Model::tensor_specs`] is checked (present, shape, storage type) from the names and
+    /// shapes alone before any tensor is read.
     ///
     /// # Errors
     /// [`Error::UnknownVersion`], [`Error::MissingTensor`], [`Error::Shape`] or
@@ -115,6 +117,7 @@ impl Model {
     pub fn from_source_as(source: &dyn TensorSource, dtype: Option<DType>) -> Result<Model> {
         let config = Config::from_source(source)?;
         let root = Scope::new(source).with_matrix_dtype(dtype);
+        root.check(&Self::tensor_specs(source, &config))?;
         let (v, c) = (config.vocab, config.n_embd);
         let ln = |s: Scope| -> Result<LayerNorm> {
             Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
@@ -132,6 +135,34 @@ impl Model {
             head: root.linear("head.weight", v, c)?,
             config,
         })
+    }
+
+    /// Every tensor [`Model::from_source`] reads from `source` for a model with `config` (as
+    /// [`Config::from_source`] gives it), with the shape it must have: the embedding and
+    /// `blocks.0.ln0`, each block's tensors ([`Block::tensor_specs`]), `ln_out` and the head.
+    /// Where a loader picks between alternatives (RWKV-5's `time_faaaa` or `time_first`) the
+    /// spec names the one `source` holds, as the loader does.
+    pub fn tensor_specs(source: &dyn TensorSource, config: &Config) -> Vec<TensorSpec> {
+        let root = Scope::new(source);
+        let (v, c) = (config.vocab, config.n_embd);
+        let mut specs = vec![
+            root.spec("blocks.0.ln0.weight", &[c]),
+            root.spec("blocks.0.ln0.bias", &[c]),
+            root.spec("emb.weight", &[v, c]),
+        ];
+        for layer in 0..config.n_layer {
+            specs.extend(Block::tensor_specs(
+                &root.pp(&format!("blocks.{layer}")),
+                config,
+                layer,
+            ));
+        }
+        specs.extend([
+            root.spec("ln_out.weight", &[c]),
+            root.spec("ln_out.bias", &[c]),
+            root.spec("head.weight", &[v, c]),
+        ]);
+        specs
     }
 
     /// Version and sizes.

@@ -14,7 +14,7 @@ use super::{MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::{shift, sigmoid, Linear, Team};
-use crate::weights::Scope;
+use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 /// `pp` before the first token: no past, so its weight `e^{pp}` is 0.
@@ -69,6 +69,18 @@ pub struct Rwkv4TimeMix {
 }
 
 impl Rwkv4TimeMix {
+    /// The tensors [`Rwkv4TimeMix::load`] reads under `att`, with their shapes.
+    pub fn tensor_specs(att: &Scope, config: &Config) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let vectors = ["time_mix_k", "time_mix_v", "time_mix_r"]
+            .into_iter()
+            .chain(["time_decay", "time_first"])
+            .map(|name| att.spec(name, &[c]));
+        let matrices = ["key", "value", "receptance", "output"]
+            .map(|name| att.spec(&format!("{name}.weight"), &[c, c]));
+        vectors.chain(matrices).collect()
+    }
+
     /// Loads the tensors under `att` (e.g. scope `blocks.3.att`).
     ///
     /// # Errors

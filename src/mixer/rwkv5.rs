@@ -20,7 +20,7 @@ use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{shift, silu, zip_inplace, GroupNorm, Linear, Team};
-use crate::weights::Scope;
+use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// Chunk length of RWKV-5/6's default sequence path, chosen by measurement
@@ -105,6 +105,17 @@ pub struct WkvOutput {
 }
 
 impl WkvOutput {
+    /// The tensors [`WkvOutput::load`] reads under `att`, with their shapes.
+    pub(crate) fn tensor_specs(att: &Scope, config: &Config, gated: bool) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let mut specs = vec![att.spec("ln_x.weight", &[c]), att.spec("ln_x.bias", &[c])];
+        if gated {
+            specs.push(att.spec("gate.weight", &[c, c]));
+        }
+        specs.push(att.spec("output.weight", &[c, c]));
+        specs
+    }
+
     pub(crate) fn load(att: &Scope, config: &Config, gated: bool) -> Result<Self> {
         let c = config.n_embd;
         Ok(WkvOutput {
@@ -229,7 +240,17 @@ pub struct Rwkv5TimeMix {
     pub out: WkvOutput,
 }
 
-/// A per-head (5.0/5.1, stored `[H]`) or per-channel (5.2, stored `[H, N]`) parameter as `[H, N]`.
+/// The stored shape of a per-head (5.0/5.1, `[H]`) or per-channel (5.2, `[H, N]`) parameter.
+fn per_head_or_channel_shape(config: &Config) -> Vec<usize> {
+    let (h, n) = (config.n_head, config.head_size);
+    if config.version == Version::V5_2 {
+        vec![h, n]
+    } else {
+        vec![h]
+    }
+}
+
+/// A per-head or per-channel parameter (see [`per_head_or_channel_shape`]) as `[H, N]`.
 fn per_head_or_channel(att: &Scope, name: &str, config: &Config) -> Result<Array2<f32>> {
     let (h, n) = (config.n_head, config.head_size);
     if config.version == Version::V5_2 {
@@ -240,7 +261,39 @@ fn per_head_or_channel(att: &Scope, name: &str, config: &Config) -> Result<Array
     }
 }
 
+/// Whether the bonus under `att` is stored as `time_faaaa` (already `e^u`) rather than as
+/// `time_first` (`u`): the former when the checkpoint has it.
+fn bonus_is_faaaa(att: &Scope) -> bool {
+    att.contains("time_faaaa")
+}
+
 impl Rwkv5TimeMix {
+    /// The tensors [`Rwkv5TimeMix::load`] reads under `att`, with their shapes: the bonus is
+    /// `time_faaaa` or `time_first`, whichever the checkpoint has (the former if both).
+    pub fn tensor_specs(att: &Scope, config: &Config) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let gated = config.version != Version::V5_0;
+        let per_head = per_head_or_channel_shape(config);
+        let mut specs: Vec<TensorSpec> = ["time_mix_k", "time_mix_v", "time_mix_r"]
+            .map(|name| att.spec(name, &[c]))
+            .into();
+        if gated {
+            specs.push(att.spec("time_mix_g", &[c]));
+        }
+        specs.push(att.spec("time_decay", &per_head));
+        let bonus = if bonus_is_faaaa(att) {
+            "time_faaaa"
+        } else {
+            "time_first"
+        };
+        specs.push(att.spec(bonus, &per_head));
+        for name in ["receptance", "key", "value"] {
+            specs.push(att.spec(&format!("{name}.weight"), &[c, c]));
+        }
+        specs.extend(WkvOutput::tensor_specs(att, config, gated));
+        specs
+    }
+
     /// Loads the tensors under `att` (e.g. scope `blocks.3.att`).
     ///
     /// # Errors
@@ -249,7 +302,7 @@ impl Rwkv5TimeMix {
         let c = config.n_embd;
         let gated = config.version != Version::V5_0;
         let one_minus = |name: &str| att.vector(name, c).map(|m| 1.0 - m);
-        let bonus = if att.contains("time_faaaa") {
+        let bonus = if bonus_is_faaaa(att) {
             per_head_or_channel(att, "time_faaaa", config)?
         } else {
             per_head_or_channel(att, "time_first", config)?.mapv(f32::exp)

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
 use crate::ops::{for_each_row, join4, map_inplace, Linear, Team};
-use crate::weights::Scope;
+use crate::weights::{Scope, TensorSpec};
 use ndarray::{stack, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
 /// The RWKV-6 time mix of one block.
@@ -48,6 +48,28 @@ pub struct Rwkv6TimeMix {
 }
 
 impl Rwkv6TimeMix {
+    /// The tensors [`Rwkv6TimeMix::load`] reads under `att`, with their shapes.
+    pub fn tensor_specs(att: &Scope, config: &Config) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let (dm, dd) = (config.dim_mix_lora, config.dim_decay_lora);
+        let mut specs: Vec<TensorSpec> = ["w", "k", "v", "r", "g", "x"]
+            .map(|s| att.spec(&format!("time_maa_{s}"), &[c]))
+            .into();
+        specs.extend([
+            att.spec("time_maa_w1", &[c, 5 * dm]),
+            att.spec("time_maa_w2", &[5, dm, c]),
+            att.spec("time_decay", &[c]),
+            att.spec("time_decay_w1", &[c, dd]),
+            att.spec("time_decay_w2", &[dd, c]),
+            att.spec("time_faaaa", &[config.n_head, config.head_size]),
+        ]);
+        for name in ["receptance", "key", "value"] {
+            specs.push(att.spec(&format!("{name}.weight"), &[c, c]));
+        }
+        specs.extend(WkvOutput::tensor_specs(att, config, true));
+        specs
+    }
+
     /// Loads the tensors under `att` (e.g. scope `blocks.3.att`).
     ///
     /// # Errors

@@ -21,7 +21,7 @@ use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ops::{join4, shift, sigmoid, GroupNorm, Linear, Team};
-use crate::weights::Scope;
+use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
 /// The decay scale `0.606531 ≈ e^{−1/2}`, as the official code writes it: `w = exp(−0.606531 σ(·))`.
@@ -54,6 +54,14 @@ pub struct Lora {
 }
 
 impl Lora {
+    /// The tensors [`Lora::load`] reads: `{name}1` `[C, D]` and `{name}2` `[D, C]`.
+    fn tensor_specs(att: &Scope, name: char, c: usize, d: usize) -> [TensorSpec; 2] {
+        [
+            att.spec(&format!("{name}1"), &[c, d]),
+            att.spec(&format!("{name}2"), &[d, c]),
+        ]
+    }
+
     fn load(att: &Scope, name: char, c: usize, d: usize) -> Result<Self> {
         Ok(Lora {
             a: att.low_rank(&format!("{name}1"), c, d)?,
@@ -127,6 +135,34 @@ fn normalise_heads(x: &mut Array2<f32>, n: usize) {
 }
 
 impl Rwkv7TimeMix {
+    /// The tensors [`Rwkv7TimeMix::load`] reads under `att` for block `layer`, with their
+    /// shapes (block 0: no `v0`, `v1`, `v2`).
+    pub fn tensor_specs(att: &Scope, config: &Config, layer: usize) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let mut specs: Vec<TensorSpec> = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"]
+            .map(|name| att.spec(name, &[c]))
+            .into();
+        if layer > 0 {
+            specs.push(att.spec("v0", &[c]));
+            specs.extend(Lora::tensor_specs(att, 'v', c, config.dim_v_lora));
+        }
+        specs.push(att.spec("w0", &[c]));
+        specs.extend(Lora::tensor_specs(att, 'w', c, config.dim_decay_lora));
+        specs.push(att.spec("a0", &[c]));
+        specs.extend(Lora::tensor_specs(att, 'a', c, config.dim_a_lora));
+        specs.extend(Lora::tensor_specs(att, 'g', c, config.dim_g_lora));
+        specs.extend([
+            att.spec("k_k", &[c]),
+            att.spec("k_a", &[c]),
+            att.spec("r_k", &[config.n_head, config.head_size]),
+        ]);
+        for name in ["receptance", "key", "value", "output"] {
+            specs.push(att.spec(&format!("{name}.weight"), &[c, c]));
+        }
+        specs.extend([att.spec("ln_x.weight", &[c]), att.spec("ln_x.bias", &[c])]);
+        specs
+    }
+
     /// Loads the tensors under `att` (e.g. scope `blocks.3.att`) of block `layer`. Block 0 reads
     /// no `v0`, `v1`, `v2`.
     ///

@@ -1,6 +1,6 @@
 //! Tensors held in memory under their checkpoint names.
 
-use super::{Tensor, TensorSource};
+use super::{DType, Tensor, TensorSource};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 
@@ -73,6 +73,10 @@ impl TensorSource for TensorMap {
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|t| t.shape().to_vec())
+    }
+
+    fn dtype(&self, name: &str) -> Option<Result<DType, String>> {
+        self.tensors.get(name).map(|t| Ok(t.dtype()))
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {

@@ -2,7 +2,9 @@
 //!
 //! A [`TensorSource`] lists tensor names and hands out tensors; [`Scope`] is a name-scoped view
 //! (`scope.pp("blocks.3").pp("att")`) whose getters check shapes and name the full tensor path
-//! in every error.
+//! in every error. Each loadable piece also lists the tensors it reads as [`TensorSpec`]s, so a
+//! loader can check a whole checkpoint's names, shapes and types with [`Scope::check`] from the
+//! header alone, before it reads any tensor data.
 
 mod memory;
 mod safetensors;
@@ -114,11 +116,35 @@ pub trait TensorSource: Send + Sync {
     fn names(&self) -> Vec<&str>;
     /// The stored shape of `name`, or `None` if there is no such tensor.
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The stored type of `name` without reading it: `Ok` for the types the crate reads,
+    /// `Err` with the stored type written out (e.g. `I32`) for any other, `None` if there is
+    /// no such tensor.
+    fn dtype(&self, name: &str) -> Option<std::result::Result<DType, String>>;
     /// The tensor `name` in its storage type.
     ///
     /// # Errors
     /// [`Error::MissingTensor`] if absent, [`Error::Dtype`] if stored in an unsupported type.
     fn tensor(&self, name: &str) -> Result<Tensor>;
+}
+
+/// A tensor a loader reads: its full name and the shape it must have, compared as
+/// [`Scope::tensor`] compares (size-1 axes dropped from both). Each loadable piece lists its
+/// tensors with a `tensor_specs` function beside its `load`, so that a whole checkpoint can be
+/// checked by [`Scope::check`] before any tensor data is read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorSpec {
+    /// The full tensor name (e.g. `blocks.3.att.key.weight`).
+    pub name: String,
+    /// The expected shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Whether a tensor stored with shape `found` has this spec's shape by the rule of
+    /// [`Scope::tensor`].
+    pub fn fits(&self, found: &[usize]) -> bool {
+        squeezed(found) == squeezed(&self.shape)
+    }
 }
 
 /// A view of a [`TensorSource`] under a name prefix, with shape-checked getters.
@@ -183,18 +209,57 @@ impl<'a> Scope<'a> {
         self.source.shape(&path).ok_or(Error::MissingTensor(path))
     }
 
-    /// The tensor `name`, checked to have `expected` shape once size-1 axes are dropped from both
-    /// (so `[1, 1, C]` and `[C]` are the same shape here, as they are to the official loader).
-    pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
-        let path = self.path(name);
-        let found = self.shape(name)?;
+    /// The spec of the tensor `name` of this scope with shape `shape` (see [`TensorSpec`]).
+    pub fn spec(&self, name: &str, shape: &[usize]) -> TensorSpec {
+        TensorSpec {
+            name: self.path(name),
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// Checks every tensor of `specs` from the header alone, in order: present, of the spec's
+    /// shape by the rule of [`Scope::tensor`], stored as f32, f16 or bf16. No tensor data is
+    /// read. The specs carry full names (as [`Scope::spec`] makes them), so a list gathered from
+    /// several scopes is checked at once from any scope of the same source.
+    ///
+    /// # Errors
+    /// The first failure: [`Error::MissingTensor`], [`Error::Shape`] or [`Error::Dtype`], naming
+    /// the tensor.
+    pub fn check(&self, specs: &[TensorSpec]) -> Result<()> {
+        specs
+            .iter()
+            .try_for_each(|spec| self.check_path(&spec.name, &spec.shape))
+    }
+
+    /// The checks of [`Scope::check`] for the tensor at the full path `path`.
+    fn check_path(&self, path: &str, expected: &[usize]) -> Result<()> {
+        let missing = || Error::MissingTensor(path.to_string());
+        let found = self.source.shape(path).ok_or_else(missing)?;
         if squeezed(&found) != squeezed(expected) {
             return Err(Error::Shape {
-                name: path,
+                name: path.to_string(),
                 expected: format!("{expected:?}"),
                 found,
             });
         }
+        match self.source.dtype(path).ok_or_else(missing)? {
+            Ok(_) => Ok(()),
+            Err(dtype) => Err(Error::Dtype {
+                name: path.to_string(),
+                dtype,
+            }),
+        }
+    }
+
+    /// The tensor `name`, checked to have `expected` shape once size-1 axes are dropped from both
+    /// (so `[1, 1, C]` and `[C]` are the same shape here, as they are to the official loader)
+    /// and to be stored in a type the crate reads, before its data is read.
+    ///
+    /// # Errors
+    /// As [`Scope::check`].
+    pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let path = self.path(name);
+        self.check_path(&path, expected)?;
         self.source.tensor(&path)
     }
 
@@ -264,35 +329,35 @@ impl<'a> Scope<'a> {
         })
     }
 
-    /// A linear layer stored PyTorch style as `[out, in]`, kept in its storage type (or the
-    /// scope's matrix type, see [`Scope::with_matrix_dtype`]).
+    /// A linear layer stored PyTorch style as `[out, in]` (or with extra size-1 axes, by the
+    /// rule of [`Scope::tensor`]), kept in its storage type (or the scope's matrix type, see
+    /// [`Scope::with_matrix_dtype`]).
     pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         let mut t = self.tensor(name, &[out, inp])?;
         if let Some(dtype) = self.matrices {
             t = t.to_dtype(dtype);
         }
-        if t.shape() != [out, inp] {
-            return Err(Error::Shape {
-                name: self.path(name),
-                expected: format!("{:?}", [out, inp]),
-                found: t.shape().to_vec(),
-            });
-        }
+        let shape = (out, inp);
         Ok(match t {
-            Tensor::F32(a) => Linear::F32(into_matrix(a)),
-            Tensor::F16(a) => Linear::F16(into_matrix(a)),
-            Tensor::Bf16(a) => Linear::Bf16(into_matrix(a)),
+            Tensor::F32(a) => Linear::F32(into_matrix(a, shape)),
+            Tensor::F16(a) => Linear::F16(into_matrix(a, shape)),
+            Tensor::Bf16(a) => Linear::Bf16(into_matrix(a, shape)),
         })
     }
 }
 
-/// A two-axis `ArrayD` as a standard-layout `Array2` that starts on a cache line (no copy when
-/// it already is one, as the loaders make them).
-fn into_matrix<T: Copy + Default>(a: ArrayD<T>) -> Array2<T> {
-    aligned::matrix(
-        a.into_dimensionality::<ndarray::Ix2>()
-            .expect("caller checked two axes"),
-    )
+/// An `ArrayD` of `rows · cols` elements as a standard-layout `[rows, cols]` matrix that starts
+/// on a cache line (no copy when it already is one, as the loaders make them).
+fn into_matrix<T: Copy + Default>(a: ArrayD<T>, (rows, cols): (usize, usize)) -> Array2<T> {
+    let a = if a.shape() == [rows, cols] {
+        a.into_dimensionality().expect("two axes")
+    } else {
+        a.as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((rows, cols))
+            .expect("element count checked by the shape test")
+    };
+    aligned::matrix(a)
 }
 
 #[cfg(test)]

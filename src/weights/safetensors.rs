@@ -4,7 +4,7 @@
 //! file's length, and each tensor is read from its own byte range when asked for, so loading a
 //! model needs memory for the model plus one tensor, not for a second copy of the file.
 
-use super::{Tensor, TensorSource};
+use super::{DType, Tensor, TensorSource};
 use crate::error::{Error, Result};
 use crate::ops::aligned;
 use half::{bf16, f16};
@@ -47,8 +47,34 @@ fn format_error(what: impl std::fmt::Display) -> Error {
     Error::Format(what.to_string())
 }
 
-/// Checks every tensor's byte range against its dtype, shape and the data section's length.
+/// The header length stored in the first 8 bytes of a file of `file_len` bytes, checked to fit
+/// the file and the format's limit before anything is allocated for it.
+fn header_len(len_bytes: [u8; 8], file_len: u64) -> Result<u64> {
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER || 8 + header_len > file_len {
+        return Err(format_error(format!(
+            "header of {header_len} bytes does not fit a file of {file_len} bytes (at most \
+             {MAX_HEADER} bytes and the file's length less 8)"
+        )));
+    }
+    Ok(header_len)
+}
+
+/// Parses the JSON header and checks it against a data section of `data_len` bytes (see
+/// [`validate`]).
+fn parse_header(header: &[u8], data_len: u64) -> Result<Metadata> {
+    let metadata: Metadata = serde_json::from_slice(header).map_err(format_error)?;
+    validate(&metadata, data_len)?;
+    Ok(metadata)
+}
+
+/// Checks that the tensors' byte ranges tile the data section of `data_len` bytes exactly:
+/// each range holds its dtype and shape, and taken in order of their offsets the ranges start
+/// at 0, follow one another with no gap or overlap, and end at `data_len`. A header-length
+/// field that is slightly off still parses (the header is space-padded) but leaves bytes over
+/// at the end; this is what rejects it, as the `safetensors` crate's own reader does.
 fn validate(metadata: &Metadata, data_len: u64) -> Result<()> {
+    let mut ranges = Vec::with_capacity(metadata.tensors().len());
     for (name, info) in metadata.tensors() {
         let TensorInfo {
             dtype,
@@ -66,6 +92,28 @@ fn validate(metadata: &Metadata, data_len: u64) -> Result<()> {
                  data section of {data_len} bytes (truncated file?)"
             )));
         }
+        ranges.push((*start as u64, *end as u64, name));
+    }
+    ranges.sort_unstable();
+    let mut covered = 0u64;
+    for (start, end, name) in ranges {
+        if start != covered {
+            let what = if start < covered {
+                "overlaps"
+            } else {
+                "leaves a gap before"
+            };
+            return Err(format_error(format!(
+                "tensor `{name}` at bytes {start}..{end} {what} byte {covered} of the data section"
+            )));
+        }
+        covered = end;
+    }
+    if covered != data_len {
+        return Err(format_error(format!(
+            "the tensors cover {covered} bytes of a data section of {data_len} bytes (wrong \
+             header length, or bytes appended to the file?)"
+        )));
     }
     Ok(())
 }
@@ -73,9 +121,15 @@ fn validate(metadata: &Metadata, data_len: u64) -> Result<()> {
 impl SafeTensorsFile {
     /// Opens the file at `path` and validates its header; tensors are read on request.
     ///
+    /// The header may be at most 100 MB and the file's length less 8; the tensors' byte
+    /// ranges must cover the data section after it exactly, as [`SafeTensorsFile::from_bytes`]
+    /// requires too. Nothing is allocated from a header value before it is checked against
+    /// the file's length.
+    ///
     /// # Errors
     /// [`Error::Io`] if it cannot be read, [`Error::Format`] if it is not a well-formed
-    /// safetensors file (bad header, truncated, offsets out of range).
+    /// safetensors file (bad header, truncated, offsets out of range, gaps, overlaps or bytes
+    /// no tensor covers).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let io = |source| Error::Io {
@@ -91,16 +145,10 @@ impl SafeTensorsFile {
             )));
         }
         file.read_exact(&mut len_bytes).map_err(io)?;
-        let header_len = u64::from_le_bytes(len_bytes);
-        if header_len > MAX_HEADER || 8 + header_len > file_len {
-            return Err(format_error(format!(
-                "header of {header_len} bytes does not fit a file of {file_len} bytes"
-            )));
-        }
+        let header_len = header_len(len_bytes, file_len)?;
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header).map_err(io)?;
-        let metadata: Metadata = serde_json::from_slice(&header).map_err(format_error)?;
-        validate(&metadata, file_len - 8 - header_len)?;
+        let metadata = parse_header(&header, file_len - 8 - header_len)?;
         Ok(Self::new(
             Backing::File(Mutex::new(file), path.to_path_buf()),
             8 + header_len,
@@ -108,18 +156,21 @@ impl SafeTensorsFile {
         ))
     }
 
-    /// Validates `bytes` as a safetensors file.
+    /// Validates `bytes` as a safetensors file, by the rules of [`SafeTensorsFile::open`].
     ///
     /// # Errors
     /// [`Error::Format`] if they are not a well-formed safetensors file.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(format_error)?;
-        Ok(Self::new(
-            Backing::Bytes(bytes),
-            8 + header_len as u64,
-            metadata,
-        ))
+        let file_len = bytes.len() as u64;
+        let Some(len_bytes) = bytes.first_chunk::<8>() else {
+            return Err(format_error(format!(
+                "{file_len} bytes: too short for a header"
+            )));
+        };
+        let header_len = header_len(*len_bytes, file_len)?;
+        let header = &bytes[8..8 + header_len as usize];
+        let metadata = parse_header(header, file_len - 8 - header_len)?;
+        Ok(Self::new(Backing::Bytes(bytes), 8 + header_len, metadata))
     }
 
     fn new(backing: Backing, data_start: u64, metadata: Metadata) -> Self {
@@ -192,32 +243,40 @@ impl TensorSource for SafeTensorsFile {
         self.metadata.info(name).map(|i| i.shape.clone())
     }
 
+    fn dtype(&self, name: &str) -> Option<Result<DType, String>> {
+        self.metadata.info(name).map(|info| match info.dtype {
+            Dtype::F32 => Ok(DType::F32),
+            Dtype::F16 => Ok(DType::F16),
+            Dtype::BF16 => Ok(DType::Bf16),
+            other => Err(format!("{other:?}")),
+        })
+    }
+
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let info = self
             .metadata
             .info(name)
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let dtype = self
+            .dtype(name)
+            .expect("present")
+            .map_err(|dtype| Error::Dtype {
+                name: name.to_string(),
+                dtype,
+            })?;
         let shape = &info.shape;
-        let unsupported = || Error::Dtype {
-            name: name.to_string(),
-            dtype: format!("{:?}", info.dtype),
-        };
-        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            return Err(unsupported());
-        }
-        Ok(match info.dtype {
-            Dtype::F32 => Tensor::F32(array(name, shape, self.decode(info, f32::from_le_bytes)?)?),
-            Dtype::F16 => Tensor::F16(array(
+        Ok(match dtype {
+            DType::F32 => Tensor::F32(array(name, shape, self.decode(info, f32::from_le_bytes)?)?),
+            DType::F16 => Tensor::F16(array(
                 name,
                 shape,
                 self.decode(info, |b| f16::from_bits(u16::from_le_bytes(b)))?,
             )?),
-            Dtype::BF16 => Tensor::Bf16(array(
+            DType::Bf16 => Tensor::Bf16(array(
                 name,
                 shape,
                 self.decode(info, |b| bf16::from_bits(u16::from_le_bytes(b)))?,
             )?),
-            _ => return Err(unsupported()),
         })
     }
 }
