@@ -40,7 +40,7 @@ use crate::mixer::rwkv4::Rwkv4State;
 use crate::mixer::rwkv5::WkvState;
 use crate::model::Workspace;
 use crate::save::{SafeTensorsWriter, Values};
-use crate::weights::{SafeTensorsFile, Scope, TensorSource};
+use crate::weights::{SafeTensorsFile, Scope, TensorSource, TensorSpec};
 use ndarray::{Array1, ArrayD, ArrayViewD, Ix3};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -324,9 +324,14 @@ impl State {
         }
         let (h, n) = (config.n_head, config.head_size);
         let root = Scope::new(source);
+        let name = |l: usize| format!("blocks.{l}.att.time_state");
+        let specs: Vec<_> = (0..config.n_layer)
+            .map(|l| root.spec(&name(l), &[h, n, n]))
+            .collect();
+        root.check(&specs)?;
         let blocks = (0..config.n_layer)
             .map(|l| {
-                let name = format!("blocks.{l}.att.time_state");
+                let name = name(l);
                 let tuned = root
                     .f32(&name, &[h, n, n])?
                     .into_dimensionality::<Ix3>()
@@ -354,6 +359,25 @@ impl State {
         })
     }
 
+    /// Every tensor of a state file for `config`, with its shape (the layout of the module
+    /// docs), checked from the header before any tensor is read.
+    fn tensor_specs(root: &Scope, config: &Config) -> Vec<TensorSpec> {
+        let c = config.n_embd;
+        let (h, n) = (config.n_head, config.head_size);
+        let mut specs = Vec::new();
+        for l in 0..config.n_layer {
+            let b = root.pp(&format!("blocks.{l}"));
+            specs.push(b.spec("att.x_prev", &[c]));
+            if config.version.has_matrix_state() {
+                specs.push(b.spec("att.wkv", &[h, n, n]));
+            } else {
+                specs.extend(["att.aa", "att.bb", "att.pp"].map(|name| b.spec(name, &[c])));
+            }
+            specs.push(b.spec("ffn.x_prev", &[c]));
+        }
+        specs
+    }
+
     fn from_file(file: &SafeTensorsFile, config: &Config) -> Result<State> {
         let shape = StateShape::from(config);
         let found = file.metadata();
@@ -376,6 +400,8 @@ impl State {
             }
         }
         let root = Scope::new(file);
+        root.check(&Self::tensor_specs(&root, config))
+            .map_err(mismatch)?;
         let c = config.n_embd;
         let (h, n) = (config.n_head, config.head_size);
         let blocks = (0..config.n_layer)

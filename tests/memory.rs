@@ -61,7 +61,10 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Peak bytes live during `model.forward` of `t` tokens, above what was live before it: the
 /// least of three calls, since threads that overlap their intermediates more or less move it.
 fn forward_peak(model: &Model, t: usize, which: Logits) -> usize {
-    (0..3).map(|_| forward_peak_once(model, t, which)).min().unwrap()
+    (0..3)
+        .map(|_| forward_peak_once(model, t, which))
+        .min()
+        .unwrap()
 }
 
 fn forward_peak_once(model: &Model, t: usize, which: Logits) -> usize {
