@@ -313,8 +313,9 @@ impl State {
     /// be the tuning file or a model checkpoint that contains `time_state`.
     ///
     /// # Errors
-    /// [`Error::StateMismatch`] for RWKV-4 (which has no matrix state);
-    /// [`Error::MissingTensor`] or [`Error::Shape`] naming the `time_state` tensor.
+    /// [`Error::StateMismatch`] for RWKV-4 (which has no matrix state) or a `time_state` that
+    /// holds a NaN or an infinity; [`Error::MissingTensor`], [`Error::Shape`] or
+    /// [`Error::Dtype`] naming the `time_state` tensor.
     pub fn from_time_state(source: &dyn TensorSource, config: &Config) -> Result<State> {
         if !config.version.has_matrix_state() {
             return Err(Error::StateMismatch(format!(
@@ -332,8 +333,9 @@ impl State {
         let blocks = (0..config.n_layer)
             .map(|l| {
                 let name = name(l);
-                let tuned = root
-                    .f32(&name, &[h, n, n])?
+                let tuned = root.f32(&name, &[h, n, n])?;
+                finite(&name, tuned.iter())?;
+                let tuned = tuned
                     .into_dimensionality::<Ix3>()
                     .expect("reshaped to three axes");
                 let s = match config.version {
@@ -390,15 +392,6 @@ impl State {
             }
         }
         let mismatch = |e: Error| Error::StateMismatch(e.to_string());
-        fn finite<'a>(name: &str, values: impl Iterator<Item = &'a f32>) -> Result<()> {
-            match values.enumerate().find(|(_, v)| !v.is_finite()) {
-                Some((i, v)) => Err(Error::StateMismatch(format!(
-                    "tensor `{name}` holds {v} at element {i} (row-major); a state must be \
-                     finite"
-                ))),
-                None => Ok(()),
-            }
-        }
         let root = Scope::new(file);
         root.check(&Self::tensor_specs(&root, config))
             .map_err(mismatch)?;
@@ -439,5 +432,16 @@ impl State {
             blocks,
             workspace: None,
         })
+    }
+}
+
+/// `Ok` if every value of the tensor `name` is finite, else [`Error::StateMismatch`] naming it,
+/// the value and its place.
+fn finite<'a>(name: &str, values: impl Iterator<Item = &'a f32>) -> Result<()> {
+    match values.enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((i, v)) => Err(Error::StateMismatch(format!(
+            "tensor `{name}` holds {v} at element {i} (row-major); a state must be finite"
+        ))),
+        None => Ok(()),
     }
 }
