@@ -248,7 +248,9 @@ impl State {
     /// so saving one state twice gives the same file.
     ///
     /// # Errors
-    /// None in practice: [`Error::Format`] if the header would be over the format's limit.
+    /// [`Error::StateMismatch`] naming the tensor if a value is NaN or infinite (such a file
+    /// would not load: a state that overflowed is not written); [`Error::Format`] if the
+    /// header would be over the format's limit.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.to_bytes_with_metadata(&BTreeMap::new())
     }
@@ -260,7 +262,8 @@ impl State {
     ///
     /// # Errors
     /// [`Error::StateMismatch`] if a key of `extra` is one of the state's own (`format`,
-    /// `format_version`, `version`, `n_layer`, `n_embd`, `n_head`, `head_size`).
+    /// `format_version`, `version`, `n_layer`, `n_embd`, `n_head`, `head_size`), and as
+    /// [`State::to_bytes`].
     pub fn to_bytes_with_metadata(&self, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
         let mut metadata: BTreeMap<String, String> = self.shape.metadata().into_iter().collect();
         for (key, value) in extra {
@@ -270,8 +273,11 @@ impl State {
                 )));
             }
         }
-        let tensors = self
-            .tensor_views()
+        let views = self.tensor_views();
+        for (name, a) in &views {
+            finite(name, a.iter())?;
+        }
+        let tensors = views
             .into_iter()
             .map(|(name, a)| (name, Values::F32(a)))
             .collect();
@@ -282,7 +288,8 @@ impl State {
     /// write fails, a file already at `path` is left as it was.
     ///
     /// # Errors
-    /// [`Error::Io`] naming `path` if the file cannot be written.
+    /// [`Error::Io`] naming `path` if the file cannot be written; as [`State::to_bytes`] for a
+    /// state with a NaN or an infinity (nothing is written then).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         crate::save::write_atomic(path, &self.to_bytes()?)
     }

@@ -197,14 +197,8 @@ fn a_state_of_a_model_with_fewer_blocks_is_refused() {
 #[test]
 fn non_finite_values_in_a_state_file_are_named_at_load() {
     use tokenshift::block::TimeMixState;
-    for (name, tensor, value) in [
-        ("v6-a", "blocks.1.att.wkv", f32::NAN),
-        ("v7-a", "blocks.1.ffn.x_prev", f32::INFINITY),
-        ("v4-a", "blocks.1.att.pp", f32::NEG_INFINITY),
-        ("v5.2-a", "blocks.0.att.x_prev", f32::NAN),
-    ] {
-        let model = load_model(&fixture(name));
-        let mut state = model.init_state();
+    /// Sets element 3 of the state's tensor `tensor` (`blocks.{l}.…`, one digit of block).
+    fn set(state: &mut State, tensor: &str, value: f32) {
         let block: usize = tensor[7..8].parse().unwrap();
         let b = &mut state.blocks_mut()[block];
         let array = match (&mut b.att, &tensor[9..]) {
@@ -215,7 +209,36 @@ fn non_finite_values_in_a_state_file_are_named_at_load() {
             _ => unreachable!("{tensor}"),
         };
         array[3] = value;
-        let bytes = state.to_bytes().unwrap();
+    }
+    for (name, tensor, value) in [
+        ("v6-a", "blocks.1.att.wkv", f32::NAN),
+        ("v7-a", "blocks.1.ffn.x_prev", f32::INFINITY),
+        ("v4-a", "blocks.1.att.pp", f32::NEG_INFINITY),
+        ("v5.2-a", "blocks.0.att.x_prev", f32::NAN),
+    ] {
+        let model = load_model(&fixture(name));
+        let mut state = model.init_state();
+        // Such a state is refused when saved, naming the tensor, and no file is written.
+        set(&mut state, tensor, value);
+        let err = state.to_bytes().unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("`{tensor}`")),
+            "{name}: {err}"
+        );
+        let refused = std::env::temp_dir().join(format!(
+            "tokenshift-nonfinite-save-{}-{name}.safetensors",
+            std::process::id()
+        ));
+        assert!(state.save(&refused).is_err() && !refused.exists(), "{name}");
+        // Its file, made by patching a marker value in the bytes, is refused when loaded.
+        let marker = 12345.678f32;
+        set(&mut state, tensor, marker);
+        let mut bytes = state.to_bytes().unwrap();
+        let at = bytes
+            .windows(4)
+            .position(|w| w == marker.to_le_bytes())
+            .unwrap();
+        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
         let err = State::from_bytes(bytes.clone(), model.config()).unwrap_err();
         let msg = err.to_string();
         assert!(
