@@ -56,11 +56,7 @@ fn main() {
             &[],
         )?;
         let model_path = args.get("model").unwrap_or(DEFAULT_MODEL);
-        if let Some(out) = args.get("state-out") {
-            let mut inputs = vec![("model", model_path)];
-            inputs.extend(args::Vocab::file_flag(args.get("vocab")).map(|v| ("vocab", v)));
-            args::refuse_overwrite(("state-out", out), &inputs)?;
-        }
+        args::refuse_state_out_over_inputs(&args, model_path)?;
         let model = Model::load(model_path).map_err(|e| e.to_string())?;
         eprintln!("{}", model.config());
 

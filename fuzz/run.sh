@@ -9,8 +9,6 @@
 #
 # Environment:
 #   SANITIZER=address|none   default address (AddressSanitizer)
-#   TOKENSHIFT_FUZZ_SKIP_KNOWN=1   skip the checks of defects known when the targets were
-#                                  written (see fuzz/README.md), to look for new ones
 #   RAYON_NUM_THREADS        default 1 (one core per run; set it higher to fuzz the threaded
 #                            products too)
 set -euo pipefail

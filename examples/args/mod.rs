@@ -174,6 +174,17 @@ pub fn refuse_overwrite(output: (&str, &str), inputs: &[(&str, &str)]) -> Result
     }
 }
 
+/// [`refuse_overwrite`] for `--state-out` of a program that reads `--model` (at `model_path`)
+/// and possibly `--vocab`.
+pub fn refuse_state_out_over_inputs(args: &Args, model_path: &str) -> Result<(), String> {
+    let Some(out) = args.get("state-out") else {
+        return Ok(());
+    };
+    let mut inputs = vec![("model", model_path)];
+    inputs.extend(Vocab::file_flag(args.get("vocab")).map(|v| ("vocab", v)));
+    refuse_overwrite(("state-out", out), &inputs)
+}
+
 /// Writes `bytes` to `path` atomically (the old file stays whole if the write fails).
 pub fn write_file(path: &str, bytes: &[u8]) -> Result<(), String> {
     tokenshift::write_atomic(path, bytes).map_err(|e| e.to_string())

@@ -3,16 +3,19 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
-/// Whether to check the invariants that the code at the time of writing was known to break
-/// (on unless `TOKENSHIFT_FUZZ_SKIP_KNOWN` is set to something other than `0`), so that a run
-/// can look past a known defect for new ones. See fuzz/README.md for the list.
-pub fn check_known() -> bool {
-    static CHECK: OnceLock<bool> = OnceLock::new();
-    *CHECK.get_or_init(|| {
-        std::env::var_os("TOKENSHIFT_FUZZ_SKIP_KNOWN").is_none_or(|v| v.is_empty() || v == "0")
-    })
+/// The loader from memory and the loader from a file accept and refuse the same bytes.
+pub fn assert_loaders_agree<T, E: std::fmt::Debug>(
+    in_memory: &Result<T, E>,
+    from_file: &Result<T, E>,
+) {
+    assert_eq!(
+        in_memory.is_ok(),
+        from_file.is_ok(),
+        "the loaders disagree: from_bytes {:?}, load {:?}",
+        in_memory.as_ref().err(),
+        from_file.as_ref().err(),
+    );
 }
 
 /// A file of this process under the temporary directory, for the loaders that take a path
