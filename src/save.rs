@@ -44,7 +44,8 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 /// Replaces the file at `path` by what `write` writes, atomically.
 ///
 /// - `write` writes into a new temporary file `.{name}.{pid}.{n}.tmp` in the directory of
-///   the target (created with `create_new`, so no other file is ever reused or truncated);
+///   the target (created with `create_new`, so no other file is ever reused or truncated):
+///   the directory must be writable, even where the target file itself is;
 /// - the file is flushed and synced (`fsync`), then renamed over the target: a reader sees
 ///   the old file or the complete new one, and after a crash the target is one or the other;
 /// - if anything fails (the directory is missing or read-only, `write` returns an error, the
