@@ -109,9 +109,11 @@ fn shape_error(name: &str, expected: &str, found: Vec<usize>) -> Error {
     }
 }
 
-/// Number of blocks: one more than the largest `blocks.N.` index.
+/// Number of blocks: one more than the largest `blocks.N.` index, where every index below it
+/// must name a tensor too. So the count is at most the number of tensors, whatever indices a
+/// header writes, and nothing sized by it can outgrow the file.
 fn count_layers(src: &dyn TensorSource) -> Result<usize> {
-    let max = src
+    let mut layers: Vec<usize> = src
         .names()
         .iter()
         .filter_map(|n| {
@@ -121,12 +123,19 @@ fn count_layers(src: &dyn TensorSource) -> Result<usize> {
                 .parse::<usize>()
                 .ok()
         })
-        .max();
-    match max.and_then(|m| m.checked_add(1)) {
-        Some(n) => Ok(n),
-        None => Err(Error::UnknownVersion(
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let Some(&last) = layers.last() else {
+        return Err(Error::UnknownVersion(
             "no `blocks.N.*` tensors: not an RWKV checkpoint in BlinkDL naming".into(),
-        )),
+        ));
+    };
+    match layers.iter().enumerate().find(|&(i, &l)| i != l) {
+        None => Ok(layers.len()),
+        Some((absent, _)) => Err(Error::UnknownVersion(format!(
+            "tensors name blocks up to `blocks.{last}`, but no tensor is under `blocks.{absent}`"
+        ))),
     }
 }
 

@@ -117,7 +117,9 @@ impl Model {
     pub fn from_source_as(source: &dyn TensorSource, dtype: Option<DType>) -> Result<Model> {
         let config = Config::from_source(source)?;
         let root = Scope::new(source).with_matrix_dtype(dtype);
-        root.check(&Self::tensor_specs(source, &config))?;
+        for specs in Self::tensor_spec_groups(source, &config) {
+            root.check(&specs)?;
+        }
         let (v, c) = (config.vocab, config.n_embd);
         let ln = |s: Scope| -> Result<LayerNorm> {
             Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
@@ -143,26 +145,33 @@ impl Model {
     /// Where a loader picks between alternatives (RWKV-5's `time_faaaa` or `time_first`) the
     /// spec names the one `source` holds, as the loader does.
     pub fn tensor_specs(source: &dyn TensorSource, config: &Config) -> Vec<TensorSpec> {
+        Self::tensor_spec_groups(source, config).flatten().collect()
+    }
+
+    /// [`Model::tensor_specs`] one piece at a time (the embedding's, each block's, the head's),
+    /// so that checking them needs memory for one block's list, not for the whole model's.
+    fn tensor_spec_groups<'s>(
+        source: &'s dyn TensorSource,
+        config: &'s Config,
+    ) -> impl Iterator<Item = Vec<TensorSpec>> + 's {
         let root = Scope::new(source);
         let (v, c) = (config.vocab, config.n_embd);
-        let mut specs = vec![
+        let first = vec![
             root.spec("blocks.0.ln0.weight", &[c]),
             root.spec("blocks.0.ln0.bias", &[c]),
             root.spec("emb.weight", &[v, c]),
         ];
-        for layer in 0..config.n_layer {
-            specs.extend(Block::tensor_specs(
-                &root.pp(&format!("blocks.{layer}")),
-                config,
-                layer,
-            ));
-        }
-        specs.extend([
+        let last = vec![
             root.spec("ln_out.weight", &[c]),
             root.spec("ln_out.bias", &[c]),
             root.spec("head.weight", &[v, c]),
-        ]);
-        specs
+        ];
+        let blocks = (0..config.n_layer).map(move |layer| {
+            Block::tensor_specs(&root.pp(&format!("blocks.{layer}")), config, layer)
+        });
+        std::iter::once(first)
+            .chain(blocks)
+            .chain(std::iter::once(last))
     }
 
     /// Version and sizes.

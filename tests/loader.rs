@@ -5,10 +5,73 @@ mod common;
 
 use common::*;
 use safetensors::tensor::Dtype;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use tokenshift::weights::{SafeTensorsFile, Tensor, TensorSource};
 use tokenshift::{Config, DType, Error, Model};
+
+/// The system allocator, keeping for each thread the bytes it has allocated and not freed
+/// since [`peak_bytes`] started watching it, and the most that ever were.
+struct Tracking;
+
+thread_local! {
+    /// Whether this thread's allocations are being counted.
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
+    /// Bytes allocated less bytes freed while watched (negative when older memory is freed).
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn track(grown: isize) {
+    let _ = WATCHED.try_with(|watched| {
+        if watched.get() {
+            let live = LIVE.with(|l| {
+                l.set(l.get() + grown);
+                l.get()
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+        }
+    });
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; tracking touches only
+// const-initialised thread-local cells, which do not allocate.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        track(layout.size() as isize);
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        track(layout.size() as isize);
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        track(new_size as isize - layout.size() as isize);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        track(-(layout.size() as isize));
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
+
+/// What `f` returns, and the most heap memory it held at once on the calling thread.
+fn peak_bytes<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    WATCHED.with(|w| w.set(true));
+    let r = f();
+    WATCHED.with(|w| w.set(false));
+    (r, PEAK.with(Cell::get) as usize)
+}
 
 /// A directory of its own under the system's temporary directory, removed when dropped.
 struct TempDir(PathBuf);
@@ -33,8 +96,8 @@ impl Drop for TempDir {
 }
 
 /// Copies of `good` (a safetensors file) that no longer cover their data exactly: the
-/// header-length field 1 to 7 smaller and 8 larger, and 1 and 8 bytes appended. Each is named
-/// by what was done to it.
+/// header-length field 1 to 7 smaller and 1 to 8 larger, and 1 and 8 bytes appended. Each is
+/// named by what was done to it.
 fn miscovered(good: &[u8]) -> Vec<(String, Vec<u8>)> {
     let header_len = u64::from_le_bytes(good[..8].try_into().unwrap());
     let with_header_len = |n: u64| {
@@ -50,10 +113,12 @@ fn miscovered(good: &[u8]) -> Vec<(String, Vec<u8>)> {
             )
         })
         .collect();
-    out.push((
-        "header length 8 too large".into(),
-        with_header_len(header_len + 8),
-    ));
+    out.extend((1..=8).map(|d| {
+        (
+            format!("header length {d} too large"),
+            with_header_len(header_len + d),
+        )
+    }));
     for extra in [1, 8] {
         let mut bytes = good.to_vec();
         bytes.extend(std::iter::repeat_n(0u8, extra));
@@ -112,6 +177,10 @@ fn state_file_must_cover_its_data_exactly() {
         assert_format_error(
             &format!("Model::load_state, {what}"),
             model.load_state(&path),
+        );
+        assert_format_error(
+            &format!("State::load, {what}"),
+            tokenshift::State::load(&path, model.config()),
         );
         assert_format_error(
             &format!("State::from_bytes, {what}"),
@@ -353,4 +422,62 @@ fn sparse_file_missing_a_tensor_is_rejected_unread() {
     let err = Model::from_source(&recorder).unwrap_err();
     assert_names(Fault::Missing, "head.weight", &err);
     assert_eq!(recorder.reads(), vec![]);
+}
+
+/// `raw` with a zero-size tensor `blocks.{i}.pad` added for each `i` of `layers`.
+fn with_padding_blocks(
+    raw: &[RawTensor],
+    layers: impl IntoIterator<Item = usize>,
+) -> Vec<RawTensor> {
+    let mut raw = raw.to_vec();
+    raw.extend(
+        layers
+            .into_iter()
+            .map(|i| (format!("blocks.{i}.pad"), Dtype::F32, vec![0], vec![])),
+    );
+    raw
+}
+
+/// A header that names a block far past the others (here `blocks.100000000000.pad`, a tensor
+/// of no bytes) is refused at once: the number of blocks is one more than the largest index
+/// only when every index below it names a tensor too, so no loader sizes anything by a stray
+/// index.
+#[test]
+fn a_block_index_past_the_others_is_refused() {
+    let raw = raw_model(&fixture("v4-a"));
+    let n_layer = load_model(&fixture("v4-a")).config().n_layer;
+    for stray in [n_layer + 1, 100_000_000_000, usize::MAX] {
+        let bytes = write_tensors(&with_padding_blocks(&raw, [stray]));
+        let file = SafeTensorsFile::from_bytes(bytes.clone()).unwrap();
+        let err = Config::from_source(&file).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::UnknownVersion(_)), "{msg}");
+        assert!(
+            msg.contains(&format!("`blocks.{stray}`"))
+                && msg.contains(&format!("`blocks.{n_layer}`")),
+            "{msg}"
+        );
+        let err = Model::from_bytes(bytes).unwrap_err();
+        assert!(matches!(err, Error::UnknownVersion(_)), "{err}");
+    }
+}
+
+/// A header that names many blocks with no tensors of their own (20000 zero-size tensors
+/// `blocks.{i}.pad` after a real model's blocks) is refused at the first incomplete block, and
+/// the check before the refusal holds less memory than the file's length: the tensor list is
+/// checked block by block, not built whole.
+#[test]
+fn checking_many_named_blocks_needs_less_memory_than_the_file() {
+    let raw = raw_model(&fixture("v4-a"));
+    let n_layer = load_model(&fixture("v4-a")).config().n_layer;
+    let bytes = write_tensors(&with_padding_blocks(&raw, n_layer..n_layer + 20_000));
+    let file_len = bytes.len();
+    let file = SafeTensorsFile::from_bytes(bytes).unwrap();
+    let (result, peak) = peak_bytes(|| Model::from_source(&file));
+    let name = format!("blocks.{n_layer}.ln1.weight");
+    assert_names(Fault::Missing, &name, &result.unwrap_err());
+    assert!(
+        peak < file_len,
+        "{peak} bytes held to check a file of {file_len} bytes"
+    );
 }
