@@ -105,7 +105,8 @@ impl Rng {
 ///
 /// Floating-point settings are `f64` like the Python floats they mirror: the penalty arithmetic
 /// is done in `f64` and the result subtracted from the f32 logits, `top_p` is compared with the
-/// f32 running sum as `top_p as f32`, and the exponent `1/T` is applied as an f32.
+/// f32 running sum as `top_p as f32`, and the exponent `1/T` is taken in f64 (so it stays
+/// positive for every finite `T > 0`) and never applied to a zero probability.
 ///
 /// `Default` gives the official defaults: temperature 1.0, top_p 0.85, top_k 0 (off),
 /// alpha_frequency 0.2, alpha_presence 0.2, alpha_decay 0.996, nothing banned, no stop tokens
