@@ -19,6 +19,17 @@ pub enum Error {
     /// The bytes are not a well-formed safetensors file (bad header, truncated data, ...).
     #[error("not a valid safetensors file: {0}")]
     Format(String),
+    /// A checkpoint file in a container other than safetensors (a PyTorch `.pth`, a GGUF file, a
+    /// Hugging Face folder) is malformed or uses something the crate does not read.
+    #[error("not a valid {format} checkpoint `{file}`: {what}")]
+    Checkpoint {
+        /// The container: `PyTorch .pth`, `GGUF`, `Hugging Face`.
+        format: &'static str,
+        /// The file or folder.
+        file: String,
+        /// What is wrong, naming the tensor, record or opcode.
+        what: String,
+    },
     /// A tensor the checkpoint must contain is absent.
     #[error("missing tensor `{0}`")]
     MissingTensor(String),

@@ -54,6 +54,7 @@ pub mod ops;
 pub mod sample;
 mod save;
 pub mod state;
+pub mod storage;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;

@@ -5,7 +5,7 @@ use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::ops::{with_team, LayerNorm, Linear, Team, TeamBuffers};
 use crate::state::{State, StateShape};
-use crate::weights::{DType, SafeTensorsFile, Scope, TensorSource, TensorSpec};
+use crate::weights::{Checkpoint, DType, SafeTensorsFile, Scope, TensorSource, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut1, Axis};
 use std::path::Path;
 
@@ -73,20 +73,23 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a safetensors checkpoint.
+    /// Loads a checkpoint in any supported container, detected from the file itself (see
+    /// [`Checkpoint::open`]); matrices stored as the kernels read them stay in the file's
+    /// memory map.
     ///
     /// # Errors
-    /// [`Error::Io`], [`Error::Format`], and every error of [`Model::from_source`].
+    /// [`Error::Io`], [`Error::Format`] or [`Error::Checkpoint`] for the container, and every
+    /// error of [`Model::from_source`].
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        Self::from_source(&SafeTensorsFile::open(path)?)
+        Self::from_source(Checkpoint::open(path)?.source())
     }
 
-    /// Loads a checkpoint from the bytes of a safetensors file.
+    /// Loads a checkpoint from the bytes of a file (see [`Checkpoint::from_bytes`]).
     ///
     /// # Errors
     /// As [`Model::load`].
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Model> {
-        Self::from_source(&SafeTensorsFile::from_bytes(bytes)?)
+        Self::from_source(Checkpoint::from_bytes(bytes)?.source())
     }
 
     /// Builds the model from named tensors, detecting the version and sizes. Every tensor of
@@ -100,14 +103,14 @@ impl Model {
         Self::from_source_as(source, None)
     }
 
-    /// Loads a safetensors checkpoint with its matrices (block projections, low-rank factors,
+    /// Loads a checkpoint with its matrices (block projections, low-rank factors,
     /// embedding, head) converted to `dtype` at load, e.g. an f32 file run with f16 weights.
     /// Vectors and decays stay f32.
     ///
     /// # Errors
     /// As [`Model::load`].
     pub fn load_as(path: impl AsRef<Path>, dtype: DType) -> Result<Model> {
-        Self::from_source_as(&SafeTensorsFile::open(path)?, Some(dtype))
+        Self::from_source_as(Checkpoint::open(path)?.source(), Some(dtype))
     }
 
     /// [`Model::from_source`], with matrices converted to `dtype` when it is given.

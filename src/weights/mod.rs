@@ -6,11 +6,15 @@
 //! loader can check a whole checkpoint's names, shapes and types with [`Scope::check`] from the
 //! header alone, before it reads any tensor data.
 
+mod checkpoint;
 mod memory;
 mod safetensors;
+mod table;
 
+pub use self::checkpoint::{Checkpoint, Format};
 pub use self::memory::TensorMap;
 pub use self::safetensors::SafeTensorsFile;
+pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
 
 use crate::error::{Error, Result};
 use crate::ops::{aligned, Linear};
@@ -125,6 +129,14 @@ pub trait TensorSource: Send + Sync {
     /// # Errors
     /// [`Error::MissingTensor`] if absent, [`Error::Dtype`] if stored in an unsupported type.
     fn tensor(&self, name: &str) -> Result<Tensor>;
+    /// The tensor `name` seen in place in a file's bytes (row-major, little-endian), for a
+    /// source that holds it so; `None` if it has no such tensor, stores it in an unsupported
+    /// type, or builds it (a renamed or transformed tensor). Loaders use it to keep a matrix in
+    /// the file's memory map instead of copying it.
+    fn raw(&self, name: &str) -> Option<RawTensor> {
+        let _ = name;
+        None
+    }
 }
 
 /// A tensor a loader reads: its full name and the shape it must have, compared as

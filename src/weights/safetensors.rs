@@ -1,44 +1,32 @@
 //! Reading safetensors files whose tensors are f32, f16 or bf16.
 //!
-//! A file opened from a path is not read whole: the header is parsed and checked against the
-//! file's length, and each tensor is read from its own byte range when asked for, so loading a
-//! model needs memory for the model plus one tensor, not for a second copy of the file.
+//! A file opened from a path is mapped into memory, not read: the header is parsed and checked
+//! against the file's length, and each tensor is seen in place in its own byte range, so a
+//! matrix stored in the layout the kernels read needs no copy at all.
 
+use super::table::{RawTensor, TableEntry, TensorTable};
 use super::{DType, Tensor, TensorSource};
 use crate::error::{Error, Result};
-use crate::ops::aligned;
-use half::{bf16, f16};
-use ndarray::{Array1, ArrayD, IxDyn};
+use crate::storage::SharedBytes;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-
-/// Bytes read from a file at a time when decoding a tensor.
-const READ_PIECE: usize = 1 << 20;
+use std::path::Path;
 
 /// Largest header accepted (the format's own limit).
 const MAX_HEADER: u64 = 100_000_000;
 
-enum Backing {
-    Bytes(Vec<u8>),
-    File(Mutex<File>, PathBuf),
-}
-
-/// A safetensors file whose header has been parsed and validated.
+/// A safetensors file whose header has been parsed and validated, its tensors seen in place in
+/// the file's bytes (memory-mapped when opened from a path).
 pub struct SafeTensorsFile {
-    backing: Backing,
-    data_start: u64,
-    metadata: Metadata,
-    names: Vec<String>,
+    table: TensorTable,
+    metadata: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for SafeTensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafeTensorsFile")
-            .field("tensors", &self.names.len())
+            .field("tensors", &self.table.ordered_names().len())
             .finish()
     }
 }
@@ -119,7 +107,8 @@ fn validate(metadata: &Metadata, data_len: u64) -> Result<()> {
 }
 
 impl SafeTensorsFile {
-    /// Opens the file at `path` and validates its header; tensors are read on request.
+    /// Opens the file at `path`, maps it into memory and validates its header; tensors are
+    /// decoded (or used in place, see [`TensorSource::raw`]) on request.
     ///
     /// The header may be at most 100 MB and the file's length less 8; the tensors' byte
     /// ranges must cover the data section after it exactly, as [`SafeTensorsFile::from_bytes`]
@@ -136,24 +125,8 @@ impl SafeTensorsFile {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let mut len_bytes = [0u8; 8];
-        if file_len < 8 {
-            return Err(format_error(format!(
-                "{file_len} bytes: too short for a header"
-            )));
-        }
-        file.read_exact(&mut len_bytes).map_err(io)?;
-        let header_len = header_len(len_bytes, file_len)?;
-        let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header).map_err(io)?;
-        let metadata = parse_header(&header, file_len - 8 - header_len)?;
-        Ok(Self::new(
-            Backing::File(Mutex::new(file), path.to_path_buf()),
-            8 + header_len,
-            metadata,
-        ))
+        let file = File::open(path).map_err(io)?;
+        Self::from_shared(SharedBytes::map(&file).map_err(io)?)
     }
 
     /// Validates `bytes` as a safetensors file, by the rules of [`SafeTensorsFile::open`].
@@ -161,122 +134,85 @@ impl SafeTensorsFile {
     /// # Errors
     /// [`Error::Format`] if they are not a well-formed safetensors file.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let file_len = bytes.len() as u64;
-        let Some(len_bytes) = bytes.first_chunk::<8>() else {
+        Self::from_shared(SharedBytes::from_vec(bytes))
+    }
+
+    /// Validates the bytes of a whole file, by the rules of [`SafeTensorsFile::open`].
+    ///
+    /// # Errors
+    /// [`Error::Format`] if they are not a well-formed safetensors file.
+    pub fn from_shared(bytes: SharedBytes) -> Result<Self> {
+        let b = bytes.as_slice();
+        let file_len = b.len() as u64;
+        let Some(len_bytes) = b.first_chunk::<8>() else {
             return Err(format_error(format!(
                 "{file_len} bytes: too short for a header"
             )));
         };
         let header_len = header_len(*len_bytes, file_len)?;
-        let header = &bytes[8..8 + header_len as usize];
+        let header = &b[8..8 + header_len as usize];
         let metadata = parse_header(header, file_len - 8 - header_len)?;
-        Ok(Self::new(Backing::Bytes(bytes), 8 + header_len, metadata))
-    }
-
-    fn new(backing: Backing, data_start: u64, metadata: Metadata) -> Self {
-        let names = metadata.tensors().into_keys().collect();
-        SafeTensorsFile {
-            backing,
-            data_start,
-            metadata,
-            names,
-        }
+        let data_start = 8 + header_len as usize;
+        let mut entries: Vec<_> = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (start, end) = info.data_offsets;
+                let entry = TableEntry {
+                    dtype: dtype_of(info.dtype),
+                    shape: info.shape.clone(),
+                    range: data_start + start..data_start + end,
+                };
+                (name, entry)
+            })
+            .collect();
+        entries.sort_by_key(|(_, e)| e.range.start);
+        let table = TensorTable::new(bytes, entries).map_err(format_error)?;
+        Ok(SafeTensorsFile {
+            table,
+            metadata: metadata.metadata().clone().unwrap_or_default(),
+        })
     }
 
     /// The free-form `__metadata__` map of the header (empty if absent).
     pub fn metadata(&self) -> HashMap<String, String> {
-        self.metadata.metadata().clone().unwrap_or_default()
+        self.metadata.clone()
     }
 
-    /// The elements of a tensor whose range was validated, decoded by `from_le`. A file is read
-    /// in pieces of [`READ_PIECE`] bytes, so decoding needs no second copy of the tensor.
-    fn decode<T: Copy + Default, const B: usize>(
-        &self,
-        info: &TensorInfo,
-        from_le: fn([u8; B]) -> T,
-    ) -> Result<Array1<T>> {
-        let (start, end) = info.data_offsets;
-        let at = self.data_start as usize + start;
-        let decode_into = |bytes: &[u8], out: &mut aligned::Buffer<T>| {
-            out.extend(
-                bytes
-                    .chunks_exact(B)
-                    .map(|c| from_le(c.try_into().expect("chunks_exact yields B bytes"))),
-            )
-        };
-        let mut out = aligned::Buffer::with_capacity((end - start) / B);
-        match &self.backing {
-            Backing::Bytes(b) => decode_into(&b[at..at + (end - start)], &mut out),
-            Backing::File(file, path) => {
-                let io = |source| Error::Io {
-                    path: path.clone(),
-                    source,
-                };
-                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                file.seek(SeekFrom::Start(at as u64)).map_err(io)?;
-                let mut piece = vec![0u8; READ_PIECE.min(end - start)];
-                let mut left = end - start;
-                while left > 0 {
-                    let n = left.min(piece.len());
-                    file.read_exact(&mut piece[..n]).map_err(io)?;
-                    decode_into(&piece[..n], &mut out);
-                    left -= n;
-                }
-            }
-        }
-        Ok(out.into_array())
+    /// The tensors, in the order of their bytes in the file.
+    pub fn table(&self) -> &TensorTable {
+        &self.table
     }
 }
 
-fn array<T>(name: &str, shape: &[usize], values: Array1<T>) -> Result<ArrayD<T>> {
-    values
-        .into_shape_with_order(IxDyn(shape))
-        .map_err(|e| format_error(format!("tensor `{name}`: {e}")))
+/// The crate's type for a safetensors dtype, or its name if the crate does not read it.
+fn dtype_of(dtype: Dtype) -> std::result::Result<DType, String> {
+    match dtype {
+        Dtype::F32 => Ok(DType::F32),
+        Dtype::F16 => Ok(DType::F16),
+        Dtype::BF16 => Ok(DType::Bf16),
+        other => Err(format!("{other:?}")),
+    }
 }
 
 impl TensorSource for SafeTensorsFile {
     fn names(&self) -> Vec<&str> {
-        self.names.iter().map(String::as_str).collect()
+        self.table.names()
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.metadata.info(name).map(|i| i.shape.clone())
+        self.table.shape(name)
     }
 
-    fn dtype(&self, name: &str) -> Option<Result<DType, String>> {
-        self.metadata.info(name).map(|info| match info.dtype {
-            Dtype::F32 => Ok(DType::F32),
-            Dtype::F16 => Ok(DType::F16),
-            Dtype::BF16 => Ok(DType::Bf16),
-            other => Err(format!("{other:?}")),
-        })
+    fn dtype(&self, name: &str) -> Option<std::result::Result<DType, String>> {
+        self.table.dtype(name)
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let info = self
-            .metadata
-            .info(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let dtype = self
-            .dtype(name)
-            .expect("present")
-            .map_err(|dtype| Error::Dtype {
-                name: name.to_string(),
-                dtype,
-            })?;
-        let shape = &info.shape;
-        Ok(match dtype {
-            DType::F32 => Tensor::F32(array(name, shape, self.decode(info, f32::from_le_bytes)?)?),
-            DType::F16 => Tensor::F16(array(
-                name,
-                shape,
-                self.decode(info, |b| f16::from_bits(u16::from_le_bytes(b)))?,
-            )?),
-            DType::Bf16 => Tensor::Bf16(array(
-                name,
-                shape,
-                self.decode(info, |b| bf16::from_bits(u16::from_le_bytes(b)))?,
-            )?),
-        })
+        self.table.tensor(name)
+    }
+
+    fn raw(&self, name: &str) -> Option<RawTensor> {
+        self.table.raw(name)
     }
 }
