@@ -63,8 +63,9 @@ impl std::fmt::Debug for Workspace {
 #[derive(Clone, Debug)]
 pub struct Model {
     config: Config,
-    /// `emb.weight` with `blocks.0.ln0` applied to every row (computed in f32, stored in the
-    /// table's storage type), `[V, C]`.
+    /// `emb.weight` with `blocks.0.ln0` applied to every row, computed in f32 and stored in
+    /// the table's storage type for v4-v6, stored in f32 for v7 (as the official loaders do),
+    /// `[V, C]`.
     emb: Linear,
     blocks: Vec<Block>,
     ln_out: LayerNorm,
@@ -128,7 +129,14 @@ impl Model {
             Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
         };
         let ln0 = ln(root.pp("blocks.0.ln0"))?;
-        let mut emb = root.linear("emb.weight", v, c)?;
+        // The official loaders fold ln0 into the embedding in the checkpoint's type for v4-v6
+        // (a half-precision table gets rounded rows) and in f32 for v7 (it widens every tensor
+        // first); each version is matched so that half-precision files give its logits.
+        let emb_scope = match config.version {
+            Version::V7 => Scope::new(source).with_matrix_dtype(Some(DType::F32)),
+            _ => root.clone(),
+        };
+        let mut emb = emb_scope.linear("emb.weight", v, c)?;
         emb.map_rows(|row| ln0.forward_one(row));
         let blocks = (0..config.n_layer)
             .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config, i))
