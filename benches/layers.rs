@@ -38,9 +38,9 @@ fn linear(c: &mut Criterion) {
     let (out, inp) = (768, 768);
     let w = filled(out, inp);
     let layers = [
-        ("f32", Linear::F32(w.clone())),
-        ("f16", Linear::F16(w.mapv(half::f16::from_f32))),
-        ("bf16", Linear::Bf16(w.mapv(half::bf16::from_f32))),
+        ("f32", Linear::from(w.clone())),
+        ("f16", Linear::from(w.mapv(half::f16::from_f32))),
+        ("bf16", Linear::from(w.mapv(half::bf16::from_f32))),
     ];
     let mut g = settings(c, "linear/768x768");
     for (name, layer) in &layers {

@@ -27,6 +27,7 @@ use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 use std::time::Instant;
 use tokenshift::ops::Linear;
+use tokenshift::storage::Dense;
 use tokenshift::synthetic::{random_checkpoint, random_model, DType};
 use tokenshift::{Config, Logits, Model, Version};
 
@@ -153,7 +154,7 @@ impl Probe {
         let values = (0..(1usize << 28)).map(|i| (i % 7) as f32).collect();
         let rows = Array2::from_shape_vec(((1 << 28) / Probe::ROW, Probe::ROW), values)
             .expect("a whole number of rows");
-        Probe(Linear::F32(rows))
+        Probe(Linear::from(rows))
     }
 
     /// GB/s of a streaming read of the buffer, best of `passes` of each of two reads: every
@@ -163,10 +164,13 @@ impl Probe {
     /// a Xeon with AVX-512 it read 1.2× faster than the sum). The faster of the two is the
     /// limit: a slower probe would flatter the decode ratio.
     fn gbs(&self, passes: usize) -> f64 {
-        let Linear::F32(w) = &self.0 else {
-            unreachable!("built as f32")
-        };
-        let values = w.as_slice().expect("standard layout");
+        let layer = &self.0;
+        let values = layer
+            .matrix()
+            .as_any()
+            .downcast_ref::<Dense<f32>>()
+            .expect("built as f32")
+            .values();
         let mut sink = 0.0f32;
         let summed = best_of(passes, || {
             sink += values
@@ -183,9 +187,9 @@ impl Probe {
                 .sum::<f32>();
         });
         let x = Array1::from_elem(Probe::ROW, 1.0f32);
-        let mut y = Array1::zeros(w.nrows());
+        let mut y = Array1::zeros(layer.dim().0);
         let multiplied = best_of(passes, || {
-            self.0.matvec_into(x.view(), y.view_mut());
+            layer.matvec_into(x.view(), y.view_mut());
             sink += y[0];
         });
         std::hint::black_box(sink);
@@ -198,7 +202,7 @@ impl Probe {
 fn gemm_gflops() -> f64 {
     let n = 1024;
     let a = Array2::from_shape_fn((n, n), |(i, j)| ((i + j) % 13) as f32 / 13.0);
-    let w = Linear::F32(Array2::from_shape_fn((n, n), |(i, j)| {
+    let w = Linear::from(Array2::from_shape_fn((n, n), |(i, j)| {
         ((i * j) % 7) as f32 / 7.0
     }));
     let blocked = best_of(8, || {

@@ -66,10 +66,10 @@ impl AftProjections {
             ],
         )?;
         Ok(AftProjections {
-            w_q: Linear::F32(w_q),
-            w_k: Linear::F32(w_k),
-            w_v: Linear::F32(w_v),
-            w_o: Linear::F32(w_o),
+            w_q: Linear::from(w_q),
+            w_k: Linear::from(w_k),
+            w_v: Linear::from(w_v),
+            w_o: Linear::from(w_o),
         })
     }
 

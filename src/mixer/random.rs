@@ -49,6 +49,6 @@ impl Rng {
     /// A projection `[out, in]` with the variance of N(0, 1/in).
     pub(crate) fn linear(&mut self, out: usize, inp: usize) -> Linear {
         let b = (3.0 / inp as f32).sqrt();
-        Linear::F32(self.matrix(out, inp, -b, b))
+        Linear::from(self.matrix(out, inp, -b, b))
     }
 }

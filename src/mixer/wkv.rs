@@ -13,7 +13,7 @@
 //! for RWKV-5's constant decay).
 
 use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
-use crate::ops::kernels::wkv_step;
+use crate::ops::wkv_step;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, CowArray, Ix1};
 use rayon::prelude::*;
 

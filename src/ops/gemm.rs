@@ -17,8 +17,10 @@
 //! contiguous: running the 12 × 32 layout in four 6 × 16 parts, each part read every other
 //! cache line of its panel, half of L1's sets, and ran about 10% slower on a Zen 3 core.
 
-use super::kernels::Weight;
+use super::matrix::Matrix;
+use super::simd::{Cpu, Element};
 use ndarray::{ArrayView2, ArrayViewMut2};
+use std::ops::Range;
 
 /// The most output columns of a micro-tile and a panel: the widest tile's.
 const MAX_NR: usize = Isa::Avx512.tile().1;
@@ -49,19 +51,17 @@ impl Isa {
     /// Widest first.
     const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
 
+    /// Whether `cpu` has these instructions.
+    fn runs_on(self, cpu: Cpu) -> bool {
+        match self {
+            Isa::Avx512 => cpu.has_avx512(),
+            Isa::Avx2 => cpu.has_avx2(),
+        }
+    }
+
     /// Whether this CPU has these instructions.
     fn runs_here(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match self {
-                Isa::Avx512 => super::kernels::has_avx512f(),
-                Isa::Avx2 => super::kernels::has_avx2_fma_f16c(),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        self.runs_on(Cpu::detect())
     }
 
     /// Rows of `xs` and output columns per micro-tile, which are also the widths of the
@@ -73,9 +73,9 @@ impl Isa {
         }
     }
 
-    /// The widest this CPU has, if any.
-    pub fn best() -> Option<Isa> {
-        Isa::ALL.into_iter().find(|isa| isa.runs_here())
+    /// The widest `cpu` has, if any.
+    pub fn best(cpu: Cpu) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|isa| isa.runs_on(cpu))
     }
 }
 
@@ -91,10 +91,10 @@ pub(crate) struct PackedRows {
 }
 
 impl PackedRows {
-    /// `xs` packed for this CPU's widest instruction set, or `None` if [`product`] does not
-    /// run here.
-    pub(crate) fn new(xs: ArrayView2<f32>) -> Option<PackedRows> {
-        Some(PackedRows::packed_with(Isa::best()?, xs))
+    /// `xs` packed for the widest instruction set of `cpu`, or `None` if [`product`] does not
+    /// run on it.
+    pub(crate) fn new(cpu: Cpu, xs: ArrayView2<f32>) -> Option<PackedRows> {
+        Some(PackedRows::packed_with(Isa::best(cpu)?, xs))
     }
 
     /// Packs `xs` for `isa`'s micro-tile, with its transpose.
@@ -114,19 +114,31 @@ impl PackedRows {
     }
 }
 
-/// `ys[t, c] = Σ_k xs[t, k] · w[c, k]`, overwriting `ys`.
+/// `ys[t, c] = Σ_k xs[t, k] · w[rows.start + c, k]`, overwriting `ys`: the product with the
+/// block `rows` of the weight's rows, each packed into panels by [`Matrix::pack_panel`].
 ///
 /// # Shapes
-/// `w: [cols, K]`, `xs: [T, K]` (packed), `ys: [T, cols]`; `ys` must have unit column stride.
+/// `w: [out, K]`, `rows` within `0..out` (`cols` of them), `xs: [T, K]` (packed),
+/// `ys: [T, cols]`; `ys` must have unit column stride.
 ///
 /// # Panics
 /// If the shapes disagree or `ys`' columns are not contiguous. With the kernels of the
 /// instruction set `xs` was packed for.
 #[track_caller]
-pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: ArrayViewMut2<f32>) {
+pub(crate) fn product(
+    w: &dyn Matrix,
+    rows: Range<usize>,
+    xs: &PackedRows,
+    mut ys: ArrayViewMut2<f32>,
+) {
     let isa = xs.isa;
     let (mr, nr) = isa.tile();
-    let (cols, k) = w.dim();
+    let (out, k) = w.dim();
+    assert!(
+        rows.start <= rows.end && rows.end <= out,
+        "gemm::product: rows"
+    );
+    let cols = rows.len();
     let t = xs.t;
     assert_eq!(xs.k, k, "gemm::product: input width");
     assert_eq!(ys.dim(), (t, cols), "gemm::product: output shape");
@@ -145,17 +157,14 @@ pub(crate) fn product<T: Weight>(w: ArrayView2<T>, xs: &PackedRows, mut ys: Arra
     let ldy = ys.strides()[0];
     let y0 = ys.as_mut_ptr();
     let block_cols = (BLOCK_BYTES / (k * 4)).max(nr) / nr * nr;
-    let w = w.as_standard_layout();
-    let weights = w.as_slice().expect("standard layout");
     let mut panels = Vec::new();
     for c0 in (0..cols).step_by(block_cols) {
         let c1 = (c0 + block_cols).min(cols);
         let flat = resized(&mut panels, (c1 - c0).div_ceil(nr) * k * nr);
-        for (strip, panel) in weights[c0 * k..c1 * k]
-            .chunks(k * nr)
-            .zip(flat.chunks_exact_mut(k * nr))
-        {
-            T::transpose_into(Some(isa), strip, k, nr, panel);
+        for (i, panel) in flat.chunks_exact_mut(k * nr).enumerate() {
+            let s0 = rows.start + c0 + i * nr;
+            let s1 = (s0 + nr).min(rows.start + c1);
+            w.pack_panel(s0..s1, nr, panel);
         }
         for k0 in (0..k).step_by(DEPTH) {
             let k1 = (k0 + DEPTH).min(k);
@@ -230,9 +239,8 @@ fn resized(lines: &mut Vec<Line>, n: usize) -> &mut [f32] {
     &mut flat[..n]
 }
 
-/// The packing of [`product`]'s operands, for each weight type (a supertrait of
-/// [`Weight`], so it cannot be implemented outside the crate).
-pub trait Pack: Sized {
+/// The packing of [`product`]'s operands, for each weight type.
+pub(crate) trait Transpose: Element {
     /// `dst[p · width + i] = src[i · k + p]` widened to f32 for the `src.len() / k ≤ width`
     /// rows of `src` (`k` values each), and zero for the rows past them: `dst` holds
     /// `k · width` values, `width` is at most [`MAX_NR`]. With `isa`'s registers (the plain loop
@@ -245,7 +253,7 @@ pub trait Pack: Sized {
 
 macro_rules! pack_impl {
     ($t:ty, $transpose:ident) => {
-        impl Pack for $t {
+        impl Transpose for $t {
             fn transpose_into(
                 isa: Option<Isa>,
                 src: &[$t],
@@ -256,11 +264,11 @@ macro_rules! pack_impl {
                 let n = src.len() / k.max(1);
                 assert!(
                     n <= width && width <= MAX_NR && src.len() == n * k && dst.len() == k * width,
-                    "Pack::transpose_into: shapes"
+                    "Transpose::transpose_into: shapes"
                 );
                 assert!(
                     isa.is_none_or(Isa::runs_here),
-                    "Pack::transpose_into: the CPU lacks {isa:?}"
+                    "Transpose::transpose_into: the CPU lacks {isa:?}"
                 );
                 // SAFETY: the CPU has `isa` (asserted above); shapes asserted above.
                 #[cfg(target_arch = "x86_64")]
@@ -281,9 +289,9 @@ pack_impl!(f32, transpose_f32);
 pack_impl!(half::f16, transpose_f16);
 pack_impl!(half::bf16, transpose_bf16);
 
-/// [`Pack::transpose_into`] one value at a time, in the order of `dst`, for the elements
+/// [`Transpose::transpose_into`] one value at a time, in the order of `dst`, for the elements
 /// `from..k` of each row (the rest of `dst` is left as it is).
-fn transpose_plain<T: Weight>(src: &[T], k: usize, width: usize, dst: &mut [f32], from: usize) {
+fn transpose_plain<T: Element>(src: &[T], k: usize, width: usize, dst: &mut [f32], from: usize) {
     let n = src.len() / k.max(1);
     for (p, out) in dst.chunks_exact_mut(width).enumerate().skip(from) {
         for (i, d) in out.iter_mut().enumerate() {
@@ -292,7 +300,7 @@ fn transpose_plain<T: Weight>(src: &[T], k: usize, width: usize, dst: &mut [f32]
     }
 }
 
-/// Defines each `$name`, [`Pack::transpose_into`] for `$t` values, with the `$feature`
+/// Defines each `$name`, [`Transpose::transpose_into`] for `$t` values, with the `$feature`
 /// registers of `$lanes` lanes: `$load` widens `$lanes` values into one, `$transpose`
 /// transposes `$lanes` of them, `$store` writes one under the mask `$mask` makes of a lane
 /// count. The elements past the last whole group of `$lanes` in each row go through the plain
@@ -310,7 +318,7 @@ macro_rules! transposes {
     ) => {$(
         /// # Safety
         /// The CPU must have the instructions of this module; the shapes must be as
-        /// `Pack::transpose_into` asserts them.
+        /// `Transpose::transpose_into` asserts them.
         #[target_feature(enable = $feature)]
         pub unsafe fn $name(src: &[$t], k: usize, width: usize, dst: &mut [f32]) {
             let n = src.len() / k.max(1);
@@ -347,8 +355,8 @@ macro_rules! transposes {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::super::kernels::avx512::{load_bf16, load_f16, load_f32};
     use super::{Isa, Tile};
+    use crate::ops::simd::avx512::{load_bf16, load_f16, load_f32};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -465,8 +473,8 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::kernels::avx2::{load_bf16, load_f16, load_f32};
     use super::{Isa, Tile};
+    use crate::ops::simd::avx2::{load_bf16, load_f16, load_f32};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -585,6 +593,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Dense;
     use half::{bf16, f16};
     use ndarray::{s, Array2};
 
@@ -593,13 +602,13 @@ mod tests {
         Isa::ALL.into_iter().filter(|isa| isa.runs_here())
     }
 
-    fn check<T: Weight>(from: fn(f32) -> T) {
+    fn check<T: Element + Transpose + crate::ops::kernels::Dot>(from: fn(f32) -> T) {
         for isa in isas_here() {
             check_with(isa, from);
         }
     }
 
-    fn check_with<T: Weight>(isa: Isa, from: fn(f32) -> T) {
+    fn check_with<T: Element + Transpose + crate::ops::kernels::Dot>(isa: Isa, from: fn(f32) -> T) {
         for (t, cols, k) in [
             (1, 1, 1),
             (5, 17, 3),
@@ -614,8 +623,10 @@ mod tests {
             let xs = Array2::from_shape_fn((t, k), |(i, j)| ((i * 5 + j) % 13) as f32 / 6.0 - 1.0);
             // A strided output: the product lands in the middle columns of a wider array.
             let mut wide = Array2::from_elem((t, cols + 5), 7.0f32);
+            let matrix = Dense::new(w.clone());
             product(
-                w.view(),
+                &matrix,
+                0..cols,
                 &PackedRows::packed_with(isa, xs.view()),
                 wide.slice_mut(s![.., 2..2 + cols]),
             );
@@ -641,7 +652,7 @@ mod tests {
         }
     }
 
-    fn check_transpose<T: Weight>(from: fn(f32) -> T) {
+    fn check_transpose<T: Transpose>(from: fn(f32) -> T) {
         for (n, k, width) in [
             (1, 1, 12),
             (12, 16, 12),

@@ -13,39 +13,39 @@
 //! Also here: [`wkv_step`], one token of RWKV-5/6's WKV state update, compiled for AVX2 where
 //! the CPU has it.
 
+use super::simd::{Cpu, Element};
 use half::{bf16, f16};
 
 /// Activation vectors served by one pass over a weight row.
 pub const GROUP: usize = 8;
 
-/// A weight element type the kernels read: f32, f16 and bf16 (sealed: the matrix-matrix
-/// products need each type's own packing, so no other type can implement it).
-pub trait Weight: Copy + Send + Sync + 'static + super::gemm::Pack {
-    /// The value as f32.
-    fn widen(self) -> f32;
-
+/// A weight element type the dot-product kernels read: f32, f16 and bf16 (sealed through
+/// [`Element`]). Each call runs on the instruction set of the [`Cpu`] it is given, chosen once
+/// by the matrix that holds the weights.
+pub(crate) trait Dot: Element {
     /// `out[j] = Σ_i w[i] · xs[j][i]` for every `j` (at most [`GROUP`] vectors).
     ///
     /// # Panics
     /// If a vector's length differs from `w.len()`, or `xs.len() > GROUP`, or
     /// `out.len() != xs.len()`.
-    fn dots(w: &[Self], xs: &[&[f32]], out: &mut [f32]);
+    #[cfg(test)]
+    fn dots(cpu: Cpu, w: &[Self], xs: &[&[f32]], out: &mut [f32]);
 
     /// `out[r·B + j] = Σ_i w[r·n + i] · xs[j][i]` for the consecutive rows `r` of a row-major
     /// `w` (`n` = the vectors' length, `B = xs.len()`): a product of a block of rows with up
-    /// to [`MAX_VECTORS`] vectors, with one dispatch: each row through [`Weight::dots`]'
-    /// loops, [`GROUP`] vectors at a time.
+    /// to [`MAX_VECTORS`] vectors, each row through [`Dot::dots`]' loops, [`GROUP`] vectors at
+    /// a time.
     ///
     /// # Panics
     /// If the vectors differ in length, `w.len()` is not a whole number of rows, there are
     /// more than [`MAX_VECTORS`] vectors, or `out.len()` is not rows × `B`.
-    fn row_dots(w: &[Self], xs: &[&[f32]], out: &mut [f32]);
+    fn row_dots(cpu: Cpu, w: &[Self], xs: &[&[f32]], out: &mut [f32]);
 }
 
-/// Vectors [`Weight::row_dots`] takes at most.
+/// Vectors [`Dot::row_dots`] takes at most.
 pub const MAX_VECTORS: usize = 16;
 
-/// The number of rows, after checking the shapes of a [`Weight::row_dots`] call.
+/// The number of rows, after checking the shapes of a [`Dot::row_dots`] call.
 #[track_caller]
 fn check_rows(w: usize, xs: &[&[f32]], out: usize) -> usize {
     assert!(
@@ -67,8 +67,8 @@ fn check_rows(w: usize, xs: &[&[f32]], out: usize) -> usize {
     rows
 }
 
-/// The portable [`Weight::row_dots`].
-fn row_dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], rows: usize, out: &mut [f32]) {
+/// The portable [`Dot::row_dots`].
+fn row_dots_plain<T: Element>(w: &[T], xs: &[&[f32]], rows: usize, out: &mut [f32]) {
     let b = xs.len();
     let n = xs.first().map_or(0, |x| x.len());
     for r in 0..rows {
@@ -79,6 +79,7 @@ fn row_dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], rows: usize, out: &mut [f32
     }
 }
 
+#[cfg(test)]
 #[track_caller]
 fn check(n: usize, xs: &[&[f32]], out: &[f32]) {
     assert!(
@@ -97,7 +98,7 @@ fn check(n: usize, xs: &[&[f32]], out: &[f32]) {
 
 /// The portable kernel: `out[j] = Σ_i widen(w[i]) · xs[j][i]`, 8 partial sums per vector so the
 /// compiler can vectorise it.
-fn dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32]) {
+fn dots_plain<T: Element>(w: &[T], xs: &[&[f32]], out: &mut [f32]) {
     for (x, o) in xs.iter().zip(out.iter_mut()) {
         let mut acc = [0.0f32; 8];
         let chunks = w.len() / 8 * 8;
@@ -115,69 +116,59 @@ fn dots_plain<T: Weight>(w: &[T], xs: &[&[f32]], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-pub(super) fn has_avx2_fma_f16c() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(super) fn has_avx512f() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-
-/// Implements [`Weight`] for `$t` (widened by `$widen`) over the AVX2 kernels `$dots` and
-/// `$rows`, with the portable loops as the fallback.
-macro_rules! weight_impl {
-    ($t:ty, $widen:expr, $dots:ident, $rows:ident) => {
-        impl Weight for $t {
-            fn widen(self) -> f32 {
-                $widen(self)
-            }
-
+/// Implements [`Dot`] for `$t` over the AVX2 kernels `$dots` and `$rows` and the AVX-512
+/// kernel `$rows`, with the portable loops as the fallback.
+macro_rules! dot_impl {
+    ($t:ty, $dots:ident, $rows:ident) => {
+        impl Dot for $t {
+            #[cfg(test)]
             #[track_caller]
-            fn dots(w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
+            fn dots(cpu: Cpu, w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
                 check(w.len(), xs, out);
                 #[cfg(target_arch = "x86_64")]
-                if has_avx2_fma_f16c() {
-                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above); lengths checked
-                    // by `check`.
+                if cpu.has_avx2() {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (a `Cpu` says so only when
+                    // detected); lengths checked by `check`.
                     unsafe { avx2::$dots(w, xs, out) };
                     return;
                 }
+                let _ = cpu;
                 dots_plain(w, xs, out);
             }
 
             #[track_caller]
-            fn row_dots(w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
+            fn row_dots(cpu: Cpu, w: &[$t], xs: &[&[f32]], out: &mut [f32]) {
                 let rows = check_rows(w.len(), xs, out.len());
                 #[cfg(target_arch = "x86_64")]
-                if has_avx512f() && xs.len() >= avx512::min_vectors() {
-                    // SAFETY: the CPU has AVX-512F (checked above); shapes checked above.
+                if cpu.has_avx512() && xs.len() >= cpu.avx512_min_vectors() {
+                    // SAFETY: the CPU has AVX-512F (a `Cpu` says so only when detected);
+                    // shapes checked above.
                     unsafe { avx512::$rows(w, xs, rows, out) };
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
-                if has_avx2_fma_f16c() {
-                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above); shapes checked
-                    // above.
+                if cpu.has_avx2() {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (a `Cpu` says so only when
+                    // detected); shapes checked above.
                     unsafe { avx2::$rows(w, xs, rows, out) };
                     return;
                 }
+                let _ = cpu;
                 row_dots_plain(w, xs, rows, out);
             }
         }
     };
 }
 
-weight_impl!(f32, |v: f32| v, dots_f32, row_dots_f32);
-weight_impl!(f16, f16::to_f32, dots_f16, row_dots_f16);
-weight_impl!(bf16, bf16::to_f32, dots_bf16, row_dots_bf16);
+dot_impl!(f32, dots_f32, row_dots_f32);
+dot_impl!(f16, dots_f16, row_dots_f16);
+dot_impl!(bf16, dots_bf16, row_dots_bf16);
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
-    use super::{Weight, GROUP};
+    use super::GROUP;
+    use crate::ops::simd::avx2::{load_bf16, load_f16, load_f32};
+    use crate::ops::simd::Element;
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -186,36 +177,6 @@ pub(super) mod avx2 {
     /// of 1, 2 and 4 KiB for 8 sessions, 1.2-1.3× faster than none). The one-vector loop streams
     /// fast enough without (a hint there measured slower).
     const PREFETCH_BYTES: usize = 2048;
-
-    /// # Safety
-    /// `p` must point to 8 readable f32; the CPU must have AVX.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::ops) unsafe fn load_f32(p: *const f32) -> __m256 {
-        // SAFETY: the caller guarantees 8 readable values at `p`; loadu has no alignment need.
-        unsafe { _mm256_loadu_ps(p) }
-    }
-
-    /// # Safety
-    /// `p` must point to 8 readable f16; the CPU must have F16C.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::ops) unsafe fn load_f16(p: *const f16) -> __m256 {
-        // SAFETY: 8 f16 = 16 readable bytes at `p` (caller); loadu has no alignment need.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
-    }
-
-    /// # Safety
-    /// `p` must point to 8 readable bf16; the CPU must have AVX2.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::ops) unsafe fn load_bf16(p: *const bf16) -> __m256 {
-        // SAFETY: 8 bf16 = 16 readable bytes at `p` (caller). A bf16 is the top half of an f32.
-        unsafe {
-            let h = _mm_loadu_si128(p as *const __m128i);
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-        }
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -244,7 +205,7 @@ pub(super) mod avx2 {
         ) => {
             /// # Safety
             /// The CPU must have AVX2, FMA and F16C; the shapes must be as
-            /// [`Weight::row_dots`] checks them (`rows` rows of `w`).
+            /// [`Dot::row_dots`] checks them (`rows` rows of `w`).
             #[target_feature(enable = "avx2,fma,f16c")]
             pub unsafe fn $rows(w: &[$t], xs: &[&[f32]], rows: usize, out: &mut [f32]) {
                 let b = xs.len();
@@ -452,58 +413,15 @@ pub(super) mod avx2 {
 /// from L1). One vector takes a loop of its own, one row at a time with four accumulators.
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::{Weight, GROUP};
+    use super::GROUP;
+    use crate::ops::simd::avx512::{load_bf16, load_f16, load_f32};
+    use crate::ops::simd::Element;
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
     /// Weight rows per block (two rows × eight vectors of accumulators: 16 of the 32
     /// registers; three rows made the compiler spill them).
     const ROWS: usize = 2;
-
-    /// Vectors from which these kernels are used on AMD Zen 4, whose AVX-512 runs on 256-bit
-    /// units. With fewer, a product is closer to a stream of the weights than to arithmetic,
-    /// and there the one-row AVX2 loops stream faster (1.2× at four vectors, 1.6× at two,
-    /// measured on a Zen 4 core); from eight up these are faster (1.3× at eight, 1.5× at
-    /// sixteen).
-    pub const MIN_VECTORS_ON_ZEN4: usize = 5;
-
-    /// Vectors from which [`Weight::row_dots`](super::Weight::row_dots) takes these kernels
-    /// on this CPU (which must have AVX-512F): from one, but on AMD Zen 4 from
-    /// [`MIN_VECTORS_ON_ZEN4`].
-    ///
-    /// For one vector, on a Zen 5 core with the weights and the vector on cache lines,
-    /// one-token decode through the one-row loop here ran 1.03-1.14× faster with bf16 weights
-    /// than through the AVX2 loop (19 of 19 rounds), and as fast with f16 (0.94-1.24×) and
-    /// f32 (0.95-1.23×) at 29-39 GB/s of bandwidth, where f16 already streams at the limit
-    /// (two threads, 0.1B shape, rounds alternating the kernels within one process); in
-    /// cache it takes f16 at 47 against 23 G weights/s. Earlier, with data off the cache
-    /// lines, the AVX2 loop had been the faster one (1.11-1.15× in f32). On a Xeon, one-token
-    /// decode ran 1.15× faster in f32 and 1.3× in f16 through these kernels than through the
-    /// AVX2 loops.
-    pub fn min_vectors() -> usize {
-        static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *MIN.get_or_init(|| match amd_family() {
-            Some(0x19) => MIN_VECTORS_ON_ZEN4,
-            _ => 1,
-        })
-    }
-
-    /// The CPU family of an AMD CPU (19h: Zen 3 and Zen 4, of which only Zen 4 has AVX-512),
-    /// `None` for other vendors.
-    fn amd_family() -> Option<u32> {
-        // SAFETY: CPUID exists on every x86-64 CPU (older toolchains declare the intrinsic
-        // unsafe, newer ones safe).
-        #[allow(unused_unsafe)]
-        let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
-        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-        let base = (signature >> 8) & 0xf;
-        let family = if base == 0xf {
-            base + ((signature >> 20) & 0xff)
-        } else {
-            base
-        };
-        amd.then_some(family)
-    }
 
     /// How far ahead each row's weights are asked for: at least 4 KiB (1.3× faster than 1 KiB
     /// from memory at eight vectors, the same as 8 KiB), and at least the next block's row, so
@@ -521,43 +439,12 @@ pub(super) mod avx512 {
     /// so f32 rows get none.
     const HALF_PREFETCH_BYTES: usize = 8192;
 
-    /// # Safety
-    /// `p` must point to 16 readable f32; the CPU must have AVX-512F.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(in crate::ops) unsafe fn load_f32(p: *const f32) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable values at `p`; loadu has no alignment need.
-        unsafe { _mm512_loadu_ps(p) }
-    }
-
-    /// # Safety
-    /// `p` must point to 16 readable f16; the CPU must have AVX-512F.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(in crate::ops) unsafe fn load_f16(p: *const f16) -> __m512 {
-        // SAFETY: 16 f16 = 32 readable bytes at `p` (caller); loadu has no alignment need.
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
-    }
-
-    /// # Safety
-    /// `p` must point to 16 readable bf16; the CPU must have AVX-512F.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(in crate::ops) unsafe fn load_bf16(p: *const bf16) -> __m512 {
-        // SAFETY: 16 bf16 = 32 readable bytes at `p` (caller). A bf16 is the top half of an
-        // f32.
-        unsafe {
-            let h = _mm256_loadu_si256(p as *const __m256i);
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-        }
-    }
-
-    /// Defines `$rows`, [`Weight::row_dots`] for `$t` weights loaded by `$load`, over
+    /// Defines `$rows`, [`Dot::row_dots`] for `$t` weights loaded by `$load`, over
     /// `$block`, its body for `R` consecutive rows and exactly `M` vectors.
     macro_rules! rows_for {
         ($rows:ident, $block:ident, $t:ty, $load:ident) => {
             /// # Safety
-            /// The CPU must have AVX-512F; the shapes must be as [`Weight::row_dots`] checks
+            /// The CPU must have AVX-512F; the shapes must be as [`Dot::row_dots`] checks
             /// them (`rows` rows of `w`).
             #[target_feature(enable = "avx512f")]
             pub unsafe fn $rows(w: &[$t], xs: &[&[f32]], rows: usize, out: &mut [f32]) {
@@ -810,7 +697,7 @@ mod tests {
         }
     }
 
-    fn reference<T: Weight>(w: &[T], x: &[f32]) -> f64 {
+    fn reference<T: Element>(w: &[T], x: &[f32]) -> f64 {
         w.iter()
             .zip(x)
             .map(|(a, b)| a.widen() as f64 * *b as f64)
@@ -820,20 +707,20 @@ mod tests {
     /// A row kernel of one instruction set, for the CPUs that have it.
     type RowKernel<T> = unsafe fn(&[T], &[&[f32]], usize, &mut [f32]);
 
-    /// The row kernels this CPU can run, besides [`Weight::row_dots`]' own choice.
+    /// The row kernels this CPU can run, besides [`Dot::row_dots`]' own choice.
     #[cfg(target_arch = "x86_64")]
     fn kernels<T>(avx2: RowKernel<T>, avx512: RowKernel<T>) -> Vec<(&'static str, RowKernel<T>)> {
         let mut all = Vec::new();
-        if has_avx2_fma_f16c() {
+        if Cpu::detect().has_avx2() {
             all.push(("avx2", avx2));
         }
-        if has_avx512f() {
+        if Cpu::detect().has_avx512() {
             all.push(("avx512", avx512));
         }
         all
     }
 
-    fn check_type<T: Weight>(from: fn(f32) -> T, kernels: &[(&str, RowKernel<T>)]) {
+    fn check_type<T: Dot>(from: fn(f32) -> T, kernels: &[(&str, RowKernel<T>)]) {
         // Lengths around every boundary of the 64-, 32-, 16- and 8-wide loops.
         for n in [
             0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 79, 80, 81, 100, 127, 128, 129,
@@ -857,9 +744,15 @@ mod tests {
                 let block: Vec<T> = (0..rows).flat_map(shifted).collect();
                 for b in [1, 2, 3, 4, 5, 8, 9, MAX_VECTORS] {
                     let views: Vec<&[f32]> = xs16[..b].iter().map(Vec::as_slice).collect();
-                    let mut out = vec![0.0f32; rows * b];
-                    T::row_dots(&block, &views, &mut out);
-                    let mut results = vec![("row_dots", out)];
+                    let mut results = Vec::new();
+                    for (i, cpu) in Cpu::detect().variants().into_iter().enumerate() {
+                        let mut out = vec![0.0f32; rows * b];
+                        T::row_dots(cpu, &block, &views, &mut out);
+                        results.push((
+                            ["row_dots", "row_dots narrowed", "row_dots portable"][i],
+                            out,
+                        ));
+                    }
                     let mut plain = vec![0.0f32; rows * b];
                     row_dots_plain(&block, &views, rows, &mut plain);
                     results.push(("plain", plain));
@@ -871,7 +764,7 @@ mod tests {
                         if b == 1 && name == "avx2" {
                             // One vector: the one-vector loop of `dots`, bit for bit.
                             let mut one = [0.0f32];
-                            T::dots(&shifted(rows - 1), &views, &mut one);
+                            T::dots(Cpu::detect(), &shifted(rows - 1), &views, &mut one);
                             assert_eq!(out[rows - 1], one[0], "avx2 n={n} rows={rows}");
                         }
                         results.push((name, out));
@@ -894,7 +787,7 @@ mod tests {
             for m in 1..=GROUP {
                 let views: Vec<&[f32]> = xs[..m].iter().map(Vec::as_slice).collect();
                 let mut out = vec![0.0; m];
-                T::dots(&w, &views, &mut out);
+                T::dots(Cpu::detect(), &w, &views, &mut out);
                 let mut plain = vec![0.0; m];
                 dots_plain(&w, &views, &mut plain);
                 for j in 0..m {
@@ -948,7 +841,7 @@ mod tests {
     /// their inputs at different offsets, and must agree).
     #[test]
     fn results_do_not_depend_on_alignment() {
-        fn check<T: Weight + Default>(from: fn(f32) -> T) {
+        fn check<T: Dot>(from: fn(f32) -> T) {
             let (rows, n) = (5, 200);
             let w: Vec<T> = (0..rows * n)
                 .map(|i| from(((i * 37 % 101) as f32 - 50.0) / 25.0))
@@ -969,7 +862,7 @@ mod tests {
                     let x = &xa.as_slice().unwrap()[xo..];
                     let views: Vec<&[f32]> = (0..b).map(|j| &x[j * n..(j + 1) * n]).collect();
                     let mut out = vec![0.0f32; rows * b];
-                    T::row_dots(w, &views, &mut out);
+                    T::row_dots(Cpu::detect(), w, &views, &mut out);
                     out
                 };
                 let on_line = run(0, 0);

@@ -7,11 +7,13 @@
 mod activation;
 pub mod aligned;
 mod elementwise;
-mod gemm;
-pub mod kernels;
+pub(crate) mod gemm;
+pub(crate) mod kernels;
 mod linear;
+mod matrix;
 mod norm;
 pub mod shift;
+mod simd;
 pub mod team;
 
 /// Below this many multiply-adds a product or loop runs on the calling thread.
@@ -31,6 +33,9 @@ pub fn join4<A: Send, B: Send, C: Send, D: Send>(
 
 pub use activation::{relu_squared, sigmoid, silu};
 pub use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_inplace};
+pub use kernels::wkv_step;
 pub use linear::Linear;
+pub use matrix::Matrix;
 pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
+pub use simd::{Cpu, Element};
 pub use team::{with_team, Team, TeamBuffers};

@@ -209,7 +209,7 @@ impl<'t, 'w> Team<'t, 'w> {
         assert_eq!(yt.dim(), (out, b), "Team::product: output shape");
         match self.0 {
             Crew::Pool => w.streamed_into(xs, yt, true),
-            Crew::Run(shared) if w.rows_contiguous() && yt.is_standard_layout() => {
+            Crew::Run(shared) if yt.is_standard_layout() => {
                 let y = yt.into_slice().expect("standard layout");
                 shared.run(&mut [Entry { w, xs, y }]);
             }
@@ -236,9 +236,7 @@ impl<'t, 'w> Team<'t, 'w> {
             assert_eq!(x.len(), inp, "Team::matvecs_into: input length");
             assert_eq!(y.len(), out, "Team::matvecs_into: output length");
         }
-        let joint = products
-            .iter()
-            .all(|(w, _, y)| w.rows_contiguous() && y.is_standard_layout());
+        let joint = products.iter().all(|(_, _, y)| y.is_standard_layout());
         if let (Crew::Run(shared), true) = (&self.0, joint) {
             let mut entries = products.map(|(w, x, y)| Entry {
                 w,
@@ -797,9 +795,9 @@ mod tests {
             .flat_map(|(s, &(out, inp))| {
                 let w = weight(out, inp, s);
                 [
-                    Linear::F32(w.clone()),
-                    Linear::F16(w.mapv(f16::from_f32)),
-                    Linear::Bf16(w.mapv(bf16::from_f32)),
+                    Linear::from(w.clone()),
+                    Linear::from(w.mapv(f16::from_f32)),
+                    Linear::from(w.mapv(bf16::from_f32)),
                 ]
             })
             .collect()
@@ -913,15 +911,15 @@ mod tests {
         ys
     }
 
-    /// Products larger than the buffers, and weights in another layout, fall back to the
-    /// serial kernel inside a team run.
+    /// Products larger than the buffers, and weights built from another layout, give the
+    /// serial kernel's results inside a team run.
     #[test]
     fn products_the_buffers_do_not_fit_run_serially() {
         let pool = pool(2);
         pool.install(|| {
             let mut buffers = TeamBuffers::new(8, 8, 1);
-            let big = Linear::F32(weight(40, 20, 1));
-            let transposed = Linear::F32(weight(20, 40, 2).reversed_axes());
+            let big = Linear::from(weight(40, 20, 1));
+            let transposed = Linear::from(weight(20, 40, 2).reversed_axes());
             for w in [&big, &transposed] {
                 let xs = weight(1, 20, 3);
                 let mut want = Array2::zeros((40, 1));

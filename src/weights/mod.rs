@@ -17,7 +17,10 @@ pub use self::safetensors::SafeTensorsFile;
 pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
 
 use crate::error::{Error, Result};
-use crate::ops::{aligned, Linear};
+use crate::ops::gemm::Transpose;
+use crate::ops::kernels::Dot;
+use crate::ops::{aligned, Element, Linear};
+use crate::storage::Dense;
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 
@@ -317,15 +320,17 @@ impl<'a> Scope<'a> {
         inp: usize,
         out: usize,
     ) -> Result<Vec<Linear>> {
-        fn transposes<T: Copy + Default>(
+        fn transposes<T: Element + Dot + Transpose>(
             a: ArrayD<T>,
             shape: (usize, usize, usize),
-        ) -> Vec<Array2<T>> {
+        ) -> Vec<Linear> {
             let a = a.as_standard_layout().into_owned();
             let a = a
                 .into_shape_with_order(shape)
                 .expect("element count checked by the shape test");
-            a.outer_iter().map(|m| aligned::to_matrix(m.t())).collect()
+            a.outer_iter()
+                .map(|m| Linear::new(Dense::new(aligned::to_matrix(m.t()))))
+                .collect()
         }
         // One matrix is named by its own shape in errors, a stack by the stacked one.
         let stacked = [count, inp, out];
@@ -335,27 +340,46 @@ impl<'a> Scope<'a> {
         }
         let shape = (count, inp, out);
         Ok(match t {
-            Tensor::F32(a) => transposes(a, shape).into_iter().map(Linear::F32).collect(),
-            Tensor::F16(a) => transposes(a, shape).into_iter().map(Linear::F16).collect(),
-            Tensor::Bf16(a) => transposes(a, shape).into_iter().map(Linear::Bf16).collect(),
+            Tensor::F32(a) => transposes(a, shape),
+            Tensor::F16(a) => transposes(a, shape),
+            Tensor::Bf16(a) => transposes(a, shape),
         })
     }
 
     /// A linear layer stored PyTorch style as `[out, in]` (or with extra size-1 axes, by the
     /// rule of [`Scope::tensor`]), kept in its storage type (or the scope's matrix type, see
-    /// [`Scope::with_matrix_dtype`]).
+    /// [`Scope::with_matrix_dtype`]). A matrix the source holds in place in a file's bytes
+    /// ([`TensorSource::raw`]) in the type wanted is used there, not copied.
     pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        let mut t = self.tensor(name, &[out, inp])?;
+        let path = self.path(name);
+        self.check_path(&path, &[out, inp])?;
+        if let Some(raw) = self.source.raw(&path) {
+            if self.matrices.is_none_or(|d| d == raw.dtype) {
+                if let Some(layer) = mapped(raw, out, inp) {
+                    return Ok(layer);
+                }
+            }
+        }
+        let mut t = self.source.tensor(&path)?;
         if let Some(dtype) = self.matrices {
             t = t.to_dtype(dtype);
         }
         let shape = (out, inp);
         Ok(match t {
-            Tensor::F32(a) => Linear::F32(into_matrix(a, shape)),
-            Tensor::F16(a) => Linear::F16(into_matrix(a, shape)),
-            Tensor::Bf16(a) => Linear::Bf16(into_matrix(a, shape)),
+            Tensor::F32(a) => Linear::new(Dense::new(into_matrix(a, shape))),
+            Tensor::F16(a) => Linear::new(Dense::new(into_matrix(a, shape))),
+            Tensor::Bf16(a) => Linear::new(Dense::new(into_matrix(a, shape))),
         })
     }
+}
+
+/// A layer over the `[out, inp]` values of `raw` in place, if they are aligned for their type.
+fn mapped(raw: RawTensor, out: usize, inp: usize) -> Option<Linear> {
+    Some(match raw.dtype {
+        DType::F32 => Linear::new(Dense::<f32>::mapped(raw.bytes, out, inp)?),
+        DType::F16 => Linear::new(Dense::<f16>::mapped(raw.bytes, out, inp)?),
+        DType::Bf16 => Linear::new(Dense::<bf16>::mapped(raw.bytes, out, inp)?),
+    })
 }
 
 /// An `ArrayD` of `rows · cols` elements as a standard-layout `[rows, cols]` matrix that starts
@@ -376,18 +400,24 @@ fn into_matrix<T: Copy + Default>(a: ArrayD<T>, (rows, cols): (usize, usize)) ->
 mod tests {
     use super::*;
 
+    /// Where the values of a dense layer start.
     fn start(l: &Linear) -> *const u8 {
-        match l {
-            Linear::F32(w) => w.as_ptr().cast(),
-            Linear::F16(w) => w.as_ptr().cast(),
-            Linear::Bf16(w) => w.as_ptr().cast(),
+        let m: &dyn std::any::Any = l.matrix().as_any();
+        if let Some(d) = m.downcast_ref::<Dense<f32>>() {
+            d.values().as_ptr().cast()
+        } else if let Some(d) = m.downcast_ref::<Dense<f16>>() {
+            d.values().as_ptr().cast()
+        } else {
+            let d = m.downcast_ref::<Dense<bf16>>().expect("a dense layer");
+            d.values().as_ptr().cast()
         }
     }
 
-    /// Every matrix a loader makes starts on a cache line, whatever the source, the storage
-    /// type and the conversion at load, and keeps its values.
+    /// A matrix of a file kept in its stored type is used in place from the file's memory map;
+    /// every matrix a loader builds (from memory, converted, transposed) starts on a cache
+    /// line; each keeps its values.
     #[test]
-    fn loaded_matrices_start_on_a_cache_line() {
+    fn loaded_matrices_are_mapped_or_start_on_a_cache_line() {
         let values = |n: usize| (0..n).map(|i| (i % 13) as f32 / 4.0).collect::<Vec<f32>>();
         let dense = Array2::from_shape_vec((6, 5), values(30)).unwrap();
         let stack = ArrayD::from_shape_vec(IxDyn(&[3, 5, 2]), values(30)).unwrap();
@@ -404,13 +434,20 @@ mod tests {
         map.save(&path).unwrap();
         let file = SafeTensorsFile::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let sources: [&dyn TensorSource; 2] = [&map, &file];
-        for source in sources {
+        let sources: [(&dyn TensorSource, bool); 2] = [(&map, false), (&file, true)];
+        for (source, is_file) in sources {
             for convert in [None, Some(DType::F32), Some(DType::F16), Some(DType::Bf16)] {
                 let scope = Scope::new(source).with_matrix_dtype(convert);
-                for suffix in ["32", "16", "b16"] {
+                for (suffix, stored) in
+                    [("32", DType::F32), ("16", DType::F16), ("b16", DType::Bf16)]
+                {
                     let w = scope.linear(&format!("w{suffix}"), 6, 5).unwrap();
-                    assert!(aligned::is_aligned(start(&w)), "w{suffix} {convert:?}");
+                    let in_place = is_file && convert.is_none_or(|d| d == stored);
+                    assert_eq!(w.matrix().is_mapped(), in_place, "w{suffix} {convert:?}");
+                    assert!(
+                        in_place || aligned::is_aligned(start(&w)),
+                        "w{suffix} {convert:?}"
+                    );
                     assert_eq!(w.to_f32(), dense);
                     let parts = scope
                         .low_rank_stack(&format!("s{suffix}"), 3, 5, 2)

@@ -1,0 +1,60 @@
+//! The one interface every weight matrix's storage implements, whatever holds the values: f32,
+//! f16 or bf16 arrays owned or seen in a file's memory map, or blocks of quantized values.
+//! [`Linear`](super::Linear) runs every product through it, so a new storage needs no change in
+//! the layers.
+
+use std::ops::Range;
+
+/// A weight matrix `[out, in]` (PyTorch's layout; `y = W x`) as the products read it.
+///
+/// Decode reads each row once for up to 16 activation vectors ([`Matrix::row_dots`]); prefill
+/// packs blocks of rows into f32 panels for the matrix-matrix kernels
+/// ([`Matrix::pack_panel`]); an embedding reads single rows ([`Matrix::row_into`]). A storage
+/// chooses its kernels' instruction set once, when it is built.
+pub trait Matrix: Send + Sync + std::fmt::Debug {
+    /// `(out, in)`.
+    fn dim(&self) -> (usize, usize);
+
+    /// The storage type's name: `f32`, `f16`, `bf16`, or a block format's.
+    fn type_name(&self) -> &'static str;
+
+    /// Bytes of storage: what one product with the whole matrix reads (one decoded token's
+    /// share of the weights).
+    fn size_bytes(&self) -> usize;
+
+    /// Whether the values are read in place from a memory-mapped file.
+    fn is_mapped(&self) -> bool {
+        false
+    }
+
+    /// Row `r` as f32 into `out` (`in` values).
+    ///
+    /// # Panics
+    /// If `r` is out of range or `out` has the wrong length.
+    fn row_into(&self, r: usize, out: &mut [f32]);
+
+    /// `out[(r − rows.start) · B + j] = W[r] · xs[j]` for the rows `r` of `rows`, with
+    /// `B = xs.len()` vectors of `in` values each (at most 16): every row read once for all
+    /// vectors.
+    ///
+    /// # Panics
+    /// If `rows` is out of range, a vector has the wrong length, there are more than 16 of
+    /// them, or `out` is shorter than `rows.len() · B`.
+    fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]);
+
+    /// `dst[p · width + i] = W[rows.start + i][p]` for every `p < in` and `i < rows.len()`, and
+    /// zero for `rows.len() ≤ i < width`: a block of rows transposed into one panel of the
+    /// matrix-matrix kernels.
+    ///
+    /// # Panics
+    /// If `rows` is out of range or longer than `width`, or `dst` is not `in · width` long.
+    fn pack_panel(&self, rows: Range<usize>, width: usize, dst: &mut [f32]);
+
+    /// A matrix of the same storage type holding `values` (`[out', in']`, rounded or
+    /// quantized as this type stores them): how a load-time transform of a stored matrix is
+    /// kept in the file's type.
+    fn restored(&self, values: ndarray::Array2<f32>) -> std::sync::Arc<dyn Matrix>;
+
+    /// The storage itself, to look at its concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
