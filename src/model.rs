@@ -63,14 +63,39 @@ impl std::fmt::Debug for Workspace {
 #[derive(Clone, Debug)]
 pub struct Model {
     config: Config,
-    /// `emb.weight` with `blocks.0.ln0` applied to every row, computed in f32 and stored in
-    /// the table's storage type for v4-v6, stored in f32 for v7 (as the official loaders do),
-    /// `[V, C]`.
-    emb: Linear,
+    /// `emb.weight` and `blocks.0.ln0`.
+    emb: Embedding,
     blocks: Vec<Block>,
     ln_out: LayerNorm,
     /// `head.weight`, `[V, C]`.
     head: Linear,
+}
+
+/// The token embedding: `emb.weight` as stored (in place in a memory-mapped file), with
+/// `blocks.0.ln0` applied to each row as it is read. The official loaders fold ln0 into the
+/// table at load, in the checkpoint's type for v4-v6 (so a half-precision table gets rounded
+/// rows: `rounded`) and in f32 for v7 (its loader widens every tensor first); applying it per
+/// row gives the same values without a second copy of the table.
+#[derive(Clone, Debug)]
+struct Embedding {
+    /// `emb.weight`, `[V, C]`.
+    table: Linear,
+    /// `blocks.0.ln0`.
+    ln0: LayerNorm,
+    /// Whether the normalised row is rounded to the table's storage type (v4-v6).
+    rounded: bool,
+}
+
+impl Embedding {
+    /// The embedding of `token` (checked to be in range) into `out`, `[C]`.
+    fn row_into(&self, token: usize, mut out: ArrayViewMut1<f32>) {
+        self.table.row_into(token, out.view_mut());
+        self.ln0.forward_one_inplace(out.view_mut());
+        if self.rounded {
+            let values = out.as_slice_mut().expect("a contiguous row");
+            self.table.matrix().round_to_storage(values);
+        }
+    }
 }
 
 impl Model {
@@ -128,16 +153,11 @@ impl Model {
         let ln = |s: Scope| -> Result<LayerNorm> {
             Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
         };
-        let ln0 = ln(root.pp("blocks.0.ln0"))?;
-        // The official loaders fold ln0 into the embedding in the checkpoint's type for v4-v6
-        // (a half-precision table gets rounded rows) and in f32 for v7 (it widens every tensor
-        // first); each version is matched so that half-precision files give its logits.
-        let emb_scope = match config.version {
-            Version::V7 => Scope::new(source).with_matrix_dtype(Some(DType::F32)),
-            _ => root.clone(),
+        let emb = Embedding {
+            table: root.linear("emb.weight", v, c)?,
+            ln0: ln(root.pp("blocks.0.ln0"))?,
+            rounded: config.version != Version::V7,
         };
-        let mut emb = emb_scope.linear("emb.weight", v, c)?;
-        emb.map_rows(|row| ln0.forward_one(row));
         let blocks = (0..config.n_layer)
             .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config, i))
             .collect::<Result<Vec<_>>>()?;

@@ -14,7 +14,7 @@ use super::matrix::Matrix;
 use super::simd::Cpu;
 use super::PARALLEL_MIN_WORK;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -93,17 +93,6 @@ impl Linear {
                 out.assign(&ArrayView1::from(&row));
             }
         }
-    }
-
-    /// Replaces every row by `f` of it, computed in f32 and stored back in the storage type
-    /// (see [`Matrix::restored`]).
-    pub fn map_rows(&mut self, f: impl Fn(ArrayView1<f32>) -> Array1<f32>) {
-        let mut values = self.to_f32();
-        for mut row in values.rows_mut() {
-            let new = f(row.view());
-            row.assign(&new);
-        }
-        self.w = self.w.restored(values);
     }
 
     /// `yt = W xsᵀ` through the dot-product kernels (at most [`SMALL_BATCH`] rows), split

@@ -50,10 +50,10 @@ pub trait Matrix: Send + Sync + std::fmt::Debug {
     /// If `rows` is out of range or longer than `width`, or `dst` is not `in · width` long.
     fn pack_panel(&self, rows: Range<usize>, width: usize, dst: &mut [f32]);
 
-    /// A matrix of the same storage type holding `values` (`[out', in']`, rounded or
-    /// quantized as this type stores them): how a load-time transform of a stored matrix is
-    /// kept in the file's type.
-    fn restored(&self, values: ndarray::Array2<f32>) -> std::sync::Arc<dyn Matrix>;
+    /// Rounds `values` to what this storage type holds (f16 or bf16 rounding; identity for
+    /// f32): how a transform of stored rows is kept in the file's precision, as the official
+    /// loaders do when they transform a tensor in its own type.
+    fn round_to_storage(&self, values: &mut [f32]);
 
     /// The storage itself, to look at its concrete type.
     fn as_any(&self) -> &dyn std::any::Any;

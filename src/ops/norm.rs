@@ -63,6 +63,16 @@ impl LayerNorm {
         normalise(out, self.weight.view(), self.bias.view(), self.eps);
     }
 
+    /// Normalises one vector in place.
+    ///
+    /// # Panics
+    /// If its length differs from the parameters'.
+    #[track_caller]
+    pub fn forward_one_inplace(&self, x: ArrayViewMut1<f32>) {
+        assert_eq!(x.len(), self.weight.len(), "LayerNorm: width");
+        normalise(x, self.weight.view(), self.bias.view(), self.eps);
+    }
+
     /// Normalises every row.
     ///
     /// # Shapes

@@ -6,7 +6,6 @@ use crate::ops::kernels::Dot;
 use crate::ops::{aligned, Cpu, Element, Linear, Matrix};
 use ndarray::{Array2, ArrayView2};
 use std::ops::Range;
-use std::sync::Arc;
 
 /// Where a dense matrix's values are.
 #[derive(Clone, Debug)]
@@ -126,8 +125,10 @@ impl<T: Element + Dot + Transpose> Matrix for Dense<T> {
         T::transpose_into(isa, self.row_values(rows), self.cols, width, dst);
     }
 
-    fn restored(&self, values: Array2<f32>) -> Arc<dyn Matrix> {
-        Arc::new(Dense::new(values.mapv(T::narrow)).with_cpu(self.cpu))
+    fn round_to_storage(&self, values: &mut [f32]) {
+        for v in values {
+            *v = T::narrow(*v).widen();
+        }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
