@@ -404,7 +404,12 @@ impl SafeTensorsStream {
 
     /// The length of the whole file in bytes.
     pub fn file_len(&self) -> u64 {
-        self.header.len() as u64 + self.entries.iter().map(|e| e.byte_len() as u64).sum::<u64>()
+        self.header.len() as u64
+            + self
+                .entries
+                .iter()
+                .map(|e| e.byte_len() as u64)
+                .sum::<u64>()
     }
 
     /// Writes the file to `path` atomically ([`write_atomic_with`]), each tensor read from
