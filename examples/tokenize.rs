@@ -39,7 +39,7 @@ struct Cli {
     decode: Option<args::TokenIds>,
     /// Write the decoded bytes to this file, atomically, instead of stdout (not the vocabulary
     /// file)
-    #[arg(long, value_name = "FILE", requires = "decode")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["text", "text_file"])]
     out: Option<String>,
 }
 

@@ -70,6 +70,17 @@ pub struct StateArgs {
     pub state_out: Option<String>,
 }
 
+/// `error` prefixed with the file it is about, unless it names it already.
+pub fn named(path: &Path, error: impl std::fmt::Display) -> String {
+    let error = error.to_string();
+    let path = path.display().to_string();
+    if error.contains(&path) {
+        error
+    } else {
+        format!("`{path}`: {error}")
+    }
+}
+
 /// Runs `main`, printing its error as one line and exiting with status 1 on failure.
 pub fn run(main: impl FnOnce() -> Result<(), String>) {
     if let Err(e) = main() {
