@@ -23,6 +23,12 @@
 //!     alternated with a random f32 model of the same shape, so that the speed-up of f16 or bf16
 //!     weights is measured at the same moments of the machine. The default shape is RWKV-6 0.1B
 //!     (12 × 768, head size 64, vocab 65536) with random weights.
+//!
+//! `--model` takes any checkpoint the crate reads (see `Model::load`) instead of the random
+//! shape (the two exclude each other); with `--dtype` its matrices are converted at load
+//! (`Model::load_as`), without it they are kept as stored. `--memory` only reports the peak
+//! resident memory of loading and running `--model`; `--write-model OUT` only writes the random
+//! model of the shape and type given.
 
 mod args;
 
