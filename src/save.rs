@@ -346,8 +346,8 @@ impl StreamEntry {
 
 /// A safetensors file written one tensor at a time from a [`TensorSource`], converting each
 /// to the type its [`StreamEntry`] names: the header is laid out from the names, shapes and
-/// types alone (in the fixed order of the [module docs](self), so the bytes are those
-/// [`TensorMap::save`](crate::weights::TensorMap::save) writes for the same tensors), then
+/// types alone (tensors by element size, largest first, then by name; header keys sorted: the
+/// bytes [`TensorMap::save`](crate::weights::TensorMap::save) writes for the same tensors), then
 /// each tensor is read, converted and written in turn. A tensor the source holds in place
 /// ([`TensorSource::raw`], e.g. in a memory-mapped file) is converted piece by piece from its
 /// bytes, with no copy of the whole tensor; any other is read whole, one at a time. Narrowing

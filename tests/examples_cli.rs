@@ -485,3 +485,42 @@ fn a_stream_that_cannot_read_a_tensor_leaves_the_target_as_it_was() {
     assert!(SafeTensorsStream::new(twice, &Default::default()).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generate_runs_the_shipped_model_with_no_model_given_and_guards_its_inputs() {
+    let out = run("generate", &["--max-tokens", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("In the beginning"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("generation: 8 tokens"),
+        "{}",
+        stderr(&out)
+    );
+
+    let model = model_path("v6-a");
+    let before = std::fs::read(&model).unwrap();
+    for (name, args) in [
+        (
+            "generate",
+            vec!["--model", s(&model), "--state-out", s(&model)],
+        ),
+        ("chat", vec!["--model", s(&model), "--state-out", s(&model)]),
+        (
+            "logits",
+            vec!["--model", s(&model), "--tokens", "1", "--out", s(&model)],
+        ),
+    ] {
+        let out = run(name, &args);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(
+            stderr(&out).contains("refusing to overwrite an input"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+}
