@@ -1,9 +1,12 @@
 //! Measures this machine's limits and the model's speed against them, in one run.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--model M.safetensors | --layers 12 --embd 768
+//! cargo run --release --example bench -- --help
+//! cargo run --release --example bench -- [--model PATH | --layers 12 --embd 768
 //!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16] [--threads N]
 //!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--vs-f32] [--json]
+//! cargo run --release --example bench -- --model PATH --memory
+//! cargo run --release --example bench -- [--layers ...] [--dtype ...] --write-model OUT
 //! ```
 //!
 //! (a) memory-read bandwidth: the faster of two streaming reads of a 1 GiB buffer on all
@@ -20,9 +23,16 @@
 //!     alternated with a random f32 model of the same shape, so that the speed-up of f16 or bf16
 //!     weights is measured at the same moments of the machine. The default shape is RWKV-6 0.1B
 //!     (12 × 768, head size 64, vocab 65536) with random weights.
+//!
+//! `--model` takes any checkpoint the crate reads (see `Model::load`) instead of the random
+//! shape (the two exclude each other); with `--dtype` its matrices are converted at load
+//! (`Model::load_as`), without it they are kept as stored. `--memory` only reports the peak
+//! resident memory of loading and running `--model`; `--write-model OUT` only writes the random
+//! model of the shape and type given.
 
 mod args;
 
+use clap::Parser;
 use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -215,30 +225,93 @@ fn gemm_gflops() -> f64 {
     2.0 * (n * n * n) as f64 / blocked.min(single) / 1e9
 }
 
-fn shape(args: &args::Args) -> Result<Config, String> {
-    let version: Version = args
-        .get("version")
-        .unwrap_or("6")
-        .parse()
-        .map_err(|e: tokenshift::Error| e.to_string())?;
-    Ok(Config::standard(
-        version,
-        args.parsed("layers", 12)?,
-        args.parsed("embd", 768)?,
-        args.parsed("head-size", 64)?,
-        args.parsed("vocab", 65536)?,
-    ))
+/// Measures this machine's memory bandwidth and GEMM throughput, and a model's decode,
+/// prefill and batched decode speeds against them. Without --model the model is random, of
+/// the shape given (RWKV-6 0.1B by default).
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Cli {
+    /// RWKV checkpoint to measure instead of a random model: a safetensors, GGUF or PyTorch
+    /// .pth file, or a Hugging Face folder (the container is detected from the file)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["layers", "embd", "head_size", "vocab", "version"])]
+    model: Option<String>,
+    /// Blocks of the random model
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    layers: usize,
+    /// Embedding width of the random model
+    #[arg(long, value_name = "C", default_value_t = 768)]
+    embd: usize,
+    /// Head size of the random model
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    head_size: usize,
+    /// Vocabulary size of the random model
+    #[arg(long, value_name = "V", default_value_t = 65536)]
+    vocab: usize,
+    /// RWKV version of the random model: 4, 5.0, 5.1, 5.2, 6 or 7
+    #[arg(long, value_name = "V", default_value = "6")]
+    version: Version,
+    /// Storage type of the matrices: of the random model (default f32), or the type a --model
+    /// is converted to at load (default: as stored)
+    #[arg(long, value_enum)]
+    dtype: Option<args::Dtype>,
+    /// Threads of the global pool [default: one per core]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Prompt length of the prefill measurement
+    #[arg(long, value_name = "T", default_value_t = 512)]
+    prefill: usize,
+    /// Sessions of the batched decode measurement
+    #[arg(long, value_name = "B", default_value_t = 8)]
+    batch: usize,
+    /// Tokens of each decode round
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    decode_tokens: usize,
+    /// Only write the random model of the shape and type given to this safetensors file, then
+    /// exit
+    #[arg(long, value_name = "PATH", conflicts_with = "model")]
+    write_model: Option<String>,
+    /// Only report the peak resident memory of loading and running --model against the file's
+    /// size (Linux)
+    #[arg(long, requires = "model")]
+    memory: bool,
+    /// Add (f): decode while another thread keeps a core busy
+    #[arg(long)]
+    busy_core: bool,
+    /// Add (g): decode alternated with a random f32 model of the same shape
+    #[arg(long)]
+    vs_f32: bool,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
 }
 
-fn build_model(args: &args::Args) -> Result<(Model, DType), String> {
-    let dtype: DType = args.parsed("dtype", DType::F32)?;
-    if let Some(path) = args.get("model") {
-        return Model::load(path)
-            .map(|m| (m, dtype))
-            .map_err(|e| e.to_string());
+impl Cli {
+    /// The shape of the random model.
+    fn shape(&self) -> Config {
+        Config::standard(
+            self.version,
+            self.layers,
+            self.embd,
+            self.head_size,
+            self.vocab,
+        )
     }
-    let model = random_model(&shape(args)?, dtype, 1).map_err(|e| e.to_string())?;
-    Ok((model, dtype))
+
+    /// The model to measure and the type its matrices are reported in (`None`: as stored in
+    /// --model).
+    fn build_model(&self) -> Result<(Model, Option<DType>), String> {
+        let dtype = self.dtype.map(DType::from);
+        if let Some(path) = &self.model {
+            let model = match dtype {
+                Some(dtype) => Model::load_as(path, dtype),
+                None => Model::load(path),
+            };
+            return model.map(|m| (m, dtype)).map_err(|e| e.to_string());
+        }
+        let dtype = dtype.unwrap_or(DType::F32);
+        let model = random_model(&self.shape(), dtype, 1).map_err(|e| e.to_string())?;
+        Ok((model, Some(dtype)))
+    }
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.
@@ -251,33 +324,17 @@ fn peak_rss() -> Option<u64> {
 
 fn main() {
     args::run(|| {
-        let args = args::Args::parse(
-            &[
-                "model",
-                "layers",
-                "embd",
-                "head-size",
-                "vocab",
-                "version",
-                "dtype",
-                "threads",
-                "prefill",
-                "batch",
-                "decode-tokens",
-                "write-model",
-            ],
-            &["json", "memory", "busy-core", "vs-f32"],
-        )?;
-        if let Some(path) = args.get("write-model") {
-            let dtype: DType = args.parsed("dtype", DType::F32)?;
-            random_checkpoint(&shape(&args)?, dtype, 1)
+        let cli = Cli::parse();
+        if let Some(path) = &cli.write_model {
+            let dtype = cli.dtype.map_or(DType::F32, DType::from);
+            random_checkpoint(&cli.shape(), dtype, 1)
                 .and_then(|m| m.save(path))
                 .map_err(|e| e.to_string())?;
             println!("wrote {path}");
             return Ok(());
         }
-        if args.switch("memory") {
-            let path = args.required("model")?;
+        if cli.memory {
+            let path = cli.model.as_deref().ok_or("--memory needs --model")?;
             let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
             let model = Model::load(path).map_err(|e| e.to_string())?;
             // Run it: a 512-token prompt, then 16 tokens one at a time.
@@ -300,21 +357,19 @@ fn main() {
             );
             return Ok(());
         }
-        if let Some(n) = args.get("threads") {
-            let n: usize = n
-                .parse()
-                .map_err(|_| "--threads: not a number".to_string())?;
+        if let Some(n) = cli.threads {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
                 .build_global()
                 .map_err(|e| e.to_string())?;
         }
         let threads = rayon::current_num_threads();
-        let (model, dtype) = build_model(&args)?;
+        let (model, dtype) = cli.build_model()?;
+        let dtype = dtype.map_or("as stored".to_string(), |d| format!("{d:?}"));
         let config = model.config().clone();
-        let prefill_t: usize = args.parsed("prefill", 512)?;
-        let batch: usize = args.parsed("batch", 8)?;
-        let decode_n: usize = args.parsed("decode-tokens", 32)?;
+        let prefill_t = cli.prefill;
+        let batch = cli.batch;
+        let decode_n = cli.decode_tokens;
         let token = |i: usize| ((i * 7919) % config.vocab) as u32;
 
         let probe = Probe::new();
@@ -345,7 +400,7 @@ fn main() {
         });
         let batch_tok_s = (steps * batch) as f64 / batch_secs;
 
-        let busy = if args.switch("busy-core") {
+        let busy = if cli.busy_core {
             Some(busy_core_decode(&model, decode_n)?)
         } else {
             None
@@ -353,7 +408,7 @@ fn main() {
 
         // A model of the same shape (with the same weights, unless loaded from a file) in f32,
         // decoded in alternation with this one.
-        let vs_f32 = if args.switch("vs-f32") {
+        let vs_f32 = if cli.vs_f32 {
             let f32_model = random_model(&config, DType::F32, 1).map_err(|e| e.to_string())?;
             Some(alternated(
                 || decode_speed(&model, decode_n),
@@ -371,10 +426,10 @@ fn main() {
         let flops_per_token = model.prefill_flops_per_token() as f64;
         let decode_ratio = bytes_per_token * decode_tok_s / (bandwidth * 1e9);
         let prefill_ratio = flops_per_token * prefill_tok_s / (gemm * 1e9);
-        if args.switch("json") {
+        if cli.json {
             println!(
                 "{{\"version\": \"{}\", \"n_layer\": {}, \"n_embd\": {}, \"head_size\": {}, \
-                 \"vocab\": {}, \"dtype\": \"{:?}\", \"threads\": {}, \"bandwidth_gbs\": {:.2}, \
+                 \"vocab\": {}, \"dtype\": \"{}\", \"threads\": {}, \"bandwidth_gbs\": {:.2}, \
                  \"gemm_gflops\": {:.1}, \"decode_tok_s\": {:.2}, \"decode_roofline_ratio\": {:.3}, \
                  \"prefill_tok_s\": {:.1}, \"prefill_roofline_ratio\": {:.3}, \
                  \"batch{}_tok_s\": {:.2}, \"decode_bytes_per_token\": {}, \
@@ -390,7 +445,7 @@ fn main() {
                 ))
             );
         } else {
-            println!("model: {config}, weights {dtype:?}, {threads} threads");
+            println!("model: {config}, weights {dtype}, {threads} threads");
             println!(
                 "(a) memory-read bandwidth: {bandwidth:.2} GB/s (next to the fastest decode round)"
             );

@@ -2,7 +2,8 @@
 //! turns.
 //!
 //! ```text
-//! cargo run --release --example chat -- [--model M.safetensors] [--vocab FILE|world|bytes]
+//! cargo run --release --example chat -- --help
+//! cargo run --release --example chat -- [--model PATH] [--vocab FILE|world|bytes]
 //!     [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
 //!     [--state-in S.safetensors] [--state-out S.safetensors]
 //! printf 'Hello\nWho are you?\n' | cargo run --release --example chat -- --model M.safetensors
@@ -14,7 +15,8 @@
 //! tokens. The end-of-text token 0 is banned. Sampling uses the official chat settings
 //! (temperature 1, top-p 0.3, presence and frequency penalties 0.5, decay 0.996).
 //!
-//! Without `--model` it runs the shipped `assets/models/kjv-rwkv6.safetensors`, which is not a
+//! `--model` takes any checkpoint the crate reads (see `Model::load`). Without `--model` it
+//! runs the shipped `assets/models/kjv-rwkv6.safetensors`, which is not a
 //! chat model (it continues in the style of the King James Bible). `--vocab` defaults to
 //! `bytes` for byte-level models (at most 257 outputs) and to the shipped World vocabulary
 //! otherwise. `--state-in` starts from a saved state (first reading the token it records as not
@@ -27,6 +29,7 @@
 
 mod args;
 
+use clap::Parser;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 use tokenshift::{Model, Sampler, SamplerConfig, Session, StopReason};
@@ -52,37 +55,59 @@ fn write_out(out: &mut impl Write, text: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
+/// An interactive chat on stdin in the official RWKV chat format ("User: ...\n\nAssistant:"),
+/// one message per line, keeping the state between turns; an empty line or the end of input
+/// ends it.
+#[derive(Parser, Debug)]
+#[command(name = "chat")]
+struct Cli {
+    /// RWKV checkpoint: a safetensors, GGUF or PyTorch .pth file, or a Hugging Face folder
+    /// (the container is detected from the file) [default: the shipped
+    /// assets/models/kjv-rwkv6.safetensors, not a chat model]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL, hide_default_value = true)]
+    model: String,
+    /// Tokenizer: `bytes` (byte level, id = byte + 1), `world` (the shipped World vocabulary)
+    /// or a World vocabulary file [default: bytes for models with at most 257 outputs, world
+    /// otherwise]
+    #[arg(long, value_name = "FILE|world|bytes")]
+    vocab: Option<String>,
+    /// Tokens of one reply at most (a reply also ends at a blank line)
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    max_tokens: usize,
+    /// Sampling temperature (0 picks the most likely token)
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass
+    #[arg(long, value_name = "P", default_value_t = 0.3)]
+    top_p: f64,
+    /// Keep only the K most likely tokens (0: no limit)
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    top_k: usize,
+    /// Seed of the sampler's random numbers
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    state: args::StateArgs,
+}
+
 fn main() {
     args::run(|| {
-        let args = args::Args::parse(
-            &[
-                "model",
-                "vocab",
-                "max-tokens",
-                "temperature",
-                "top-p",
-                "top-k",
-                "seed",
-                "state-in",
-                "state-out",
-            ],
-            &[],
-        )?;
-        let model_path = args.get("model").unwrap_or(DEFAULT_MODEL);
-        args::refuse_state_out_over_inputs(&args, model_path)?;
+        let cli = Cli::parse();
+        let model_path = cli.model.as_str();
+        args::refuse_state_out_over_inputs(&cli.state, cli.vocab.as_deref(), model_path)?;
         let model = Model::load(model_path).map_err(|e| e.to_string())?;
         eprintln!("{}", model.config());
 
         let vocab = args::Vocab::from_flag(
-            args.get("vocab"),
+            cli.vocab.as_deref(),
             args::Vocab::for_model(model.config().vocab),
         )?;
         let tokenizer = vocab.tokenizer();
 
         let config = SamplerConfig {
-            temperature: args.parsed("temperature", 1.0)?,
-            top_p: args.parsed("top-p", 0.3)?,
-            top_k: args.parsed("top-k", 0)?,
+            temperature: cli.temperature,
+            top_p: cli.top_p,
+            top_k: cli.top_k,
             alpha_presence: 0.5,
             alpha_frequency: 0.5,
             alpha_decay: 0.996,
@@ -90,9 +115,9 @@ fn main() {
             stop_strings: vec!["\n\n".into()],
             ..SamplerConfig::default()
         };
-        let sampler = Sampler::new(config, args.parsed("seed", 0)?).map_err(|e| e.to_string())?;
+        let sampler = Sampler::new(config, cli.seed).map_err(|e| e.to_string())?;
         let mut session = Session::new(&model, tokenizer, sampler);
-        if let Some(path) = args.get("state-in") {
+        if let Some(path) = cli.state.state_in.as_deref() {
             let (state, next) = args::load_state(&model, path)?;
             session = session
                 .with_initial_state(state)
@@ -101,12 +126,15 @@ fn main() {
                 session.prefill(&[token]).map_err(|e| e.to_string())?;
             }
         }
-        let save =
-            |session: &Session<&Model, &dyn tokenshift::Tokenizer>| match args.get("state-out") {
-                Some(path) => args::save_state(path, session.state(), None),
-                None => Ok(()),
-            };
-        let max_tokens: usize = args.parsed("max-tokens", 500)?;
+        let save = |session: &Session<&Model, &dyn tokenshift::Tokenizer>| match cli
+            .state
+            .state_out
+            .as_deref()
+        {
+            Some(path) => args::save_state(path, session.state(), None),
+            None => Ok(()),
+        };
+        let max_tokens = cli.max_tokens;
 
         let stdin = std::io::stdin();
         let interactive = stdin.is_terminal();
@@ -161,7 +189,7 @@ fn main() {
         if turns == 0 {
             save(&session)?;
         }
-        if let Some(path) = args.get("state-out") {
+        if let Some(path) = cli.state.state_out.as_deref() {
             eprintln!("state saved to {path} after {turns} turns");
         }
         Ok(())

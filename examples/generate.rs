@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! cargo run --release --example generate
-//! cargo run --release --example generate -- [--model M.safetensors] [--vocab FILE|world|bytes]
+//! cargo run --release --example generate -- --help
+//! cargo run --release --example generate -- [--model PATH] [--vocab FILE|world|bytes]
 //!     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
 //!     [--state-in S.safetensors] [--state-out S.safetensors]
 //! ```
 //!
-//! Without `--model` it runs the shipped `assets/models/kjv-rwkv6.safetensors` (a small byte-level
+//! `--model` takes any checkpoint the crate reads (safetensors, GGUF, PyTorch `.pth`, a Hugging
+//! Face folder: see `Model::load`). Without `--model` it runs the shipped `assets/models/kjv-rwkv6.safetensors` (a small byte-level
 //! RWKV-6 trained on the King James Bible) on "In the beginning". `--vocab` defaults to `bytes`
 //! for byte-level models (at most 257 outputs) and to the shipped World vocabulary (`world`)
 //! otherwise. Sampling uses the official defaults (temperature 1, top-p 0.85, presence and
@@ -28,6 +30,7 @@
 
 mod args;
 
+use clap::Parser;
 use std::io::{ErrorKind, Write};
 use std::time::Instant;
 use tokenshift::{Model, Sampler, SamplerConfig, Session, State, StopReason, TextStream};
@@ -38,45 +41,69 @@ const DEFAULT_MODEL: &str = concat!(
 );
 const DEFAULT_PROMPT: &str = "In the beginning";
 
+/// Streams a continuation of a prompt to stdout, then prints the prefill and generation speed
+/// to stderr. Without arguments it runs the shipped byte-level RWKV-6 (King James Bible) on
+/// "In the beginning".
+#[derive(Parser, Debug)]
+#[command(name = "generate")]
+struct Cli {
+    /// RWKV checkpoint: a safetensors, GGUF or PyTorch .pth file, or a Hugging Face folder
+    /// (the container is detected from the file) [default: the shipped
+    /// assets/models/kjv-rwkv6.safetensors]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL, hide_default_value = true)]
+    model: String,
+    /// Tokenizer: `bytes` (byte level, id = byte + 1), `world` (the shipped World vocabulary)
+    /// or a World vocabulary file [default: bytes for models with at most 257 outputs, world
+    /// otherwise]
+    #[arg(long, value_name = "FILE|world|bytes")]
+    vocab: Option<String>,
+    /// The text to continue; '' continues a --state-in saved by --state-out where it stopped
+    #[arg(long, default_value = DEFAULT_PROMPT)]
+    prompt: String,
+    /// Tokens to generate at most (generation also stops at the end-of-text token 0)
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    max_tokens: usize,
+    /// Sampling temperature (0 picks the most likely token)
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass
+    #[arg(long, value_name = "P", default_value_t = 0.85)]
+    top_p: f64,
+    /// Keep only the K most likely tokens (0: no limit)
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    top_k: usize,
+    /// Seed of the sampler's random numbers
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    state: args::StateArgs,
+}
+
 fn main() {
     args::run(|| {
-        let args = args::Args::parse(
-            &[
-                "model",
-                "vocab",
-                "prompt",
-                "max-tokens",
-                "temperature",
-                "top-p",
-                "top-k",
-                "seed",
-                "state-in",
-                "state-out",
-            ],
-            &[],
-        )?;
-        let model_path = args.get("model").unwrap_or(DEFAULT_MODEL);
-        args::refuse_state_out_over_inputs(&args, model_path)?;
+        let cli = Cli::parse();
+        let model_path = cli.model.as_str();
+        args::refuse_state_out_over_inputs(&cli.state, cli.vocab.as_deref(), model_path)?;
         let model = Model::load(model_path).map_err(|e| e.to_string())?;
         eprintln!("{}", model.config());
 
         let vocab = args::Vocab::from_flag(
-            args.get("vocab"),
+            cli.vocab.as_deref(),
             args::Vocab::for_model(model.config().vocab),
         )?;
         let tokenizer = vocab.tokenizer();
 
         let config = SamplerConfig {
-            temperature: args.parsed("temperature", 1.0)?,
-            top_p: args.parsed("top-p", 0.85)?,
-            top_k: args.parsed("top-k", 0)?,
+            temperature: cli.temperature,
+            top_p: cli.top_p,
+            top_k: cli.top_k,
             token_stop: vec![0],
             ..SamplerConfig::default()
         };
-        let sampler = Sampler::new(config, args.parsed("seed", 0)?).map_err(|e| e.to_string())?;
+        let sampler = Sampler::new(config, cli.seed).map_err(|e| e.to_string())?;
         let mut session = Session::new(&model, tokenizer, sampler);
         let mut input = Vec::new();
-        if let Some(path) = args.get("state-in") {
+        if let Some(path) = cli.state.state_in.as_deref() {
             let (state, next) = args::load_state(&model, path)?;
             session = session
                 .with_initial_state(state)
@@ -85,11 +112,11 @@ fn main() {
         }
         // The state to save is the one before the last token read: kept here while
         // generating when --state-out is given.
-        let keep = args.get("state-out").is_some();
+        let keep = cli.state.state_out.is_some();
         let initial = keep.then(|| session.state().clone());
 
-        let prompt = args.get("prompt").unwrap_or(DEFAULT_PROMPT);
-        let max_tokens: usize = args.parsed("max-tokens", 200)?;
+        let prompt = cli.prompt.as_str();
+        let max_tokens = cli.max_tokens;
         let prompt_ids = tokenizer.encode(prompt);
         input.extend_from_slice(&prompt_ids);
         if input.is_empty() {
@@ -162,7 +189,7 @@ fn main() {
             gen_secs,
             generated as f64 / gen_secs,
         );
-        if let Some(path) = args.get("state-out") {
+        if let Some(path) = cli.state.state_out.as_deref() {
             let (state, next) = match (snapshot, last_generated) {
                 (Some(state), Some(token)) => (state, token),
                 // Nothing generated: the state before the input's last token.

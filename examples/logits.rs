@@ -1,19 +1,54 @@
 //! Runs a model on a token list and writes the logits after every token.
 //!
 //! ```text
-//! cargo run --release --example logits -- --model M.safetensors --tokens 1,2,3 \
+//! cargo run --release --example logits -- --help
+//! cargo run --release --example logits -- --model PATH --tokens 1,2,3 \
 //!     [--mode seq|step] [--out OUT.safetensors] [--state-out S.safetensors]
 //! ```
 //!
 //! `OUT` gets one f32 tensor `logits` of shape `[T, vocab]`; `--mode seq` runs the whole list at
 //! once, `--mode step` one token at a time. With `--state-out` the final state is saved too.
-//! Both files are written atomically; neither may be the model (nor each other).
+//! Both files are written atomically; neither may be the model (nor each other). `--model`
+//! takes any checkpoint the crate reads (see `Model::load`).
 
 mod args;
 
+use clap::Parser;
 use ndarray::{stack, Array2, Axis};
 use safetensors::tensor::{Dtype, TensorView};
 use tokenshift::{Logits, Model};
+
+/// How the tokens are run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// The whole list at once (the sequence path)
+    Seq,
+    /// One token at a time (the recurrent path)
+    Step,
+}
+
+/// Runs a model on a token list and writes the logits after every token.
+#[derive(Parser, Debug)]
+#[command(name = "logits")]
+struct Cli {
+    /// RWKV checkpoint: a safetensors, GGUF or PyTorch .pth file, or a Hugging Face folder
+    /// (the container is detected from the file)
+    #[arg(long, value_name = "PATH")]
+    model: String,
+    /// Comma-separated token ids to run
+    #[arg(long, value_name = "IDS")]
+    tokens: args::TokenIds,
+    /// Run the tokens all at once or one at a time
+    #[arg(long, value_enum, default_value_t = Mode::Seq)]
+    mode: Mode,
+    /// Write the logits (one f32 tensor `logits` of shape [T, vocab]) to this safetensors
+    /// file, atomically
+    #[arg(long, value_name = "OUT.safetensors")]
+    out: Option<String>,
+    /// Save the final state to this file, atomically
+    #[arg(long, value_name = "S.safetensors")]
+    state_out: Option<String>,
+}
 
 fn write_logits(path: &str, logits: &Array2<f32>) -> Result<(), String> {
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -25,14 +60,14 @@ fn write_logits(path: &str, logits: &Array2<f32>) -> Result<(), String> {
 
 fn main() {
     args::run(|| {
-        let args = args::Args::parse(&["model", "tokens", "mode", "out", "state-out"], &[])?;
-        let model_path = args.required("model")?;
-        for flag in ["out", "state-out"] {
-            if let Some(out) = args.get(flag) {
+        let cli = Cli::parse();
+        let model_path = cli.model.as_str();
+        for (flag, out) in [("out", &cli.out), ("state-out", &cli.state_out)] {
+            if let Some(out) = out {
                 args::refuse_overwrite((flag, out), &[("model", model_path)])?;
             }
         }
-        if let (Some(out), Some(state)) = (args.get("out"), args.get("state-out")) {
+        if let (Some(out), Some(state)) = (cli.out.as_deref(), cli.state_out.as_deref()) {
             if out == state || args::same_file(out.as_ref(), state.as_ref()) {
                 return Err(format!(
                     "--out `{out}` and --state-out `{state}` are the same file"
@@ -41,21 +76,13 @@ fn main() {
         }
         let model = Model::load(model_path).map_err(|e| e.to_string())?;
         println!("{}", model.config());
-        let tokens = args
-            .required("tokens")?
-            .split(',')
-            .map(|t| {
-                t.trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("--tokens: `{t}` is not a token id"))
-            })
-            .collect::<Result<Vec<u32>, String>>()?;
+        let tokens = &cli.tokens.0;
         let mut state = model.init_state();
-        let logits = match args.get("mode").unwrap_or("seq") {
-            "seq" => model
-                .forward(&tokens, &mut state, Logits::All)
+        let logits = match cli.mode {
+            Mode::Seq => model
+                .forward(tokens, &mut state, Logits::All)
                 .map_err(|e| e.to_string())?,
-            "step" => {
+            Mode::Step => {
                 let rows = tokens
                     .iter()
                     .map(|&t| model.step(t, &mut state))
@@ -64,14 +91,13 @@ fn main() {
                 let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
                 stack(Axis(0), &views).map_err(|e| e.to_string())?
             }
-            other => return Err(format!("--mode must be seq or step, not `{other}`")),
         };
         println!("logits: [{}, {}]", logits.nrows(), logits.ncols());
-        if let Some(out) = args.get("out") {
+        if let Some(out) = cli.out.as_deref() {
             write_logits(out, &logits)?;
             println!("wrote {out}");
         }
-        if let Some(path) = args.get("state-out") {
+        if let Some(path) = cli.state_out.as_deref() {
             state.save(path).map_err(|e| e.to_string())?;
             println!("wrote {path}");
         }

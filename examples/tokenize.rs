@@ -1,6 +1,7 @@
 //! Encodes bytes to token ids, or decodes token ids to bytes.
 //!
 //! ```text
+//! cargo run --release --example tokenize -- --help
 //! cargo run --release --example tokenize -- [--vocab FILE|world|bytes] --text-file F
 //! cargo run --release --example tokenize -- [--vocab FILE|world|bytes] --text "Hello"
 //! cargo run --release --example tokenize -- [--vocab FILE|world|bytes] --decode 1,2,3 [--out F]
@@ -14,46 +15,53 @@
 
 mod args;
 
+use clap::Parser;
 use std::io::Write;
+
+/// Encodes bytes to token ids (printed comma-separated on one line), or decodes token ids to
+/// bytes.
+#[derive(Parser, Debug)]
+#[command(name = "tokenize")]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["text_file", "text", "decode"]))]
+struct Cli {
+    /// Tokenizer: `world` (the shipped World vocabulary), `bytes` (byte level, id = byte + 1)
+    /// or a World vocabulary file (rwkv_vocab_v20230424.txt format)
+    #[arg(long, value_name = "FILE|world|bytes", default_value = "world")]
+    vocab: String,
+    /// Encode the bytes of this file
+    #[arg(long, value_name = "FILE")]
+    text_file: Option<String>,
+    /// Encode this text (its UTF-8)
+    #[arg(long, value_name = "TEXT")]
+    text: Option<String>,
+    /// Decode these comma-separated token ids (at least one)
+    #[arg(long, value_name = "IDS")]
+    decode: Option<args::TokenIds>,
+    /// Write the decoded bytes to this file, atomically, instead of stdout (not the vocabulary
+    /// file)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["text", "text_file"])]
+    out: Option<String>,
+}
 
 fn main() {
     args::run(|| {
-        let args = args::Args::parse(&["vocab", "text-file", "text", "decode", "out"], &[])?;
-        if let Some(out) = args.get("out") {
+        let cli = Cli::parse();
+        if let Some(out) = cli.out.as_deref() {
             let inputs: Vec<(&str, &str)> = [
-                ("vocab", args.get("vocab")),
-                ("text-file", args.get("text-file")),
+                ("vocab", args::Vocab::file_flag(Some(&cli.vocab))),
+                ("text-file", cli.text_file.as_deref()),
             ]
             .into_iter()
             .filter_map(|(flag, path)| Some((flag, path?)))
             .collect();
             args::refuse_overwrite(("out", out), &inputs)?;
         }
-        let vocab = args::Vocab::from_flag(args.get("vocab"), args::Vocab::World)?;
+        let vocab = args::Vocab::from_flag(Some(&cli.vocab), args::Vocab::World)?;
         let tokenizer = vocab.tokenizer();
-        let given = ["text-file", "text", "decode"]
-            .iter()
-            .filter(|f| args.get(f).is_some())
-            .count();
-        if given != 1 {
-            return Err("give exactly one of --text-file, --text, --decode".into());
-        }
 
-        if let Some(list) = args.get("decode") {
-            let ids = list
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(|t| {
-                    t.parse::<u32>()
-                        .map_err(|_| format!("--decode: `{t}` is not a token id"))
-                })
-                .collect::<Result<Vec<u32>, String>>()?;
-            if ids.is_empty() {
-                return Err("--decode: no token ids given".into());
-            }
-            let bytes = tokenizer.decode(&ids).map_err(|e| e.to_string())?;
-            return match args.get("out") {
+        if let Some(args::TokenIds(ids)) = &cli.decode {
+            let bytes = tokenizer.decode(ids).map_err(|e| e.to_string())?;
+            return match cli.out.as_deref() {
                 Some(path) => args::write_file(path, &bytes),
                 None => std::io::stdout()
                     .lock()
@@ -62,12 +70,9 @@ fn main() {
             };
         }
 
-        if args.get("out").is_some() {
-            return Err("--out goes with --decode".into());
-        }
-        let bytes = match args.get("text-file") {
+        let bytes = match cli.text_file.as_deref() {
             Some(path) => std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?,
-            None => args.get("text").unwrap_or_default().as_bytes().to_vec(),
+            None => cli.text.unwrap_or_default().into_bytes(),
         };
         let ids = tokenizer.encode_bytes(&bytes);
         let line = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");

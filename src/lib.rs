@@ -70,7 +70,7 @@ pub use generate::{Session, StopReason, Text, TextStream, Tokens};
 pub use mixer::SequenceMixer;
 pub use model::{Logits, Model};
 pub use sample::{Sampler, SamplerConfig};
-pub use save::{write_atomic, write_atomic_with};
+pub use save::{write_atomic, write_atomic_with, SafeTensorsStream, StreamEntry};
 pub use state::State;
 pub use tokenizer::{ByteTokenizer, Tokenizer, Utf8Stream, WorldTokenizer};
 pub use weights::DType;

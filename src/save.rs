@@ -11,8 +11,12 @@
 //! [`SafeTensorsWriter`] lays out a safetensors file in one fixed order (tensors by element
 //! size, largest first, then by name; header keys sorted), so the same tensors and metadata
 //! always give the same bytes, and streams the data without a second copy of it.
+//! [`SafeTensorsStream`] writes the same layout tensor by tensor from a
+//! [`TensorSource`](crate::weights::TensorSource), converting each as it goes, so a checkpoint
+//! of any size is rewritten holding at most one tensor in memory.
 
 use crate::error::{Error, Result};
+use crate::weights::{element_size, DType, Tensor, TensorSource};
 use half::{bf16, f16};
 use ndarray::ArrayViewD;
 use safetensors::tensor::{Dtype, TensorInfo};
@@ -225,43 +229,22 @@ impl<'a> SafeTensorsWriter<'a> {
     /// # Errors
     /// [`Error::Format`] for a repeated name or a header larger than the format allows.
     pub(crate) fn new(
-        mut tensors: Vec<(String, Values<'a>)>,
+        tensors: Vec<(String, Values<'a>)>,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Self> {
-        tensors.sort_by(|(a, x), (b, y)| {
-            (y.dtype().bitsize(), a.as_str()).cmp(&(x.dtype().bitsize(), b.as_str()))
-        });
-        let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        if !metadata.is_empty() {
-            header.insert("__metadata__".into(), serde_json::json!(metadata));
-        }
-        let mut offset = 0;
-        for (name, values) in &tensors {
-            let end = offset + values.byte_len();
-            let info = TensorInfo {
-                dtype: values.dtype(),
-                shape: values.shape().to_vec(),
-                data_offsets: (offset, end),
-            };
-            let info = serde_json::to_value(&info).map_err(|e| Error::Format(e.to_string()))?;
-            if header.insert(name.clone(), info).is_some() || name == "__metadata__" {
-                return Err(Error::Format(format!("tensor name `{name}` given twice")));
-            }
-            offset = end;
-        }
-        let mut json = serde_json::to_vec(&header).map_err(|e| Error::Format(e.to_string()))?;
-        json.resize(json.len().next_multiple_of(8), b' ');
-        if json.len() > 100_000_000 {
-            return Err(Error::Format(format!(
-                "a header of {} bytes is over the format's limit",
-                json.len()
-            )));
-        }
-        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(&json);
+        let described = tensors
+            .iter()
+            .map(|(name, v)| (name.as_str(), v.dtype(), v.shape()))
+            .collect();
+        let (header, order) = layout(described, metadata)?;
+        let mut slots: Vec<Option<Values<'a>>> =
+            tensors.into_iter().map(|(_, v)| Some(v)).collect();
         Ok(SafeTensorsWriter {
-            header: bytes,
-            tensors: tensors.into_iter().map(|(_, v)| v).collect(),
+            header,
+            tensors: order
+                .into_iter()
+                .map(|i| slots[i].take().expect("each index once"))
+                .collect(),
         })
     }
 
@@ -278,4 +261,309 @@ impl<'a> SafeTensorsWriter<'a> {
         self.write(&mut out).expect("writing to a Vec cannot fail");
         out
     }
+}
+
+/// The header of a safetensors file holding `tensors` (name, type, shape) with `metadata`,
+/// as written (length prefix, then the JSON padded with spaces to a multiple of 8 bytes), and
+/// the file order of the tensors as indices into `tensors`: by element size, largest first,
+/// then by name.
+///
+/// # Errors
+/// [`Error::Format`] for a repeated name, a size that overflows, or a header larger than the
+/// format allows.
+fn layout(
+    tensors: Vec<(&str, Dtype, &[usize])>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(Vec<u8>, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&i, &j| {
+        let (a, x, _) = tensors[i];
+        let (b, y, _) = tensors[j];
+        (y.bitsize(), a).cmp(&(x.bitsize(), b))
+    });
+    let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut offset = 0usize;
+    for &i in &order {
+        let (name, dtype, shape) = tensors[i];
+        let len = shape
+            .iter()
+            .try_fold(dtype.bitsize() / 8, |acc, &d| acc.checked_mul(d))
+            .and_then(|len| offset.checked_add(len))
+            .ok_or_else(|| Error::Format(format!("tensor `{name}`: {shape:?} overflows")))?;
+        let info = TensorInfo {
+            dtype,
+            shape: shape.to_vec(),
+            data_offsets: (offset, len),
+        };
+        let info = serde_json::to_value(&info).map_err(|e| Error::Format(e.to_string()))?;
+        if header.insert(name.to_string(), info).is_some() || name == "__metadata__" {
+            return Err(Error::Format(format!("tensor name `{name}` given twice")));
+        }
+        offset = len;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| Error::Format(e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    if json.len() > 100_000_000 {
+        return Err(Error::Format(format!(
+            "a header of {} bytes is over the format's limit",
+            json.len()
+        )));
+    }
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    Ok((bytes, order))
+}
+
+/// The safetensors type of `dtype`.
+fn st_dtype(dtype: DType) -> Dtype {
+    match dtype {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::Bf16 => Dtype::BF16,
+    }
+}
+
+/// One tensor of a [`SafeTensorsStream`]: its name, the type it is written in and its shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The tensor's name in the file (and in the source it is read from).
+    pub name: String,
+    /// The type it is written in (converted to it from the stored type if they differ).
+    pub dtype: DType,
+    /// The shape, outermost axis first.
+    pub shape: Vec<usize>,
+}
+
+impl StreamEntry {
+    /// Bytes of the tensor's values in the file.
+    pub fn byte_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * element_size(self.dtype)
+    }
+}
+
+/// A safetensors file written one tensor at a time from a [`TensorSource`], converting each
+/// to the type its [`StreamEntry`] names: the header is laid out from the names, shapes and
+/// types alone (tensors by element size, largest first, then by name; header keys sorted: the
+/// bytes [`TensorMap::save`](crate::weights::TensorMap::save) writes for the same tensors), then
+/// each tensor is read, converted and written in turn. A tensor the source holds in place
+/// ([`TensorSource::raw`], e.g. in a memory-mapped file) is converted piece by piece from its
+/// bytes, with no copy of the whole tensor; any other is read whole, one at a time. Narrowing
+/// rounds to nearest, as [`Tensor::to_dtype`] does; a tensor written in its stored type is
+/// copied bit for bit.
+#[derive(Clone, Debug)]
+pub struct SafeTensorsStream {
+    header: Vec<u8>,
+    entries: Vec<StreamEntry>,
+}
+
+/// Why a streamed write stopped: the output failed, or a tensor could not be read.
+enum Stop {
+    Output(std::io::Error),
+    Source(Error),
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Stop {
+        Stop::Output(e)
+    }
+}
+
+/// Bytes copied or converted per write when a tensor is streamed from its stored bytes.
+const COPY_PIECE: usize = 1 << 22;
+
+impl SafeTensorsStream {
+    /// Lays out a file holding `entries` (names unique) with `metadata` (written as
+    /// `__metadata__` unless empty).
+    ///
+    /// # Errors
+    /// [`Error::Format`] for a repeated name, a size that overflows, or a header larger than
+    /// the format allows.
+    pub fn new(entries: Vec<StreamEntry>, metadata: &BTreeMap<String, String>) -> Result<Self> {
+        let described = entries
+            .iter()
+            .map(|e| (e.name.as_str(), st_dtype(e.dtype), e.shape.as_slice()))
+            .collect();
+        let (header, order) = layout(described, metadata)?;
+        let mut slots: Vec<Option<StreamEntry>> = entries.into_iter().map(Some).collect();
+        Ok(SafeTensorsStream {
+            header,
+            entries: order
+                .into_iter()
+                .map(|i| slots[i].take().expect("each index once"))
+                .collect(),
+        })
+    }
+
+    /// The tensors in file order.
+    pub fn entries(&self) -> &[StreamEntry] {
+        &self.entries
+    }
+
+    /// The length of the whole file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.header.len() as u64
+            + self
+                .entries
+                .iter()
+                .map(|e| e.byte_len() as u64)
+                .sum::<u64>()
+    }
+
+    /// Writes the file to `path` atomically ([`write_atomic_with`]), each tensor read from
+    /// `source` under its entry's name and converted to the entry's type; `progress` is called
+    /// with the bytes written so far, after the header and after each piece of a tensor.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] for a tensor `source` lacks, [`Error::Shape`] for one whose
+    /// shape differs from its entry's, the source's own error for one it cannot read, or
+    /// [`Error::Io`] naming `path` if the file cannot be written; the target is then unchanged.
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        source: &dyn TensorSource,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut failed = None;
+        let written = write_atomic_with(path, |out| match self.write(out, source, progress) {
+            Ok(()) => Ok(()),
+            Err(Stop::Output(e)) => Err(e),
+            Err(Stop::Source(e)) => {
+                let message = e.to_string();
+                failed = Some(e);
+                Err(std::io::Error::other(message))
+            }
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => written,
+        }
+    }
+
+    /// Writes the whole file to `out`.
+    fn write(
+        &self,
+        out: &mut dyn Write,
+        source: &dyn TensorSource,
+        progress: &mut dyn FnMut(u64),
+    ) -> std::result::Result<(), Stop> {
+        let mut out = Counted {
+            out,
+            done: 0,
+            progress,
+        };
+        out.write_all(&self.header)?;
+        for entry in &self.entries {
+            let shape_error = |found: &[usize]| {
+                Stop::Source(Error::Shape {
+                    name: entry.name.clone(),
+                    expected: format!("{:?}", entry.shape),
+                    found: found.to_vec(),
+                })
+            };
+            if let Some(raw) = source.raw(&entry.name) {
+                if raw.shape != entry.shape {
+                    return Err(shape_error(&raw.shape));
+                }
+                write_converted(&mut out, raw.bytes.as_slice(), raw.dtype, entry.dtype)?;
+                continue;
+            }
+            let tensor = source.tensor(&entry.name).map_err(Stop::Source)?;
+            if tensor.shape() != entry.shape.as_slice() {
+                return Err(shape_error(tensor.shape()));
+            }
+            write_tensor(&mut out, &tensor, entry.dtype)?;
+        }
+        Ok(())
+    }
+}
+
+/// A writer that reports the bytes written through it so far after every write.
+struct Counted<'a> {
+    out: &'a mut dyn Write,
+    done: u64,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Writes `tensor`'s values as `to`, little-endian, a piece at a time (widened to f32 and
+/// narrowed element by element when the types differ).
+fn write_tensor(out: &mut dyn Write, tensor: &Tensor, to: DType) -> std::io::Result<()> {
+    fn converted<T: Copy>(
+        values: &ndarray::ArrayD<T>,
+        wide: fn(T) -> f32,
+        to: DType,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let mut piece = Vec::with_capacity(ENCODE_PIECE * 4);
+        for &v in values.iter() {
+            encode(wide(v), to, &mut piece);
+            if piece.len() >= ENCODE_PIECE * 4 {
+                out.write_all(&piece)?;
+                piece.clear();
+            }
+        }
+        out.write_all(&piece)
+    }
+    match (tensor, to) {
+        (Tensor::F32(a), DType::F32) => Values::F32(a.view()).write(out),
+        (Tensor::F16(a), DType::F16) => Values::F16(a.view()).write(out),
+        (Tensor::Bf16(a), DType::Bf16) => Values::Bf16(a.view()).write(out),
+        (Tensor::F32(a), _) => converted(a, |v| v, to, out),
+        (Tensor::F16(a), _) => converted(a, f16::to_f32, to, out),
+        (Tensor::Bf16(a), _) => converted(a, bf16::to_f32, to, out),
+    }
+}
+
+/// Appends `v` in `dtype`, little-endian, rounded to nearest when narrowing.
+fn encode(v: f32, dtype: DType, out: &mut Vec<u8>) {
+    match dtype {
+        DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
+        DType::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+        DType::Bf16 => out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+    }
+}
+
+/// Writes `bytes` (little-endian values of type `from`) as values of type `to`, a piece at a
+/// time: copied as they are when the types agree.
+fn write_converted(
+    out: &mut dyn Write,
+    bytes: &[u8],
+    from: DType,
+    to: DType,
+) -> std::io::Result<()> {
+    if from == to {
+        return bytes
+            .chunks(COPY_PIECE)
+            .try_for_each(|piece| out.write_all(piece));
+    }
+    let size = element_size(from);
+    let mut converted = Vec::with_capacity(COPY_PIECE / size * element_size(to));
+    for piece in bytes.chunks(COPY_PIECE - COPY_PIECE % size) {
+        converted.clear();
+        for v in piece.chunks_exact(size) {
+            let wide = match from {
+                DType::F32 => f32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+                DType::F16 => f16::from_le_bytes([v[0], v[1]]).to_f32(),
+                DType::Bf16 => bf16::from_le_bytes([v[0], v[1]]).to_f32(),
+            };
+            encode(wide, to, &mut converted);
+        }
+        out.write_all(&converted)?;
+    }
+    Ok(())
 }

@@ -1,81 +1,83 @@
-//! What the examples share: a small `--flag value` parser, the choice of tokenizer, the
-//! check that an output is not one of the inputs, and state files that record the token still
-//! to be read.
+//! What the examples share: argument types for `clap`, the choice of tokenizer, the check
+//! that an output is not one of the inputs, and state files that record the token still to be
+//! read.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use tokenshift::weights::SafeTensorsFile;
-use tokenshift::{ByteTokenizer, Model, State, Tokenizer, WorldTokenizer};
+use tokenshift::{ByteTokenizer, DType, Model, State, Tokenizer, WorldTokenizer};
 
 /// The metadata key of a state file under which [`save_state`] records the token the state
 /// has not read yet.
 pub const NEXT_TOKEN: &str = "next_token";
 
-/// Parsed `--name value` pairs and bare `--switch`es.
-pub struct Args {
-    values: HashMap<String, String>,
-    switches: Vec<String>,
+/// A storage type named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    /// 32-bit floats
+    F32,
+    /// IEEE half precision
+    F16,
+    /// bfloat16
+    Bf16,
 }
 
-impl Args {
-    /// Parses the process arguments; `switches` are the flags that take no value.
-    pub fn parse(allowed: &[&str], switches: &[&str]) -> Result<Args, String> {
-        let mut values = HashMap::new();
-        let mut on = Vec::new();
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("unexpected argument `{arg}` (flags start with --)"))?;
-            if switches.contains(&name) {
-                on.push(name.to_string());
-            } else if allowed.contains(&name) {
-                let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                values.insert(name.to_string(), value);
-            } else {
-                return Err(format!(
-                    "unknown flag --{name}; known: {}",
-                    allowed
-                        .iter()
-                        .chain(switches)
-                        .map(|f| format!("--{f}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-        }
-        Ok(Args {
-            values,
-            switches: on,
-        })
-    }
-
-    /// The raw value of `--name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    /// The value of `--name`, which must be given.
-    pub fn required(&self, name: &str) -> Result<&str, String> {
-        self.get(name)
-            .ok_or_else(|| format!("--{name} is required"))
-    }
-
-    /// `--name` parsed as `T`, or `default` when absent.
-    pub fn parsed<T: FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name}: cannot parse `{v}`")),
+impl From<Dtype> for DType {
+    fn from(d: Dtype) -> DType {
+        match d {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::Bf16 => DType::Bf16,
         }
     }
+}
 
-    /// Whether the switch `--name` was given.
-    pub fn switch(&self, name: &str) -> bool {
-        self.switches.iter().any(|s| s == name)
+/// A comma-separated list of token ids (`1,2,3`; spaces and empty items are ignored), with at
+/// least one id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenIds(pub Vec<u32>);
+
+impl FromStr for TokenIds {
+    type Err = String;
+    fn from_str(list: &str) -> Result<TokenIds, String> {
+        let ids = list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<u32>()
+                    .map_err(|_| format!("`{t}` is not a token id"))
+            })
+            .collect::<Result<Vec<u32>, String>>()?;
+        if ids.is_empty() {
+            return Err("no token ids given".into());
+        }
+        Ok(TokenIds(ids))
+    }
+}
+
+/// `--state-in` and `--state-out` of the programs that run a model.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct StateArgs {
+    /// Start from this state file (saved by `--state-out`, or by `State::save`)
+    #[arg(long, value_name = "S.safetensors")]
+    pub state_in: Option<String>,
+    /// Save the state to this file, atomically (it may be the --state-in file, not the model
+    /// or the vocabulary)
+    #[arg(long, value_name = "S.safetensors")]
+    pub state_out: Option<String>,
+}
+
+/// `error` prefixed with the file it is about, unless it names it already.
+pub fn named(path: &Path, error: impl std::fmt::Display) -> String {
+    let error = error.to_string();
+    let path = path.display().to_string();
+    if error.contains(&path) {
+        error
+    } else {
+        format!("`{path}`: {error}")
     }
 }
 
@@ -161,27 +163,54 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// the model would destroy it; a state file that is both read and written (`--state-in S
 /// --state-out S`) is not an input here, since it is read whole before the atomic write.
 pub fn refuse_overwrite(output: (&str, &str), inputs: &[(&str, &str)]) -> Result<(), String> {
-    let (out_flag, out_path) = output;
-    match inputs
+    let flag = |f: &str| format!("--{f}");
+    let inputs: Vec<(String, &Path)> = inputs
         .iter()
-        .find(|(_, path)| same_file(Path::new(out_path), Path::new(path)))
-    {
-        Some((flag, path)) => Err(format!(
-            "--{out_flag} `{out_path}` is the same file as --{flag} `{path}`: refusing to \
-             overwrite an input"
-        )),
-        None => Ok(()),
+        .map(|(f, p)| (flag(f), Path::new(*p)))
+        .collect();
+    refuse_overwrite_of((&flag(output.0), Path::new(output.1)), &inputs)
+}
+
+/// [`refuse_overwrite`] with the arguments named as given (`--out`, `OUTPUT`). An input that
+/// is a folder (a Hugging Face checkpoint) covers every file directly in it.
+pub fn refuse_overwrite_of(
+    output: (&str, &Path),
+    inputs: &[(String, &Path)],
+) -> Result<(), String> {
+    let (out_name, out_path) = output;
+    for (name, path) in inputs {
+        let clash = same_file(out_path, path)
+            || (path.is_dir()
+                && std::fs::read_dir(path).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .any(|entry| same_file(out_path, &entry.path()))
+                }));
+        if clash {
+            return Err(format!(
+                "{out_name} `{}` is the same file as {name} `{}`{}: refusing to overwrite an \
+                 input",
+                out_path.display(),
+                path.display(),
+                if path.is_dir() { " or in it" } else { "" }
+            ));
+        }
     }
+    Ok(())
 }
 
 /// [`refuse_overwrite`] for `--state-out` of a program that reads `--model` (at `model_path`)
 /// and possibly `--vocab`.
-pub fn refuse_state_out_over_inputs(args: &Args, model_path: &str) -> Result<(), String> {
-    let Some(out) = args.get("state-out") else {
+pub fn refuse_state_out_over_inputs(
+    state: &StateArgs,
+    vocab: Option<&str>,
+    model_path: &str,
+) -> Result<(), String> {
+    let Some(out) = state.state_out.as_deref() else {
         return Ok(());
     };
     let mut inputs = vec![("model", model_path)];
-    inputs.extend(Vocab::file_flag(args.get("vocab")).map(|v| ("vocab", v)));
+    inputs.extend(Vocab::file_flag(vocab).map(|v| ("vocab", v)));
     refuse_overwrite(("state-out", out), &inputs)
 }
 
