@@ -20,8 +20,8 @@
 //! * RWKV-7 GroupNorm eps is `head_dim · norm_eps` in fla; the official value is 64e-5, so it is
 //!   refused unless `head_dim · norm_eps` = 64e-5 (`head_dim` 64 with `norm_eps` 1e-5).
 //! * `head_size` / `head_dim` / `num_heads`, `hidden_size`, `vocab_size`, `num_hidden_layers`,
-//!   `intermediate_size`, `attention_hidden_size` / `value_dim`: checked against the tensors'
-//!   shapes; a mismatch is an error naming the setting and the tensor.
+//!   `intermediate_size`, `attention_hidden_size` / `value_dim`, fla's `*_low_rank_dim`:
+//!   checked against the tensors' shapes; a mismatch is an error naming the setting.
 //! * `rescale_every`: accepted and not applied. transformers divides block i's `output` and
 //!   `value` weights by 2^(i / rescale_every) in memory at inference and halves the residual
 //!   stream after every `rescale_every`-th block; the weights in the files are the unscaled
@@ -29,7 +29,9 @@
 //!   as the official package's fp32 path does (which never rescales), and computes with the
 //!   stored, unscaled weights: the same numbers the official fp32 path computes, exactly, with
 //!   no rescaling to undo. (Rescaling changes results only through the LayerNorm eps, which
-//!   it does not scale.)
+//!   it does not scale; powers of two are otherwise exact in floating point.) A folder saved
+//!   by transformers after an inference-mode forward would hold the divided weights; it cannot
+//!   be told apart, and transformers itself would divide them again on reloading it.
 //! * `tie_word_embeddings`: when true, the head is the embedding matrix (read in place from
 //!   the same bytes); when false, a `head.weight` / `lm_head.weight` must be present.
 //! * fla `norm_bias: false`: LayerNorms without bias read as zero biases; `norm_first: false`
@@ -418,6 +420,18 @@ fn apply_config(
         };
         checks.push((key, *n, "the per-head tensors' columns".into()));
         checks.push(("num_heads", *h, "the per-head tensors' rows".into()));
+    }
+    if model_type == "rwkv7" {
+        for (key, name) in [
+            ("decay_low_rank_dim", "blocks.0.att.w1"),
+            ("a_low_rank_dim", "blocks.0.att.a1"),
+            ("gate_low_rank_dim", "blocks.0.att.g1"),
+            ("v_low_rank_dim", "blocks.1.att.v1"),
+        ] {
+            if let Some([_, d]) = shape(name).as_deref() {
+                checks.push((key, *d, format!("`{name}`'s columns")));
+            }
+        }
     }
     for (key, found, what) in checks {
         if let Some(value) = uint(key)? {

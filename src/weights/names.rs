@@ -456,3 +456,218 @@ pub fn blinkdl_view(source: Box<dyn TensorSource>, file: &str) -> Result<Box<dyn
         _ => Ok(Box::new(Renamed::new(source).map_err(error)?)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformers_names_map_to_blinkdl_names() {
+        // (name, file is RWKV-6, BlinkDL name)
+        let cases = [
+            ("rwkv.embeddings.weight", false, "emb.weight"),
+            ("head.weight", false, "head.weight"),
+            ("rwkv.ln_out.bias", false, "ln_out.bias"),
+            ("rwkv.blocks.0.pre_ln.weight", false, "blocks.0.ln0.weight"),
+            ("rwkv.blocks.3.ln2.bias", false, "blocks.3.ln2.bias"),
+            (
+                "rwkv.blocks.1.attention.time_mix_key",
+                false,
+                "blocks.1.att.time_mix_k",
+            ),
+            (
+                "rwkv.blocks.1.attention.time_mix_gate",
+                false,
+                "blocks.1.att.time_mix_g",
+            ),
+            (
+                "rwkv.blocks.1.attention.time_faaaa",
+                false,
+                "blocks.1.att.time_faaaa",
+            ),
+            (
+                "rwkv.blocks.1.attention.ln_x.weight",
+                false,
+                "blocks.1.att.ln_x.weight",
+            ),
+            (
+                "rwkv.blocks.1.feed_forward.time_mix_receptance",
+                false,
+                "blocks.1.ffn.time_mix_r",
+            ),
+            (
+                "rwkv.blocks.1.feed_forward.value.weight",
+                false,
+                "blocks.1.ffn.value.weight",
+            ),
+            (
+                "rwkv.blocks.2.attention.time_maa_w1",
+                true,
+                "blocks.2.att.time_maa_w1",
+            ),
+            (
+                "rwkv.blocks.2.attention.time_mix_x",
+                true,
+                "blocks.2.att.time_maa_x",
+            ),
+            (
+                "rwkv.blocks.2.attention.time_mix_key",
+                true,
+                "blocks.2.att.time_maa_k",
+            ),
+            (
+                "rwkv.blocks.2.attention.time_mix_w2",
+                true,
+                "blocks.2.att.time_maa_w2",
+            ),
+            (
+                "rwkv.blocks.2.feed_forward.time_mix_key",
+                true,
+                "blocks.2.ffn.time_maa_k",
+            ),
+            (
+                "rwkv.blocks.2.feed_forward.time_maa_r",
+                true,
+                "blocks.2.ffn.time_maa_r",
+            ),
+        ];
+        for (name, v6, want) in cases {
+            assert_eq!(transformers_name(name, v6).as_deref(), Some(want), "{name}");
+        }
+        for name in [
+            "rwkv.blocks.x.ln1.weight",
+            "rwkv.encoder.weight",
+            "rwkv.blocks.0.mlp.w",
+        ] {
+            assert_eq!(transformers_name(name, false), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn fla_names_map_to_blinkdl_names() {
+        // (fla name, BlinkDL name, how it is made: "same", "transposed" or "row i")
+        let cases = [
+            ("model.embeddings.weight", "emb.weight", "same"),
+            ("lm_head.weight", "head.weight", "same"),
+            ("model.norm.weight", "ln_out.weight", "same"),
+            ("model.layers.0.pre_norm.bias", "blocks.0.ln0.bias", "same"),
+            (
+                "model.layers.4.attn_norm.weight",
+                "blocks.4.ln1.weight",
+                "same",
+            ),
+            ("model.layers.4.ffn_norm.bias", "blocks.4.ln2.bias", "same"),
+            ("model.layers.4.attn.x_a", "blocks.4.att.x_a", "same"),
+            ("model.layers.4.attn.r_k", "blocks.4.att.r_k", "same"),
+            (
+                "model.layers.4.attn.r_proj.weight",
+                "blocks.4.att.receptance.weight",
+                "same",
+            ),
+            (
+                "model.layers.4.attn.o_proj.weight",
+                "blocks.4.att.output.weight",
+                "same",
+            ),
+            (
+                "model.layers.4.attn.g_norm.weight",
+                "blocks.4.att.ln_x.weight",
+                "same",
+            ),
+            (
+                "model.layers.4.attn.w_lora.lora.0.weight",
+                "blocks.4.att.w1",
+                "transposed",
+            ),
+            (
+                "model.layers.4.attn.a_lora.lora.2.weight",
+                "blocks.4.att.a2",
+                "transposed",
+            ),
+            (
+                "model.layers.4.attn.v_lora.lora.2.bias",
+                "blocks.4.att.v0",
+                "same",
+            ),
+            (
+                "model.layers.4.attn.g_lora.lora.0.weight",
+                "blocks.4.att.g1",
+                "transposed",
+            ),
+            ("model.layers.4.ffn.x_k", "blocks.4.ffn.x_k", "same"),
+            (
+                "model.layers.4.ffn.key.weight",
+                "blocks.4.ffn.key.weight",
+                "same",
+            ),
+        ];
+        for (name, want, how) in cases {
+            let entries = fla_entries(name).unwrap_or_else(|| panic!("{name} unmapped"));
+            let [(target, entry)] = &entries[..] else {
+                panic!("{name}: {entries:?}")
+            };
+            let made = match entry {
+                Entry::Same(_) => "same",
+                Entry::Transposed(_) => "transposed",
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!((target.as_str(), made), (want, how), "{name}");
+        }
+        let fused = fla_entries("model.layers.2.attn.x_x").unwrap();
+        let rows: Vec<_> = fused
+            .iter()
+            .map(|(t, e)| match e {
+                Entry::Row(_, i) => (t.as_str(), *i),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let want = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (format!("blocks.2.att.{x}"), i))
+            .collect::<Vec<_>>();
+        let want: Vec<_> = want.iter().map(|(t, i)| (t.as_str(), *i)).collect();
+        assert_eq!(rows, want);
+        for name in [
+            "model.layers.0.attn.q_proj.weight",
+            "model.layers.0.attn.x_lora.lora.0.weight",
+            "model.layers.0.attn.w_lora.lora.1.weight",
+            "model.rotary.inv_freq",
+        ] {
+            assert!(fla_entries(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn schemes_are_detected_from_the_names() {
+        // (names, scheme or the start of the error)
+        let cases: [(&[&str], std::result::Result<NameScheme, &str>); 6] = [
+            (
+                &["emb.weight", "blocks.0.ln1.weight", "head.weight"],
+                Ok(NameScheme::BlinkDl),
+            ),
+            (
+                &["rwkv.embeddings.weight", "head.weight"],
+                Ok(NameScheme::Transformers),
+            ),
+            (
+                &["model.embeddings.weight", "lm_head.weight"],
+                Ok(NameScheme::Fla),
+            ),
+            (&["head.weight"], Ok(NameScheme::BlinkDl)),
+            (&[], Ok(NameScheme::BlinkDl)),
+            (
+                &["rwkv.ln_out.weight", "blocks.0.ln1.weight"],
+                Err("tensor names of two"),
+            ),
+        ];
+        for (names, want) in cases {
+            let got = detect_scheme(names.iter().copied());
+            match (got, want) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{names:?}"),
+                (Err(e), Err(w)) => assert!(e.starts_with(w), "{e}"),
+                (got, want) => panic!("{names:?}: {got:?}, expected {want:?}"),
+            }
+        }
+    }
+}
