@@ -36,8 +36,10 @@
 //!   receptance}`; both spellings are accepted (a file is RWKV-6 when its attention has
 //!   `time_maa_x` or `time_mix_x`).
 //! * fla RWKV-7: read from flash-linear-attention 0.6's `fla/layers/rwkv7.py`,
-//!   `fla/layers/rwkv6.py` (`LoRA`) and `fla/models/rwkv7/modeling_rwkv7.py` (not run: the
-//!   kernels need triton). `LoRA` is `Linear(in, r, bias=False)`, activation,
+//!   `fla/layers/rwkv6.py` (`LoRA`) and `fla/models/rwkv7/modeling_rwkv7.py`, and checked by
+//!   running them: tools/formats/check_fla.py loads the v7 fixture folder into fla's
+//!   `RWKV7ForCausalLM` with `strict=True` and its forward (fla's reference ops on CPU) gives
+//!   the official logits. `LoRA` is `Linear(in, r, bias=False)`, activation,
 //!   `Linear(r, out, bias)`, so BlinkDL's `w1` = `w_lora.lora.0.weight`ᵀ, `w2` =
 //!   `w_lora.lora.2.weight`ᵀ, `w0` = `w_lora.lora.2.bias` (likewise `a`, `v`; `g_lora` has no
 //!   bias); the decay is `-e^{-1/2}·σ(w_lora(x))`, the official formula. Layer 0 has no
