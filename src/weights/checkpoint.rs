@@ -66,7 +66,11 @@ impl Checkpoint {
             source,
         };
         if path.is_dir() {
-            return Err(unsupported(Format::HuggingFace, path));
+            return Ok(Checkpoint {
+                format: Format::HuggingFace,
+                path: Some(path.to_path_buf()),
+                source: super::hf::open_folder(path)?,
+            });
         }
         let file = std::fs::File::open(path).map_err(io)?;
         let bytes = SharedBytes::map(&file).map_err(io)?;
@@ -87,7 +91,9 @@ impl Checkpoint {
     fn from_shared(bytes: SharedBytes, name: &str) -> Result<Checkpoint> {
         let format = detect(bytes.as_slice());
         let source: Box<dyn TensorSource> = match format {
-            Format::SafeTensors => Box::new(SafeTensorsFile::from_shared(bytes)?),
+            Format::SafeTensors => {
+                super::names::blinkdl_view(Box::new(SafeTensorsFile::from_shared(bytes)?), name)?
+            }
             other => return Err(unsupported(other, Path::new(name))),
         };
         Ok(Checkpoint {

@@ -7,12 +7,16 @@
 //! header alone, before it reads any tensor data.
 
 mod checkpoint;
+mod hf;
 mod memory;
+mod names;
 mod safetensors;
 mod table;
 
 pub use self::checkpoint::{Checkpoint, Format};
+pub use self::hf::{open_folder, ShardedSafeTensors};
 pub use self::memory::TensorMap;
+pub use self::names::{blinkdl_view, detect_scheme, NameScheme, Renamed};
 pub use self::safetensors::SafeTensorsFile;
 pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
 
