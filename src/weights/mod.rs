@@ -8,11 +8,14 @@
 
 mod checkpoint;
 mod memory;
+mod pickle;
+mod pth;
 mod safetensors;
 mod table;
 
 pub use self::checkpoint::{Checkpoint, Format};
 pub use self::memory::TensorMap;
+pub use self::pth::PthFile;
 pub use self::safetensors::SafeTensorsFile;
 pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
 
