@@ -81,3 +81,84 @@ fn checkpoint_from_bytes_reads_a_pth() {
     let emb = checkpoint.source().tensor("emb.weight").unwrap();
     assert_eq!(emb.shape(), [128, 64]);
 }
+
+/// The other shapes `torch.save` gives a state dict (tests/fixtures/formats/pth/variants/):
+/// each tensor's stored type, shape and values.
+#[test]
+fn state_dict_variants_read_as_saved() {
+    use tokenshift::DType::{Bf16, F16, F32};
+    type Want = (
+        &'static str,
+        Result<tokenshift::DType, &'static str>,
+        &'static [usize],
+        &'static [f32],
+    );
+    const BASE: [f32; 12] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0];
+    let cases: [(&str, Vec<Want>); 3] = [
+        (
+            "state_dict_bf16",
+            vec![
+                (
+                    "weight",
+                    Ok(Bf16),
+                    &[2, 3],
+                    &[0.0, 0.25, 0.5, 0.75, 1.0, 1.25],
+                ),
+                ("bias", Ok(Bf16), &[2], &[0.5, -1.5]),
+            ],
+        ),
+        (
+            "parameters_protocol4",
+            vec![
+                ("p", Ok(F16), &[4], &[0.0, 1.0, 2.0, 3.0]),
+                (
+                    "q",
+                    Ok(F16),
+                    &[1, 2, 3],
+                    &[0.0, -1.0, -2.0, -3.0, -4.0, -5.0],
+                ),
+            ],
+        ),
+        (
+            "views",
+            vec![
+                ("base", Ok(F32), &[3, 4], &BASE),
+                ("row", Ok(F32), &[4], &[4.0, 5.0, 6.0, 7.0]),
+                ("same", Ok(F32), &[3, 4], &BASE),
+                ("scalar", Ok(F32), &[], &[2.5]),
+                ("ids", Err("Long"), &[3], &[]),
+            ],
+        ),
+    ];
+    for (file, tensors) in cases {
+        let path = fixtures_dir().join(format!("formats/pth/variants/{file}.pth"));
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        let source = checkpoint.source();
+        let names: Vec<&str> = tensors.iter().map(|t| t.0).collect();
+        assert_eq!(source.names(), names, "{file}");
+        for (name, dtype, shape, values) in tensors {
+            let found = source.dtype(name).unwrap();
+            assert_eq!(found, dtype.map_err(String::from), "{file} {name}");
+            assert_eq!(source.shape(name).unwrap(), shape, "{file} {name}");
+            if found.is_ok() {
+                let t = source.tensor(name).unwrap().to_f32();
+                assert_eq!(
+                    t.iter().copied().collect::<Vec<_>>(),
+                    values,
+                    "{file} {name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_transposed_view_is_refused_by_name() {
+    let path = fixtures_dir().join("formats/pth/variants/transposed.pth");
+    let err = Checkpoint::open(&path).unwrap_err().to_string();
+    assert!(err.contains("transposed.pth"), "{err}");
+    assert!(
+        err.contains("tensor `t`: shape [4, 3] with strides [1, 4] is not row-major"),
+        "{err}"
+    );
+}

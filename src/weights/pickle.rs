@@ -333,7 +333,7 @@ impl<'a> Machine<'a> {
     /// Adds key-value pairs to the dict on top of the stack (copying it first if the memo
     /// shares it, against the budget).
     fn set_items(&mut self, pairs: Vec<Value>) -> Res<()> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of items".into());
         }
         let depth = 1 + pairs.iter().map(Value::depth).max().unwrap_or(0);

@@ -14,6 +14,19 @@ computed from.
 
     /work/pyenv/bin/python tools/formats/make_pth.py
 
+It also writes, under tests/fixtures/formats/pth/variants/, a few tiny files in the other
+shapes torch.save gives a state dict (values from torch.arange, so a test can state them):
+
+  state_dict_bf16.pth       an nn.Module's state_dict(): an OrderedDict with `_metadata`, bf16
+  parameters_protocol4.pth  nn.Parameter values, pickle protocol 4 (FRAME, MEMOIZE,
+                            STACK_GLOBAL, _rebuild_parameter), f16
+  views.pth                 views sharing one storage (a row at an offset, the same tensor
+                            under two names), a 0-d tensor and an int64 tensor
+  transposed.pth            a transposed (non-contiguous) view, which the crate refuses
+
+And it writes the seeds of the `pth_load` fuzz target, fuzz/seeds/pth_load/: the tiny files
+above and the fuzz seeds of `model_load` (width 8, vocabulary 16) saved as `.pth`.
+
 Needs torch, numpy and safetensors. Running it twice gives byte-identical files (torch.save
 writes fixed zip timestamps).
 """
@@ -27,6 +40,7 @@ import tempfile
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -73,6 +87,36 @@ def same_values(pth, safetensors):
             sys.exit(f"{pth}: {name} differs from {safetensors}")
 
 
+def variants(out_dir):
+    """The tiny files of other state dict shapes (see the module's docstring)."""
+    os.makedirs(out_dir, exist_ok=True)
+    module = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        module.weight.copy_(torch.arange(6.0).reshape(2, 3) / 4)
+        module.bias.copy_(torch.tensor([0.5, -1.5]))
+    torch.save(module.to(torch.bfloat16).state_dict(),
+               os.path.join(out_dir, "state_dict_bf16.pth"))
+    params = {"p": torch.nn.Parameter(torch.arange(4, dtype=torch.float16)),
+              "q": torch.nn.Parameter(-torch.arange(6, dtype=torch.float16).reshape(1, 2, 3))}
+    torch.save(params, os.path.join(out_dir, "parameters_protocol4.pth"), pickle_protocol=4)
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    torch.save({"base": base, "row": base[1], "same": base, "scalar": torch.tensor(2.5),
+                "ids": torch.arange(3)}, os.path.join(out_dir, "views.pth"))
+    torch.save({"t": base.t()}, os.path.join(out_dir, "transposed.pth"))
+
+
+def fuzz_seeds(variants_dir, out_dir):
+    """fuzz/seeds/pth_load: the variants and the model_load seeds as .pth files."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in sorted(os.listdir(variants_dir)):
+        shutil.copyfile(os.path.join(variants_dir, name), os.path.join(out_dir, name))
+    seeds = os.path.join(ROOT, "fuzz", "seeds", "model_load")
+    for name in ("v5.2-bf16", "v6-f32", "v7-f16"):
+        with safe_open(os.path.join(seeds, name + ".safetensors"), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        torch.save(tensors, os.path.join(out_dir, name + ".pth"))
+
+
 def main():
     python = sys.executable
     commands = fixture_commands()
@@ -90,6 +134,8 @@ def main():
             target = os.path.join(out_dir, name + ".pth")
             shutil.copyfile(stem + ".pth", target)
             print(f"{target}: {os.path.getsize(target)} bytes, same values as {committed}")
+    variants(os.path.join(out_dir, "variants"))
+    fuzz_seeds(os.path.join(out_dir, "variants"), os.path.join(ROOT, "fuzz", "seeds", "pth_load"))
 
 
 if __name__ == "__main__":
