@@ -3,7 +3,7 @@
 #
 #   fuzz/run.sh TARGET SECONDS [extra libFuzzer flags...]
 #
-# TARGET is model_load, state_load, vocab or tokenizer_roundtrip. The committed seeds
+# TARGET is model_load, state_load, vocab, tokenizer_roundtrip or pth_load. The committed seeds
 # (fuzz/seeds/TARGET) are read with the working corpus (fuzz/corpus/TARGET, where libFuzzer
 # keeps what it finds); a crash, timeout or out-of-memory input lands in fuzz/artifacts/TARGET.
 #
@@ -27,8 +27,9 @@ case $target in
     state_load) max_len=100000 dict=(-dict=fuzz/dicts/safetensors.dict) ;;
     vocab) max_len=65536 dict=(-dict=fuzz/dicts/vocab.dict) ;;
     tokenizer_roundtrip) max_len=16384 ;;
+    pth_load) max_len=200000 dict=(-dict=fuzz/dicts/pickle.dict) ;;
     *)
-        echo "unknown target \`$target\` (model_load, state_load, vocab, tokenizer_roundtrip)" >&2
+        echo "unknown target \`$target\` (model_load, state_load, vocab, tokenizer_roundtrip, pth_load)" >&2
         exit 2
         ;;
 esac

@@ -1,7 +1,7 @@
 //! Opening a checkpoint in any supported container, detected from the file itself (magic
 //! bytes, header, names), never from the extension.
 
-use super::{SafeTensorsFile, TensorSource};
+use super::{PthFile, SafeTensorsFile, TensorSource};
 use crate::error::{Error, Result};
 use crate::storage::SharedBytes;
 use std::path::{Path, PathBuf};
@@ -93,6 +93,9 @@ impl Checkpoint {
         let source: Box<dyn TensorSource> = match format {
             Format::SafeTensors => {
                 super::names::blinkdl_view(Box::new(SafeTensorsFile::from_shared(bytes)?), name)?
+            }
+            Format::Pth => {
+                super::names::blinkdl_view(Box::new(PthFile::from_shared(bytes, name)?), name)?
             }
             other => return Err(unsupported(other, Path::new(name))),
         };

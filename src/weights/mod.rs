@@ -10,6 +10,8 @@ mod checkpoint;
 mod hf;
 mod memory;
 mod names;
+mod pickle;
+mod pth;
 mod safetensors;
 mod table;
 
@@ -17,6 +19,7 @@ pub use self::checkpoint::{Checkpoint, Format};
 pub use self::hf::{open_folder, ShardedSafeTensors};
 pub use self::memory::TensorMap;
 pub use self::names::{blinkdl_view, detect_scheme, NameScheme, Renamed};
+pub use self::pth::PthFile;
 pub use self::safetensors::SafeTensorsFile;
 pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
 
