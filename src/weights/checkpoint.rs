@@ -1,7 +1,7 @@
 //! Opening a checkpoint in any supported container, detected from the file itself (magic
 //! bytes, header, names), never from the extension.
 
-use super::{SafeTensorsFile, TensorSource};
+use super::{GgufFile, SafeTensorsFile, TensorSource};
 use crate::error::{Error, Result};
 use crate::storage::SharedBytes;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,7 @@ impl Checkpoint {
         let format = detect(bytes.as_slice());
         let source: Box<dyn TensorSource> = match format {
             Format::SafeTensors => Box::new(SafeTensorsFile::from_shared(bytes)?),
+            Format::Gguf => Box::new(GgufFile::parse(bytes, name)?.into_rwkv()?),
             other => return Err(unsupported(other, Path::new(name))),
         };
         Ok(Checkpoint {

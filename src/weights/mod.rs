@@ -7,11 +7,13 @@
 //! header alone, before it reads any tensor data.
 
 mod checkpoint;
+mod gguf;
 mod memory;
 mod safetensors;
 mod table;
 
 pub use self::checkpoint::{Checkpoint, Format};
+pub use self::gguf::{GgmlType, GgufFile, GgufRwkv, GgufTensorInfo, GgufValue};
 pub use self::memory::TensorMap;
 pub use self::safetensors::SafeTensorsFile;
 pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
