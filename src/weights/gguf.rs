@@ -145,7 +145,7 @@ impl GgmlType {
     /// not split into whole blocks or the size overflows.
     fn bytes_for(self, ne0: usize, elements: usize) -> Option<usize> {
         let block = self.block_size();
-        if ne0 % block != 0 {
+        if !ne0.is_multiple_of(block) {
             return None;
         }
         (elements / block).checked_mul(self.block_bytes())
@@ -297,14 +297,22 @@ impl GgufFile {
         let version = r.u32("the version")?;
         match version {
             2 | 3 => {}
-            1 => return Err("GGUF version 1 (32-bit counts) is not read; versions 2 and 3 are".into()),
+            1 => {
+                return Err(
+                    "GGUF version 1 (32-bit counts) is not read; versions 2 and 3 are".into(),
+                )
+            }
             v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
                 return Err(format!(
                     "GGUF version {} stored big-endian; only little-endian files are read",
                     v.swap_bytes()
                 ))
             }
-            v => return Err(format!("unsupported GGUF version {v}; versions 2 and 3 are read")),
+            v => {
+                return Err(format!(
+                    "unsupported GGUF version {v}; versions 2 and 3 are read"
+                ))
+            }
         }
         let n_tensors = r.u64("the tensor count")?;
         let n_kv = r.u64("the metadata count")?;
@@ -555,7 +563,8 @@ impl<'a> Reader<'a> {
             .filter(|&n| n <= self.remaining() / min_bytes)
             .ok_or_else(|| {
                 format!(
-                    "{count} {what} cannot fit in the {} bytes left at offset {}",
+                    "the header is truncated or a count is corrupt: {count} {what} cannot fit in \
+                     the {} bytes left at offset {}",
                     self.remaining(),
                     self.pos
                 )

@@ -21,7 +21,9 @@
 use super::{gguf_error, GgufFile, GgufValue};
 use crate::error::{Error, Result};
 use crate::ops::aligned;
-use crate::weights::{element_size, DType, RawTensor, TableEntry, Tensor, TensorSource, TensorTable};
+use crate::weights::{
+    element_size, DType, RawTensor, TableEntry, Tensor, TensorSource, TensorTable,
+};
 use ndarray::ArrayD;
 use std::collections::HashMap;
 
@@ -164,8 +166,7 @@ impl GgufRwkv {
     #[allow(clippy::type_complexity)]
     fn build(
         gguf: &GgufFile,
-    ) -> std::result::Result<(Arch, TensorTable, HashMap<String, Built>, Vec<String>), String>
-    {
+    ) -> std::result::Result<(Arch, TensorTable, HashMap<String, Built>, Vec<String>), String> {
         let arch = match gguf.get("general.architecture") {
             None => return Err("metadata `general.architecture` is missing".into()),
             Some(v) => match v.as_str() {
@@ -177,7 +178,11 @@ impl GgufRwkv {
                          `rwkv7` are"
                     ))
                 }
-                None => return Err(format!("metadata `general.architecture` = {v:?} is not text")),
+                None => {
+                    return Err(format!(
+                        "metadata `general.architecture` = {v:?} is not text"
+                    ))
+                }
             },
         };
         let meta = Meta { gguf, arch };
@@ -204,18 +209,42 @@ impl GgufRwkv {
         // Expected shapes (outermost axis first, compared with size-1 axes dropped) from the
         // metadata, by GGUF tensor stem.
         let mut expected: Vec<(&str, String, Vec<usize>)> = vec![
-            ("channel_mix_key", meta.key("feed_forward_length"), vec![ffn, c]),
-            ("channel_mix_value", meta.key("feed_forward_length"), vec![c, ffn]),
+            (
+                "channel_mix_key",
+                meta.key("feed_forward_length"),
+                vec![ffn, c],
+            ),
+            (
+                "channel_mix_value",
+                meta.key("feed_forward_length"),
+                vec![c, ffn],
+            ),
         ];
         match arch {
             Arch::V6 => {
                 let dm = meta.usize("time_mix_extra_dim")?;
                 let dd = meta.usize("time_decay_extra_dim")?;
                 expected.extend([
-                    ("time_mix_w1", meta.key("time_mix_extra_dim"), vec![5 * dm, c]),
-                    ("time_mix_w2", meta.key("time_mix_extra_dim"), vec![5, c, dm]),
-                    ("time_mix_decay_w1", meta.key("time_decay_extra_dim"), vec![dd, c]),
-                    ("time_mix_decay_w2", meta.key("time_decay_extra_dim"), vec![c, dd]),
+                    (
+                        "time_mix_w1",
+                        meta.key("time_mix_extra_dim"),
+                        vec![5 * dm, c],
+                    ),
+                    (
+                        "time_mix_w2",
+                        meta.key("time_mix_extra_dim"),
+                        vec![5, c, dm],
+                    ),
+                    (
+                        "time_mix_decay_w1",
+                        meta.key("time_decay_extra_dim"),
+                        vec![dd, c],
+                    ),
+                    (
+                        "time_mix_decay_w2",
+                        meta.key("time_decay_extra_dim"),
+                        vec![c, dd],
+                    ),
                     (
                         "time_mix_first",
                         meta.key("wkv.head_size"),
@@ -248,9 +277,16 @@ impl GgufRwkv {
         let mut blocks_seen = 0usize;
         for info in gguf.tensors() {
             let name = &info.name;
-            let entry = gguf.table().entry(name).expect("every tensor is in the table");
-            let (block, stem, suffix) = split_name(name)
-                .ok_or_else(|| format!("tensor `{name}` is not part of llama.cpp's {} layout", arch.name()))?;
+            let entry = gguf
+                .table()
+                .entry(name)
+                .expect("every tensor is in the table");
+            let (block, stem, suffix) = split_name(name).ok_or_else(|| {
+                format!(
+                    "tensor `{name}` is not part of llama.cpp's {} layout",
+                    arch.name()
+                )
+            })?;
             if let Some(b) = block {
                 if b >= n_layer {
                     return Err(format!(
@@ -260,7 +296,8 @@ impl GgufRwkv {
                 }
                 blocks_seen = blocks_seen.max(b + 1);
                 let found = &info.shape;
-                let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+                let squeeze =
+                    |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
                 let v1_of_block_0 = b == 0 && matches!(stem, "time_mix_v1" | "time_mix_v2");
                 for (s, key, want) in &expected {
                     if *s == stem && !v1_of_block_0 && squeeze(found) != squeeze(want) {
@@ -277,7 +314,12 @@ impl GgufRwkv {
                     meta.key("embedding_length")
                 ));
             }
-            let unknown = || format!("tensor `{name}` is not part of llama.cpp's {} layout", arch.name());
+            let unknown = || {
+                format!(
+                    "tensor `{name}` is not part of llama.cpp's {} layout",
+                    arch.name()
+                )
+            };
             let target = match block {
                 None => top_level(stem, suffix).ok_or_else(unknown)?,
                 Some(b) => {
@@ -419,7 +461,11 @@ impl GgufRwkv {
                 meta.key("block_count")
             ));
         }
-        if let Some(name) = views.iter().map(|(n, _)| n).find(|n| built.contains_key(*n)) {
+        if let Some(name) = views
+            .iter()
+            .map(|(n, _)| n)
+            .find(|n| built.contains_key(*n))
+        {
             return Err(format!("tensor `{name}` is given twice"));
         }
         let views = TensorTable::new(gguf.table().bytes().clone(), views)?;
