@@ -15,7 +15,11 @@ converter writes 32/64 for RWKV-6 models of width other than 4096, which llama.c
 would then refuse for these small models). The tokenizer section is the converter's RWKV World
 one cut to the fixture's 128 tokens.
 
-Usage: make_gguf.py REPO_ROOT (writes tests/fixtures/formats/gguf/*.gguf)
+Usage:
+    make_gguf.py [REPO_ROOT]       writes tests/fixtures/formats/gguf/*.gguf and the GGUF seeds
+                                   of fuzz/seeds/model_load/
+    make_gguf.py IN.safetensors OUT.gguf [f32|f16|bf16] [RESCALE_EVERY]
+                                   converts one BlinkDL RWKV-6/7 safetensors file
 """
 
 import ast
@@ -159,8 +163,9 @@ def vocab(vocab_path: Path, n: int):
     return tokens, types
 
 
-def write(root: Path, version: str, outtype, out_name: str, rescale_every: int = 0):
-    st = load_file(str(root / f"tests/fixtures/{version}-a/model.safetensors"))
+def write(src: Path, path: Path, outtype, rescale_every: int = 0):
+    st = load_file(str(src))
+    version = "v7" if "blocks.0.att.r_k" in st else "v6"
     n_layer = 1 + max(int(k.split(".")[1]) for k in st if k.startswith("blocks."))
     vocab_size, c = st["emb.weight"].shape
     ffn = st["blocks.0.ffn.key.weight"].shape[0]
@@ -173,9 +178,8 @@ def write(root: Path, version: str, outtype, out_name: str, rescale_every: int =
         tensors, tmap = v7_tensors(st, n_layer)
         head_size = st["blocks.0.att.r_k"].shape[1]
 
-    path = root / "tests/fixtures/formats/gguf" / out_name
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_name(f"tokenshift {version}-a fixture")
+    w.add_name(f"tokenshift {src.parent.name}/{src.stem}")
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_context_length(1048576)
     w.add_embedding_length(c)
@@ -196,10 +200,10 @@ def write(root: Path, version: str, outtype, out_name: str, rescale_every: int =
     else:
         w.add_decay_lora_rank(st["blocks.0.att.w1"].shape[1])
         w.add_iclr_lora_rank(st["blocks.0.att.a1"].shape[1])
-        w.add_value_residual_mix_lora_rank(st["blocks.1.att.v1"].shape[1])
+        w.add_value_residual_mix_lora_rank(st[f"blocks.{min(n_layer - 1, 1)}.att.v1"].shape[1])
         w.add_gate_lora_rank(st["blocks.0.att.g1"].shape[1])
     w.add_head_count(0)
-    tokens, types = vocab(root / "assets/vocab/rwkv_vocab_v20230424.txt", vocab_size)
+    tokens, types = vocab(Path(__file__).resolve().parents[2] / "assets/vocab/rwkv_vocab_v20230424.txt", vocab_size)
     w.add_tokenizer_model("rwkv")
     w.add_token_list(tokens)
     w.add_token_types(types)
@@ -220,13 +224,24 @@ def write(root: Path, version: str, outtype, out_name: str, rescale_every: int =
 
 
 def main():
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
-    (root / "tests/fixtures/formats/gguf").mkdir(parents=True, exist_ok=True)
     q = gguf.GGMLQuantizationType
-    write(root, "v6", q.F32, "v6-a.f32.gguf", rescale_every=1)
-    write(root, "v7", q.F32, "v7-a.f32.gguf")
-    write(root, "v6", q.F16, "v6-a.f16.gguf", rescale_every=1)
-    write(root, "v7", q.BF16, "v7-a.bf16.gguf")
+    if len(sys.argv) >= 3:
+        outtype = {"f32": q.F32, "f16": q.F16, "bf16": q.BF16}[sys.argv[3] if len(sys.argv) > 3 else "f32"]
+        rescale = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+        write(Path(sys.argv[1]), Path(sys.argv[2]), outtype, rescale)
+        return
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
+    out = root / "tests/fixtures/formats/gguf"
+    out.mkdir(parents=True, exist_ok=True)
+    fixture = lambda v: root / f"tests/fixtures/{v}-a/model.safetensors"
+    # rescale_every_n_layers = 1 so that the 2-block v6-a model has a rescaled block.
+    write(fixture("v6"), out / "v6-a.f32.gguf", q.F32, rescale_every=1)
+    write(fixture("v7"), out / "v7-a.f32.gguf", q.F32)
+    write(fixture("v6"), out / "v6-a.f16.gguf", q.F16, rescale_every=1)
+    write(fixture("v7"), out / "v7-a.bf16.gguf", q.BF16)
+    seeds = root / "fuzz/seeds/model_load"
+    write(seeds / "v6-f32.safetensors", seeds / "v6-f16.gguf", q.F16, rescale_every=1)
+    write(seeds / "v7-f32.safetensors", seeds / "v7-f32.gguf", q.F32)
 
 
 if __name__ == "__main__":
