@@ -37,7 +37,23 @@ fn f32_files_match_safetensors_and_official() {
         let got = logits(&model, &expected.tokens);
         let d_st = max_abs_diff(got.view(), logits(&reference, &expected.tokens).view());
         let d_official = max_abs_diff(got.view(), expected.matrix("logits_seq").view());
-        println!("{file}: max |Δlogits| vs safetensors {d_st:.3e}, vs official {d_official:.3e}");
+        let mut state = model.init_state();
+        let steps: Vec<_> = expected
+            .tokens
+            .iter()
+            .map(|&t| model.step(t, &mut state).unwrap())
+            .collect();
+        let views: Vec<_> = steps.iter().map(|r| r.view()).collect();
+        let stepped = ndarray::stack(ndarray::Axis(0), &views).unwrap();
+        let d_step = max_abs_diff(stepped.view(), expected.matrix("logits_step").view());
+        println!(
+            "{file}: max |Δlogits| vs safetensors {d_st:.3e}, vs official {d_official:.3e} \
+             (token by token {d_step:.3e})"
+        );
+        assert!(
+            d_step <= 1e-4,
+            "{file}: {d_step} from the official step logits"
+        );
         assert!(d_st <= 1e-6, "{file}: {d_st} from the safetensors model");
         assert!(
             d_official <= 1e-4,
@@ -651,4 +667,31 @@ fn unsupported_models_give_named_errors() {
         let err = load_error(what, bytes);
         assert!(err.contains(want), "{what}: {err}");
     }
+}
+
+/// RWKV-6 files from before llama.cpp fused the token-shift vectors (separate
+/// `time_mix_lerp_w/k/v/r/g`) give the same model.
+#[test]
+fn rwkv6_files_with_separate_token_shift_vectors_load() {
+    let (meta, tensors) = parts("v6-a.f32.gguf");
+    let mut unfused = Vec::new();
+    for t in tensors {
+        match t.name.strip_suffix("time_mix_lerp_fused.weight") {
+            Some(prefix) => {
+                for (i, s) in ["w", "k", "v", "r", "g"].iter().enumerate() {
+                    unfused.push(Raw {
+                        name: format!("{prefix}time_mix_lerp_{s}.weight"),
+                        ne: vec![64, 1, 1],
+                        ty: t.ty,
+                        data: t.data[i * 256..(i + 1) * 256].to_vec(),
+                    });
+                }
+            }
+            None => unfused.push(t),
+        }
+    }
+    let model = Model::from_bytes(write_gguf(3, &meta, &unfused)).unwrap();
+    let reference = load_model(&fixture("v6-a"));
+    let tokens = [0, 5, 127, 64, 1];
+    assert_eq!(logits(&model, &tokens), logits(&reference, &tokens));
 }

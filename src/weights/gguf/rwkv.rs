@@ -696,3 +696,69 @@ impl TensorSource for GgufRwkv {
         self.views.raw(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    /// Undoing the rescale is exact and keeps the storage type, unless a value would overflow
+    /// it (then the tensor is given in f32).
+    #[test]
+    fn rescale_is_undone_exactly() {
+        let values = [1.5f32, -0.25, 3e-5, 20000.0];
+        let f32s = ArrayD::from_shape_vec(IxDyn(&[2, 2]), values.to_vec()).unwrap();
+        let cases = [
+            (Tensor::F32(f32s.clone()), 4.0, DType::F32),
+            (
+                Tensor::F32(f32s.clone()).to_dtype(DType::Bf16),
+                4.0,
+                DType::Bf16,
+            ),
+            (
+                Tensor::F32(f32s.clone()).to_dtype(DType::F16),
+                2.0,
+                DType::F16,
+            ),
+            // 20000 · 4 is beyond f16's largest value, 65504.
+            (
+                Tensor::F32(f32s.clone()).to_dtype(DType::F16),
+                4.0,
+                DType::F32,
+            ),
+        ];
+        for (t, factor, dtype) in cases {
+            let want: Vec<f32> = t.to_f32().iter().map(|v| v * factor).collect();
+            let got = scaled(t, factor);
+            assert_eq!(got.dtype(), dtype);
+            assert_eq!(got.to_f32().iter().copied().collect::<Vec<_>>(), want);
+        }
+    }
+
+    /// The last two axes are swapped whatever the rank.
+    #[test]
+    fn last_two_axes_swap() {
+        let a = ArrayD::from_shape_vec(IxDyn(&[2, 2, 3]), (0..12).collect::<Vec<u16>>()).unwrap();
+        let s = swapped(a.clone());
+        assert_eq!(s.shape(), [2, 3, 2]);
+        for (i, j, k) in
+            (0..2).flat_map(|i| (0..2).flat_map(move |j| (0..3).map(move |k| (i, j, k))))
+        {
+            assert_eq!(s[[i, k, j]], a[[i, j, k]]);
+        }
+    }
+
+    #[test]
+    fn block_indices_are_canonical() {
+        for (s, want) in [
+            ("0", Some(0)),
+            ("12", Some(12)),
+            ("01", None),
+            ("+1", None),
+            ("", None),
+            ("x", None),
+        ] {
+            assert_eq!(block_index(s), want, "{s}");
+        }
+    }
+}
