@@ -1,7 +1,7 @@
 //! Opening a checkpoint in any supported container, detected from the file itself (magic
 //! bytes, header, names), never from the extension.
 
-use super::{PthFile, SafeTensorsFile, TensorSource};
+use super::{GgufFile, PthFile, SafeTensorsFile, TensorSource};
 use crate::error::{Error, Result};
 use crate::storage::SharedBytes;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,7 @@ impl Checkpoint {
             Format::Pth => {
                 super::names::blinkdl_view(Box::new(PthFile::from_shared(bytes, name)?), name)?
             }
+            Format::Gguf => Box::new(GgufFile::parse(bytes, name)?.into_rwkv()?),
             other => return Err(unsupported(other, Path::new(name))),
         };
         Ok(Checkpoint {

@@ -7,6 +7,7 @@
 //! header alone, before it reads any tensor data.
 
 mod checkpoint;
+mod gguf;
 mod hf;
 mod memory;
 mod names;
@@ -16,6 +17,7 @@ mod safetensors;
 mod table;
 
 pub use self::checkpoint::{Checkpoint, Format};
+pub use self::gguf::{GgmlType, GgufFile, GgufRwkv, GgufTensorInfo, GgufValue};
 pub use self::hf::{open_folder, ShardedSafeTensors};
 pub use self::memory::TensorMap;
 pub use self::names::{blinkdl_view, detect_scheme, NameScheme, Renamed};
