@@ -1,8 +1,9 @@
 //! `tokenshift`: RWKV recurrent language models on CPU, as ndarray operations.
 //!
-//! The crate runs RWKV checkpoints (versions 4, 5.0, 5.1, 5.2, 6 and 7, BlinkDL tensor names,
-//! safetensors with f32, f16 or bf16 tensors) token by token or a whole prompt at once, and
-//! exposes every layer on its own.
+//! The crate runs RWKV checkpoints (versions 4, 5.0, 5.1, 5.2, 6 and 7; BlinkDL `.pth` and
+//! safetensors files, Hugging Face folders, llama.cpp GGUF files, with f32, f16 or bf16
+//! tensors, memory-mapped: see [`weights::Checkpoint`]) token by token or a whole prompt at
+//! once, and exposes every layer on its own.
 //!
 //! Each sequence mixer has two paths that give the same result (tests pin them together):
 //!

@@ -51,7 +51,7 @@ impl AftProjections {
     /// From `[W_q, W_k, W_v, W_o]`, each `[C, C]`.
     ///
     /// # Errors
-    /// [`Error::InputShape`] naming the first matrix that is not `[C, C]` for the `C` of
+    /// [`Error::InputShape`](crate::Error::InputShape) naming the first matrix that is not `[C, C]` for the `C` of
     /// `W_q`'s rows.
     pub fn new([w_q, w_k, w_v, w_o]: [Array2<f32>; 4]) -> Result<Self> {
         let c = w_q.nrows();
@@ -241,7 +241,7 @@ impl AftFull {
     /// From its projections and bias table.
     ///
     /// # Errors
-    /// [`Error::InputShape`] if the bias is not square.
+    /// [`Error::InputShape`](crate::Error::InputShape) if the bias is not square.
     pub fn new(proj: AftProjections, bias: Array2<f32>) -> Result<Self> {
         let t = bias.nrows();
         check_dims("AftFull", &[("bias", bias.dim(), (t, t), "[T_max, T_max]")])?;
@@ -335,7 +335,7 @@ impl AftLocal {
     /// From its projections, bias table and window.
     ///
     /// # Errors
-    /// [`Error::InputShape`] if the bias is not square or the window is 0.
+    /// [`Error::InputShape`](crate::Error::InputShape) if the bias is not square or the window is 0.
     pub fn new(proj: AftProjections, bias: Array2<f32>, window: usize) -> Result<Self> {
         let t = bias.nrows();
         check_dims(

@@ -61,7 +61,7 @@ impl Gla {
     /// gate bias and the norm.
     ///
     /// # Errors
-    /// [`Error::InputShape`] naming the first argument whose shape disagrees.
+    /// [`Error::InputShape`](crate::Error::InputShape) naming the first argument whose shape disagrees.
     pub fn new(
         heads: usize,
         key: usize,

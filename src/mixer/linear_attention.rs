@@ -189,7 +189,7 @@ impl LinearAttention {
     /// A layer from its projections (`[out, in]`) and feature map.
     ///
     /// # Errors
-    /// [`Error::InputShape`] naming the argument if the projections' shapes disagree with
+    /// [`Error::InputShape`](crate::Error::InputShape) naming the argument if the projections' shapes disagree with
     /// `heads`, `key`, `value` or each other, or a FAVOR+ projection is not `[m, key]`.
     pub fn new(
         heads: usize,

@@ -33,7 +33,7 @@ impl ShortConv {
     /// From taps `[C, K]`, an optional bias and the activation flag.
     ///
     /// # Errors
-    /// [`Error::InputShape`] if `K` is 0 or the bias is not `[C]`.
+    /// [`Error::InputShape`](crate::Error::InputShape) if `K` is 0 or the bias is not `[C]`.
     pub fn new(weight: Array2<f32>, bias: Option<Array1<f32>>, silu: bool) -> Result<Self> {
         let (c, k) = weight.dim();
         check_arg(k > 0, "ShortConv", "taps", "[C, K] with K ≥ 1", &[c, k])?;

@@ -66,8 +66,8 @@ impl Cpu {
         self.avx512
     }
 
-    /// Vectors from which a product of rows takes the AVX-512 kernels (see
-    /// [`MIN_VECTORS_ON_ZEN4`]).
+    /// Vectors from which a product of rows takes the AVX-512 kernels (measured:
+    /// five on AMD Zen 4, one elsewhere).
     pub fn avx512_min_vectors(self) -> usize {
         self.avx512_min_vectors
     }
