@@ -112,7 +112,7 @@ fn shape_error(name: &str, expected: &str, found: Vec<usize>) -> Error {
 /// Number of blocks: one more than the largest `blocks.N.` index, where every index below it
 /// must name a tensor too. So the count is at most the number of tensors, whatever indices a
 /// header writes, and nothing sized by it can outgrow the file.
-fn count_layers(src: &dyn TensorSource) -> Result<usize> {
+pub(crate) fn count_layers(src: &dyn TensorSource) -> Result<usize> {
     let mut layers: Vec<usize> = src
         .names()
         .iter()

@@ -386,18 +386,7 @@ fn apply_config(
     let [vocab, hidden] = emb[..] else {
         return Err(format!("the embedding has shape {emb:?}, expected [V, C]"));
     };
-    let layers = 1 + src
-        .names()
-        .iter()
-        .filter_map(|n| {
-            n.strip_prefix("blocks.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .ok_or("no block tensors")?;
+    let layers = crate::config::count_layers(src).map_err(|e| e.to_string())?;
     let mut checks = vec![
         ("vocab_size", vocab, "the embedding's rows".to_string()),
         ("hidden_size", hidden, "the embedding's columns".to_string()),

@@ -14,8 +14,7 @@
 //! `Double`, ...) is listed with that type, so asking for it is an [`Error::Dtype`].
 
 use super::pickle::{self, TensorRecord};
-use super::table::{RawTensor, TableEntry, TensorTable};
-use super::{DType, Tensor, TensorSource};
+use super::table::{TableEntry, TensorTable};
 use crate::error::{Error, Result};
 use crate::storage::SharedBytes;
 use std::collections::HashMap;
@@ -258,32 +257,13 @@ fn table_entry(
     })
 }
 
-impl TensorSource for PthFile {
-    fn names(&self) -> Vec<&str> {
-        self.table.names()
-    }
-
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.table.shape(name)
-    }
-
-    fn dtype(&self, name: &str) -> Option<std::result::Result<DType, String>> {
-        self.table.dtype(name)
-    }
-
-    fn tensor(&self, name: &str) -> Result<Tensor> {
-        self.table.tensor(name)
-    }
-
-    fn raw(&self, name: &str) -> Option<RawTensor> {
-        self.table.raw(name)
-    }
-}
+super::table::tensor_source_via_table!(PthFile);
 
 #[cfg(test)]
 mod tests {
     use super::super::pickle::tests::Pickle;
     use super::*;
+    use crate::weights::TensorSource;
     use std::io::Write;
 
     /// A zip archive of stored entries (or entries marked with `method`).

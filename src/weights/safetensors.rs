@@ -4,8 +4,8 @@
 //! against the file's length, and each tensor is seen in place in its own byte range, so a
 //! matrix stored in the layout the kernels read needs no copy at all.
 
-use super::table::{RawTensor, TableEntry, TensorTable};
-use super::{DType, Tensor, TensorSource};
+use super::table::{TableEntry, TensorTable};
+use super::DType;
 use crate::error::{Error, Result};
 use crate::storage::SharedBytes;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
@@ -195,24 +195,4 @@ fn dtype_of(dtype: Dtype) -> std::result::Result<DType, String> {
     }
 }
 
-impl TensorSource for SafeTensorsFile {
-    fn names(&self) -> Vec<&str> {
-        self.table.names()
-    }
-
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.table.shape(name)
-    }
-
-    fn dtype(&self, name: &str) -> Option<std::result::Result<DType, String>> {
-        self.table.dtype(name)
-    }
-
-    fn tensor(&self, name: &str) -> Result<Tensor> {
-        self.table.tensor(name)
-    }
-
-    fn raw(&self, name: &str) -> Option<RawTensor> {
-        self.table.raw(name)
-    }
-}
+super::table::tensor_source_via_table!(SafeTensorsFile);

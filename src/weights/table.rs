@@ -80,6 +80,38 @@ fn indexable(shape: &[usize]) -> bool {
         .is_some_and(|n| n <= isize::MAX as usize)
 }
 
+/// Implements [`TensorSource`] for a container type by handing every call to its `table`
+/// field (a [`TensorTable`]).
+macro_rules! tensor_source_via_table {
+    ($t:ty) => {
+        impl $crate::weights::TensorSource for $t {
+            fn names(&self) -> Vec<&str> {
+                self.table.names()
+            }
+
+            fn shape(&self, name: &str) -> Option<Vec<usize>> {
+                self.table.shape(name)
+            }
+
+            fn dtype(
+                &self,
+                name: &str,
+            ) -> Option<std::result::Result<$crate::weights::DType, String>> {
+                self.table.dtype(name)
+            }
+
+            fn tensor(&self, name: &str) -> $crate::error::Result<$crate::weights::Tensor> {
+                self.table.tensor(name)
+            }
+
+            fn raw(&self, name: &str) -> Option<$crate::weights::RawTensor> {
+                self.table.raw(name)
+            }
+        }
+    };
+}
+pub(crate) use tensor_source_via_table;
+
 /// Named tensors in the bytes of one file.
 #[derive(Clone, Debug)]
 pub struct TensorTable {
