@@ -3,6 +3,8 @@
 
 mod bytes;
 mod dense;
+pub mod quant;
 
 pub use bytes::{Plain, SharedBytes};
 pub use dense::Dense;
+pub use quant::{BlockFormat, Quantized};

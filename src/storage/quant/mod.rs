@@ -1,0 +1,226 @@
+//! Matrices stored in GGUF's quantized block formats, laid out bit for bit as GGUF stores them,
+//! so a tensor of a GGUF file is used in place from the memory map.
+//!
+//! A [`BlockFormat`] says how one block of weights is stored, decoded and encoded, and how a
+//! block row is dotted with an activation vector that was quantized once per product
+//! ([`BlockFormat::Activation`], as llama.cpp does: 8-bit blocks, integer dot products).
+//! [`Quantized`] holds rows of blocks and implements [`Matrix`] over any format.
+
+use super::SharedBytes;
+use crate::ops::{Cpu, Matrix};
+use std::ops::Range;
+
+/// One of GGUF's block formats: `VALUES` weights stored in `BYTES` bytes.
+pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
+    /// The format's name as the crate writes it (`q8_0`, `q4_k`, ...).
+    const NAME: &'static str;
+    /// Weights per block.
+    const VALUES: usize;
+    /// Bytes per block.
+    const BYTES: usize;
+    /// An activation vector quantized for this format's dot products (one per vector and
+    /// product, reused for every row).
+    type Activation: Send + Sync;
+
+    /// Decodes the block `block` (`BYTES` bytes) into `out` (`VALUES` values), as GGML's
+    /// reference dequantization does.
+    fn dequantize(block: &[u8], out: &mut [f32]);
+
+    /// Encodes `values` (`VALUES` of them) into `block` (`BYTES` bytes), as GGML's reference
+    /// quantization does.
+    fn quantize(values: &[f32], block: &mut [u8]);
+
+    /// `x` (a whole number of blocks long) quantized for [`BlockFormat::dot`].
+    fn quantize_activation(x: &[f32]) -> Self::Activation;
+
+    /// The dot product of one row of blocks (`row.len()` a whole number of blocks) with a
+    /// quantized activation of the same length, with `cpu`'s instructions.
+    fn dot(cpu: Cpu, row: &[u8], x: &Self::Activation) -> f32;
+
+    /// Checks one block read from a file (e.g. no NaN or infinite scale): `Err` says what is
+    /// wrong.
+    fn check_block(block: &[u8]) -> Result<(), String>;
+}
+
+/// A row-major `[out, in]` matrix in the block format `F`: each row is `in / F::VALUES` blocks
+/// (`in` must be a multiple of `F::VALUES`), rows one after another, as GGUF stores a tensor.
+#[derive(Clone, Debug)]
+pub struct Quantized<F: BlockFormat> {
+    bytes: SharedBytes,
+    rows: usize,
+    cols: usize,
+    cpu: Cpu,
+    format: std::marker::PhantomData<F>,
+}
+
+impl<F: BlockFormat> Quantized<F> {
+    /// The `[rows, cols]` matrix whose blocks are `bytes` (used in place, e.g. a range of a
+    /// memory-mapped GGUF file), every block checked by [`BlockFormat::check_block`].
+    ///
+    /// # Errors
+    /// What is wrong: `cols` not a multiple of the block size, a byte count that is not
+    /// exactly the matrix's blocks, or a bad block (with its row and index).
+    pub fn from_bytes(bytes: SharedBytes, rows: usize, cols: usize) -> Result<Self, String> {
+        if cols % F::VALUES != 0 {
+            return Err(format!(
+                "{} rows of {cols} values: not a whole number of {}-value {} blocks",
+                rows,
+                F::VALUES,
+                F::NAME
+            ));
+        }
+        let row_bytes = cols / F::VALUES * F::BYTES;
+        let want = rows.checked_mul(row_bytes);
+        if want != Some(bytes.len()) {
+            return Err(format!(
+                "{} bytes do not hold {rows} × {cols} values in {} blocks ({} bytes each)",
+                bytes.len(),
+                F::NAME,
+                F::BYTES
+            ));
+        }
+        for (i, block) in bytes.as_slice().chunks_exact(F::BYTES).enumerate() {
+            F::check_block(block).map_err(|what| {
+                let per_row = (cols / F::VALUES).max(1);
+                format!("block {} of row {}: {what}", i % per_row, i / per_row)
+            })?;
+        }
+        Ok(Quantized {
+            bytes,
+            rows,
+            cols,
+            cpu: Cpu::detect(),
+            format: std::marker::PhantomData,
+        })
+    }
+
+    /// `values` (`[rows, cols]`, row-major) quantized into `F`'s blocks.
+    ///
+    /// # Panics
+    /// If `cols` is not a multiple of `F::VALUES` or `values` is not `rows · cols` long.
+    #[track_caller]
+    pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            cols % F::VALUES == 0,
+            "Quantized::quantize: {} blocks",
+            F::NAME
+        );
+        assert_eq!(values.len(), rows * cols, "Quantized::quantize: values");
+        let mut bytes = vec![0u8; rows * cols / F::VALUES * F::BYTES];
+        for (v, b) in values
+            .chunks_exact(F::VALUES)
+            .zip(bytes.chunks_exact_mut(F::BYTES))
+        {
+            F::quantize(v, b);
+        }
+        Quantized {
+            bytes: SharedBytes::from_vec(bytes),
+            rows,
+            cols,
+            cpu: Cpu::detect(),
+            format: std::marker::PhantomData,
+        }
+    }
+
+    /// The same matrix read by `cpu`'s kernels (a test runs every instruction set this way).
+    pub fn with_cpu(mut self, cpu: Cpu) -> Self {
+        self.cpu = cpu;
+        self
+    }
+
+    /// The blocks, row-major.
+    pub fn blocks(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+
+    /// Bytes per row.
+    fn row_bytes(&self) -> usize {
+        self.cols / F::VALUES * F::BYTES
+    }
+
+    /// The blocks of row `r`.
+    #[track_caller]
+    fn row(&self, r: usize) -> &[u8] {
+        assert!(r < self.rows, "Quantized: row {r} of {}", self.rows);
+        let n = self.row_bytes();
+        &self.bytes.as_slice()[r * n..(r + 1) * n]
+    }
+}
+
+impl<F: BlockFormat> Matrix for Quantized<F> {
+    fn dim(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn type_name(&self) -> &'static str {
+        F::NAME
+    }
+
+    fn size_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn is_mapped(&self) -> bool {
+        self.bytes.is_mapped()
+    }
+
+    #[track_caller]
+    fn row_into(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols, "Quantized::row_into: output length");
+        for (block, o) in self
+            .row(r)
+            .chunks_exact(F::BYTES)
+            .zip(out.chunks_exact_mut(F::VALUES))
+        {
+            F::dequantize(block, o);
+        }
+    }
+
+    #[track_caller]
+    fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+        let b = xs.len();
+        assert!(out.len() >= rows.len() * b, "Quantized::row_dots: output");
+        let acts: Vec<F::Activation> = xs
+            .iter()
+            .map(|x| {
+                assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
+                F::quantize_activation(x)
+            })
+            .collect();
+        for (i, r) in rows.enumerate() {
+            let row = self.row(r);
+            for (j, act) in acts.iter().enumerate() {
+                out[i * b + j] = F::dot(self.cpu, row, act);
+            }
+        }
+    }
+
+    #[track_caller]
+    fn pack_panel(&self, rows: Range<usize>, width: usize, dst: &mut [f32]) {
+        assert!(rows.len() <= width, "Quantized::pack_panel: rows");
+        assert_eq!(dst.len(), self.cols * width, "Quantized::pack_panel: panel");
+        let mut row = vec![0.0f32; self.cols];
+        for i in 0..width {
+            if i < rows.len() {
+                self.row_into(rows.start + i, &mut row);
+            } else {
+                row.fill(0.0);
+            }
+            for (p, v) in row.iter().enumerate() {
+                dst[p * width + i] = *v;
+            }
+        }
+    }
+
+    fn round_to_storage(&self, values: &mut [f32]) {
+        let mut block = vec![0u8; F::BYTES];
+        for part in values.chunks_exact_mut(F::VALUES) {
+            F::quantize(part, &mut block);
+            F::dequantize(&block, part);
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
