@@ -12,11 +12,13 @@ use half::{bf16, f16};
 pub struct Cpu {
     avx2: bool,
     avx512: bool,
+    avx512_vnni: bool,
     avx512_min_vectors: usize,
 }
 
 impl Cpu {
-    /// What this CPU has: AVX2 with FMA and F16C, AVX-512F (x86-64 only), detected once.
+    /// What this CPU has: AVX2 with FMA and F16C, AVX-512F, AVX-512 VNNI with BW and VL
+    /// (x86-64 only), detected once.
     pub fn detect() -> Cpu {
         static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
         *CPU.get_or_init(|| {
@@ -26,9 +28,14 @@ impl Cpu {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c");
                 let avx512 = avx2 && is_x86_feature_detected!("avx512f");
+                let avx512_vnni = avx512
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni");
                 Cpu {
                     avx2,
                     avx512,
+                    avx512_vnni,
                     avx512_min_vectors: avx512_min_vectors(),
                 }
             }
@@ -44,6 +51,7 @@ impl Cpu {
         Cpu {
             avx2: false,
             avx512: false,
+            avx512_vnni: false,
             avx512_min_vectors: 1,
         }
     }
@@ -52,6 +60,7 @@ impl Cpu {
     pub fn without_avx512(self) -> Cpu {
         Cpu {
             avx512: false,
+            avx512_vnni: false,
             ..self
         }
     }
@@ -64,6 +73,12 @@ impl Cpu {
     /// Whether the AVX-512F kernels run.
     pub fn has_avx512(self) -> bool {
         self.avx512
+    }
+
+    /// Whether the 8-bit integer kernels of the quantized formats may use AVX-512 VNNI's
+    /// `vpdpbusd` on 256-bit vectors (AVX-512F, BW, VL and VNNI).
+    pub fn has_avx512_vnni(self) -> bool {
+        self.avx512_vnni
     }
 
     /// Vectors from which a product of rows takes the AVX-512 kernels (measured:

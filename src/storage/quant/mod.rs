@@ -6,6 +6,14 @@
 //! ([`BlockFormat::Activation`], as llama.cpp does: 8-bit blocks, integer dot products).
 //! [`Quantized`] holds rows of blocks and implements [`Matrix`] over any format.
 
+mod q4_0;
+mod q8_0;
+mod q8_act;
+
+pub use q4_0::Q4_0;
+pub use q8_0::Q8_0;
+pub use q8_act::{Q8Act, Q8_ACT_BLOCK};
+
 use super::SharedBytes;
 use crate::ops::{Cpu, Matrix};
 use std::ops::Range;

@@ -1,0 +1,214 @@
+//! GGUF's `Q4_0` blocks: 32 weights in 18 bytes, an f16 scale `d` (little-endian) then 16
+//! bytes of 4-bit `q`: the low nibbles are weights 0..16, the high nibbles weights 16..32;
+//! each weight is `d · (q − 8)`.
+
+use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
+use super::BlockFormat;
+use crate::ops::Cpu;
+
+/// GGUF's `Q4_0` block format (ggml type 2): 32 weights as an f16 scale and 32 nibbles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Q4_0;
+
+/// Weights per block.
+const QK: usize = 32;
+/// Bytes per block.
+const BYTES: usize = 2 + QK / 2;
+
+impl BlockFormat for Q4_0 {
+    const NAME: &'static str = "q4_0";
+    const VALUES: usize = QK;
+    const BYTES: usize = BYTES;
+    type Activation = Q8Act;
+
+    fn dequantize(block: &[u8], out: &mut [f32]) {
+        let d = f16_at(block).to_f32();
+        let (lo, hi) = out[..QK].split_at_mut(QK / 2);
+        for ((l, h), &b) in lo.iter_mut().zip(hi).zip(&block[2..BYTES]) {
+            *l = f32::from((b & 0x0f) as i8 - 8) * d;
+            *h = f32::from((b >> 4) as i8 - 8) * d;
+        }
+    }
+
+    /// ggml's `quantize_row_q4_0_ref`: `max` the value of largest magnitude (the first
+    /// such), `d = max / −8`, `q = min(15, trunc(x · (1/d) + 8.5))`, `d` stored as f16.
+    fn quantize(values: &[f32], block: &mut [u8]) {
+        let values = &values[..QK];
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in values {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        block[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+        let (lo, hi) = values.split_at(QK / 2);
+        for ((b, &l), &h) in block[2..BYTES].iter_mut().zip(lo).zip(hi) {
+            *b = q(l) | (q(h) << 4);
+        }
+    }
+
+    fn quantize_activation(x: &[f32]) -> Q8Act {
+        Q8Act::quantize(x)
+    }
+
+    #[track_caller]
+    fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
+        assert!(
+            row.len() % BYTES == 0 && row.len() / BYTES * QK == x.len(),
+            "Q4_0::dot: {} bytes of blocks against {} values",
+            row.len(),
+            x.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            if cpu.has_avx512_vnni() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI;
+                // the lengths match (checked above).
+                return unsafe { x86::dot_vnni(row, x) };
+            }
+            if cpu.has_avx2() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA and F16C; the lengths match.
+                return unsafe { x86::dot_avx2(row, x) };
+            }
+        }
+        let _ = cpu;
+        dot_portable(row, x)
+    }
+
+    fn check_block(block: &[u8]) -> Result<(), String> {
+        check_scale(block, Self::NAME)
+    }
+}
+
+/// The integer dot product of one block with 32 activation integers.
+#[inline]
+fn block_dot(block: &[u8], a: &[i8]) -> i32 {
+    let (lo, hi) = a.split_at(QK / 2);
+    block[2..BYTES]
+        .iter()
+        .zip(lo.iter().zip(hi))
+        .map(|(&b, (&l, &h))| {
+            i32::from((b & 0x0f) as i8 - 8) * i32::from(l) + i32::from((b >> 4) as i8 - 8) * i32::from(h)
+        })
+        .sum()
+}
+
+/// [`Q4_0::dot`] in plain Rust: each block's integer sum times `d_w · d_x`, added in f32.
+fn dot_portable(row: &[u8], x: &Q8Act) -> f32 {
+    row.chunks_exact(BYTES)
+        .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
+        .zip(x.scales())
+        .map(|((w, a), &dx)| f16_at(w).to_f32() * dx * block_dot(w, a) as f32)
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::q8_act::{avx2::*, Q8Act, Q8_ACT_BLOCK};
+    use super::BYTES;
+    use std::arch::x86_64::*;
+
+    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn nibbles(w: &[u8]) -> __m256i {
+        let bytes = load16(w[2..BYTES].try_into().expect("16"));
+        let m = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(bytes, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// [`super::Q4_0::dot`] with AVX2: the nibbles less 8 as signed bytes, `maddubs` on their
+    /// magnitudes and the activation with their sign, two accumulators of f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let eight = _mm256_set1_epi8(8);
+        let blocks = row
+            .chunks_exact(BYTES)
+            .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
+            .zip(x.scales());
+        for (i, ((w, a), &dx)) in blocks.enumerate() {
+            let d = _mm256_set1_ps(scale(w) * dx);
+            let p = dot_i8(_mm256_sub_epi8(nibbles(w), eight), load32_i8(a));
+            acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i & 1]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+
+    /// [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on the unsigned
+    /// nibbles, started from `−8 · Σa` so each block's integer sum is exact.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let blocks = row
+            .chunks_exact(BYTES)
+            .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
+            .zip(x.scales().iter().zip(x.sums()));
+        for (i, ((w, a), (&dx, &sum))) in blocks.enumerate() {
+            let d = _mm256_set1_ps(scale(w) * dx);
+            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * sum));
+            let p = _mm256_dpbusd_epi32(start, nibbles(w), load32_i8(a));
+            acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i & 1]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_round_trip() {
+        // Byte i holds weight i (low nibble) and weight 16 + i (high nibble).
+        let mut b = half::f16::from_f32(0.25).to_bits().to_le_bytes().to_vec();
+        b.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        let mut out = [0.0f32; 32];
+        Q4_0::dequantize(&b, &mut out);
+        for i in 0..16 {
+            assert_eq!(out[i], 0.25 * (i as f32 - 8.0));
+            assert_eq!(out[16 + i], 0.25 * (7.0 - i as f32));
+        }
+        // The value of largest magnitude gets q = 0 (d = max / −8); its opposite would be 16,
+        // kept at 15.
+        let mut x: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 0.1).collect();
+        x[3] = -4.0;
+        let mut b = [0u8; 18];
+        Q4_0::quantize(&x, &mut b);
+        assert_eq!(f16_at(&b).to_f32(), 0.5);
+        assert_eq!(b[2 + 3] & 0x0f, 0);
+        Q4_0::dequantize(&b, &mut out);
+        for (o, v) in out.iter().zip(&x) {
+            assert!((o - v).abs() <= 0.5 * 0.51, "{o} {v}");
+        }
+        x[3] = 4.0;
+        Q4_0::quantize(&x, &mut b);
+        assert_eq!(f16_at(&b).to_f32(), -0.5);
+        assert_eq!(b[2 + 3] & 0x0f, 0);
+        // A block of zeros: d = 0 / −8 = −0 (as ggml's reference), every q = 8.
+        Q4_0::quantize(&[0.0; 32], &mut b);
+        assert_eq!(&b[..2], &[0, 0x80]);
+        assert!(b[2..].iter().all(|&b| b == 0x88));
+    }
+
+    #[test]
+    fn bad_scales_are_errors() {
+        let mut b = [0u8; 18];
+        assert!(Q4_0::check_block(&b).is_ok());
+        b[..2].copy_from_slice(&0xfe00u16.to_le_bytes());
+        let e = Q4_0::check_block(&b).unwrap_err();
+        assert!(e.contains("q4_0") && e.contains("NaN"), "{e}");
+    }
+}

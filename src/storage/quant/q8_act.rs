@@ -1,0 +1,259 @@
+//! Activation vectors quantized to 8-bit blocks for the integer dot products of
+//! [`Q8_0`](super::Q8_0) and [`Q4_0`](super::Q4_0), as llama.cpp quantizes the vector it
+//! multiplies with such weights (its `quantize_row_q8_0`): blocks of 32 values, each a scale
+//! `d = max|x| / 127` and 32 integers `q = round(x / d)` in `−127..=127`.
+//!
+//! Unlike llama.cpp's blocks the scale is kept in f32 (not rounded to f16), and each block
+//! also keeps the sum of its integers, which the VNNI kernels use to take out the offset of
+//! their unsigned operand.
+
+/// Values per activation block.
+pub const Q8_ACT_BLOCK: usize = 32;
+
+/// A vector quantized to 8-bit blocks of [`Q8_ACT_BLOCK`] values: block `b` holds the values
+/// `scales()[b] · qs()[32b + i]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Q8Act {
+    qs: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+/// `1.5 · 2²³`: adding and subtracting it rounds an f32 of magnitude below 2²² to an integer,
+/// ties to even, with plain f32 arithmetic (which the compiler vectorizes).
+const ROUNDER: f32 = 12_582_912.0;
+
+impl Q8Act {
+    /// `x` (a whole number of blocks long) quantized: per block `d = max|x| / 127`, and
+    /// `q = x · (1/d)` rounded to nearest, ties to even (as llama.cpp's x86 code rounds),
+    /// kept in `−127..=127`; a block of zeros has `d = 0` and zero integers. NaN values
+    /// become 0.
+    ///
+    /// # Panics
+    /// If `x.len()` is not a multiple of [`Q8_ACT_BLOCK`].
+    #[track_caller]
+    pub fn quantize(x: &[f32]) -> Q8Act {
+        let mut act = Q8Act::default();
+        act.quantize_from(x);
+        act
+    }
+
+    /// [`Q8Act::quantize`] into this one, reusing its memory.
+    ///
+    /// # Panics
+    /// If `x.len()` is not a multiple of [`Q8_ACT_BLOCK`].
+    #[track_caller]
+    pub fn quantize_from(&mut self, x: &[f32]) {
+        assert!(
+            x.len() % Q8_ACT_BLOCK == 0,
+            "Q8Act::quantize: {} values are not a whole number of 32-value blocks",
+            x.len()
+        );
+        let blocks = x.len() / Q8_ACT_BLOCK;
+        self.qs.resize(x.len(), 0);
+        self.scales.resize(blocks, 0.0);
+        self.sums.resize(blocks, 0);
+        for (((xb, qb), d), s) in x
+            .chunks_exact(Q8_ACT_BLOCK)
+            .zip(self.qs.chunks_exact_mut(Q8_ACT_BLOCK))
+            .zip(self.scales.iter_mut())
+            .zip(self.sums.iter_mut())
+        {
+            (*d, *s) = quantize_block(xb.try_into().expect("32 values"), qb);
+        }
+    }
+
+    /// Values quantized.
+    pub fn len(&self) -> usize {
+        self.qs.len()
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.qs.is_empty()
+    }
+
+    /// The integers, block after block.
+    pub fn qs(&self) -> &[i8] {
+        &self.qs
+    }
+
+    /// Each block's scale.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Each block's sum of integers.
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
+    }
+
+    /// The values the blocks stand for, `d · q`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs
+            .chunks_exact(Q8_ACT_BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(q, &d)| q.iter().map(move |&q| d * f32::from(q)))
+            .collect()
+    }
+}
+
+/// One block of [`Q8Act::quantize`]: its scale and the sum of its integers.
+#[inline]
+fn quantize_block(x: &[f32; Q8_ACT_BLOCK], q: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut r = [0.0f32; Q8_ACT_BLOCK];
+    for (r, &v) in r.iter_mut().zip(x) {
+        // Within ±127 before rounding (a NaN goes to the bound and then to 0 by `as`).
+        let v = (v * id).clamp(-127.0, 127.0);
+        *r = (v + ROUNDER) - ROUNDER;
+    }
+    let mut sum = 0i32;
+    for (q, r) in q.iter_mut().zip(r) {
+        *q = r as i8;
+        sum += i32::from(*q);
+    }
+    (d, sum)
+}
+
+/// The half-precision float of a block's scale, stored little-endian in its first two bytes.
+#[inline]
+pub(crate) fn f16_at(block: &[u8]) -> half::f16 {
+    half::f16::from_bits(u16::from_le_bytes([block[0], block[1]]))
+}
+
+/// Checks a block's f16 scale (its first two bytes) is a number: `Err` names it.
+pub(crate) fn check_scale(block: &[u8], name: &str) -> Result<(), String> {
+    if block.len() < 2 {
+        return Err(format!("a {name} block of {} bytes", block.len()));
+    }
+    let d = f16_at(block);
+    if d.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} block scale d is {} (f16 bits {:#06x})",
+            if d.is_nan() { "NaN" } else { "infinite" },
+            d.to_bits()
+        ))
+    }
+}
+
+/// AVX2 helpers of the integer kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The f16 scale in a block's first two bytes as f32, by F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn scale(block: &[u8]) -> f32 {
+        let bits = u16::from_le_bytes([block[0], block[1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// The sum of the eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Pairwise products of signed bytes summed into eight i32 lanes (each lane four
+    /// products): `|w|` as unsigned bytes times `a` with `w`'s sign, through `maddubs`. Every
+    /// pair of products fits an i16 as long as `a` holds no −128.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn dot_i8(w: __m256i, a: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    /// 32 bytes at `p` as a vector.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn load32(p: &[u8; 32]) -> __m256i {
+        // SAFETY: `p` is 32 readable bytes; loadu has no alignment need.
+        unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
+    }
+
+    /// 32 signed bytes at `p` as a vector.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn load32_i8(p: &[i8]) -> __m256i {
+        let p: &[i8; 32] = p.try_into().expect("32 bytes");
+        // SAFETY: `p` is 32 readable bytes; loadu has no alignment need.
+        unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
+    }
+
+    /// 16 bytes at `p` as a vector.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn load16(p: &[u8; 16]) -> __m128i {
+        // SAFETY: `p` is 16 readable bytes; loadu has no alignment need.
+        unsafe { _mm_loadu_si128(p.as_ptr() as *const __m128i) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizes_blocks() {
+        let mut x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.37).collect();
+        x[40] = -100.0;
+        let a = Q8Act::quantize(&x);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a.scales().len(), 2);
+        for (b, xb) in x.chunks(32).enumerate() {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(a.scales()[b], amax / 127.0);
+            let q = &a.qs()[b * 32..(b + 1) * 32];
+            assert!(q.iter().any(|&q| q.abs() == 127));
+            assert_eq!(a.sums()[b], q.iter().map(|&q| i32::from(q)).sum::<i32>());
+            for (&q, &v) in q.iter().zip(xb) {
+                let want = (v / a.scales()[b]).round_ties_even();
+                assert!((f32::from(q) - want).abs() <= 1.0, "{q} {want}");
+            }
+        }
+        let back = a.dequantize();
+        for (b, (&v, &w)) in back.iter().zip(&x).enumerate() {
+            assert!((v - w).abs() <= a.scales()[b / 32] * 0.5 * 1.0001);
+        }
+    }
+
+    #[test]
+    fn rounds_ties_to_even_and_handles_zeros_and_nan() {
+        // d = 1: the values are their own integers; halves round to even.
+        let mut x = [0.0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 3.5;
+        x[4] = f32::NAN;
+        let a = Q8Act::quantize(&x);
+        assert_eq!(a.scales()[0], 1.0);
+        assert_eq!(&a.qs()[..5], &[127, 2, -2, 4, 0]);
+        let z = Q8Act::quantize(&[0.0; 32]);
+        assert_eq!((z.scales(), z.sums()), (&[0.0][..], &[0][..]));
+        assert!(z.qs().iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn scale_checks_name_the_scale() {
+        let mut b = [0u8; 34];
+        assert!(check_scale(&b, "q8_0").is_ok());
+        b[..2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        let e = check_scale(&b, "q8_0").unwrap_err();
+        assert!(e.contains("scale d is NaN"), "{e}");
+        b[..2].copy_from_slice(&0xfc00u16.to_le_bytes());
+        let e = check_scale(&b, "q4_0").unwrap_err();
+        assert!(e.contains("scale d is infinite"), "{e}");
+    }
+}
