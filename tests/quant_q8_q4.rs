@@ -5,7 +5,7 @@
 use half::f16;
 use std::path::PathBuf;
 use tokenshift::ops::{Cpu, Matrix};
-use tokenshift::storage::quant::{BlockFormat, Q4_0, Q8Act, Q8_0};
+use tokenshift::storage::quant::{BlockFormat, Q8Act, Q4_0, Q8_0};
 use tokenshift::storage::{Dense, Quantized, SharedBytes};
 
 /// A small deterministic generator (SplitMix64).
@@ -36,7 +36,9 @@ impl Rng {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/quant")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -59,7 +61,11 @@ fn matches_gguf<F: BlockFormat>(name: &str) {
     for (i, ((xb, ob), (gb, vb))) in x
         .chunks_exact(F::VALUES)
         .zip(ours.chunks_exact_mut(F::BYTES))
-        .zip(blocks.chunks_exact(F::BYTES).zip(values.chunks_exact_mut(F::VALUES)))
+        .zip(
+            blocks
+                .chunks_exact(F::BYTES)
+                .zip(values.chunks_exact_mut(F::VALUES)),
+        )
         .enumerate()
     {
         F::check_block(gb).unwrap();
@@ -68,7 +74,11 @@ fn matches_gguf<F: BlockFormat>(name: &str) {
         F::dequantize(gb, vb);
     }
     for (i, (a, b)) in values.iter().zip(&deq).enumerate() {
-        assert_eq!(a.to_bits(), b.to_bits(), "{name}: value {i}: {a} against gguf's {b}");
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "{name}: value {i}: {a} against gguf's {b}"
+        );
     }
     // The same through the matrix: quantized at load, rows read back.
     let m = Quantized::<F>::quantize(&x, 4, 128);
@@ -108,9 +118,7 @@ fn random_blocks<F: BlockFormat>(rng: &mut Rng, blocks: usize, scale: f32) -> Ve
 /// Activation values of `n` integers in −127..=127 with a ±127 in each block, so the
 /// quantized activation has `d = 1` and its integers are the values.
 fn integer_activation(rng: &mut Rng, n: usize) -> Vec<f32> {
-    let mut x: Vec<f32> = (0..n)
-        .map(|_| (rng.next() % 255) as f32 - 127.0)
-        .collect();
+    let mut x: Vec<f32> = (0..n).map(|_| (rng.next() % 255) as f32 - 127.0).collect();
     for (b, block) in x.chunks_exact_mut(32).enumerate() {
         block[(b * 7) % 32] = if b % 2 == 0 { 127.0 } else { -127.0 };
     }
@@ -153,7 +161,12 @@ fn integer_parts_exact<F: BlockFormat<Activation = Q8Act>>() {
         }
         let exact: f32 = w.iter().zip(&x).map(|(w, x)| w * x).sum();
         for cpu in Cpu::detect().variants() {
-            assert_eq!(F::dot(cpu, &row, &act), exact, "{} {cpu:?} {fill:#x}", F::NAME);
+            assert_eq!(
+                F::dot(cpu, &row, &act),
+                exact,
+                "{} {cpu:?} {fill:#x}",
+                F::NAME
+            );
         }
     }
 }
@@ -201,11 +214,17 @@ fn against_reference<F: BlockFormat<Activation = Q8Act> + Clone>() {
                     let g = got[r * 3 + j] as f64;
                     let p = portable[r * 3 + j] as f64;
                     let ref_q: f64 = w.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    let mag_q: f64 =
-                        w.iter().zip(&xq).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    let mag_q: f64 = w
+                        .iter()
+                        .zip(&xq)
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum();
                     let rounding = (blocks as f64 + 8.0) * 1.2e-7 * mag_q + 1e-30;
                     let what = format!("{} {cpu:?} n {n} row {r} vector {j}", F::NAME);
-                    assert!((g - p).abs() <= 2.0 * rounding, "{what}: {g} vs portable {p}");
+                    assert!(
+                        (g - p).abs() <= 2.0 * rounding,
+                        "{what}: {g} vs portable {p}"
+                    );
                     assert!((g - ref_q).abs() <= rounding, "{what}: {g} vs {ref_q}");
                     // The activation's quantization error: at most d/2 per value.
                     let ref_x: f64 = w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
@@ -217,7 +236,10 @@ fn against_reference<F: BlockFormat<Activation = Q8Act> + Clone>() {
                         })
                         .sum::<f64>()
                         + rounding;
-                    assert!((g - ref_x).abs() <= bound, "{what}: {g} vs {ref_x} (bound {bound})");
+                    assert!(
+                        (g - ref_x).abs() <= bound,
+                        "{what}: {g} vs {ref_x} (bound {bound})"
+                    );
                 }
             }
         }
@@ -239,11 +261,17 @@ fn bad_scales_in_a_file_are_errors() {
     let mut bytes = vec![0u8; 4 * 34];
     bytes[3 * 34..3 * 34 + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
     let e = Quantized::<Q8_0>::from_bytes(SharedBytes::from_vec(bytes), 2, 64).unwrap_err();
-    assert!(e.contains("block 1 of row 1") && e.contains("scale d is NaN"), "{e}");
+    assert!(
+        e.contains("block 1 of row 1") && e.contains("scale d is NaN"),
+        "{e}"
+    );
     let mut bytes = vec![0u8; 2 * 18];
     bytes[1] = 0x7c;
     let e = Quantized::<Q4_0>::from_bytes(SharedBytes::from_vec(bytes), 1, 64).unwrap_err();
-    assert!(e.contains("block 0 of row 0") && e.contains("infinite"), "{e}");
+    assert!(
+        e.contains("block 0 of row 0") && e.contains("infinite"),
+        "{e}"
+    );
 }
 
 /// Seconds per call of `f`, the best of several timed runs.

@@ -94,7 +94,7 @@ fn dot_portable(row: &[u8], x: &Q8Act) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::q8_act::{avx2::*, Q8Act, Q8_ACT_BLOCK};
+    use super::super::q8_act::{avx2::*, Q8Act};
     use super::BYTES;
     use std::arch::x86_64::*;
 
@@ -105,17 +105,9 @@ mod x86 {
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let blocks = row
-            .chunks_exact(BYTES)
-            .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
-            .zip(x.scales());
-        for (i, ((w, a), &dx)) in blocks.enumerate() {
-            let d = _mm256_set1_ps(scale(w) * dx);
-            let p = dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a));
-            acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i & 1]);
-        }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+        sum_blocks::<BYTES>(row, x, |w, a, _| {
+            dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a))
+        })
     }
 
     /// [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on `w + 128`
@@ -125,20 +117,12 @@ mod x86 {
     /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 2];
         let flip = _mm256_set1_epi8(-128);
-        let blocks = row
-            .chunks_exact(BYTES)
-            .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
-            .zip(x.scales().iter().zip(x.sums()));
-        for (i, ((w, a), (&dx, &sum))) in blocks.enumerate() {
-            let d = _mm256_set1_ps(scale(w) * dx);
+        sum_blocks::<BYTES>(row, x, |w, a, sum| {
             let wu = _mm256_xor_si256(load32(w[2..].try_into().expect("32")), flip);
             let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-128 * sum));
-            let p = _mm256_dpbusd_epi32(start, wu, load32_i8(a));
-            acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i & 1]);
-        }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+            _mm256_dpbusd_epi32(start, wu, load32_i8(a))
+        })
     }
 }
 

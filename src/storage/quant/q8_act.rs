@@ -7,6 +7,8 @@
 //! also keeps the sum of its integers, which the VNNI kernels use to take out the offset of
 //! their unsigned operand.
 
+use crate::ops::Cpu;
+
 /// Values per activation block.
 pub const Q8_ACT_BLOCK: usize = 32;
 
@@ -26,24 +28,24 @@ const ROUNDER: f32 = 12_582_912.0;
 impl Q8Act {
     /// `x` (a whole number of blocks long) quantized: per block `d = max|x| / 127`, and
     /// `q = x · (1/d)` rounded to nearest, ties to even (as llama.cpp's x86 code rounds),
-    /// kept in `−127..=127`; a block of zeros has `d = 0` and zero integers. NaN values
-    /// become 0.
+    /// kept in `−127..=127`; a block of zeros has `d = 0` and zero integers. NaN values are
+    /// left out of `max|x|` and become −127. The same integers on every CPU.
     ///
     /// # Panics
     /// If `x.len()` is not a multiple of [`Q8_ACT_BLOCK`].
     #[track_caller]
     pub fn quantize(x: &[f32]) -> Q8Act {
         let mut act = Q8Act::default();
-        act.quantize_from(x);
+        act.quantize_from(Cpu::detect(), x);
         act
     }
 
-    /// [`Q8Act::quantize`] into this one, reusing its memory.
+    /// [`Q8Act::quantize`] into this one, reusing its memory, with `cpu`'s instructions.
     ///
     /// # Panics
     /// If `x.len()` is not a multiple of [`Q8_ACT_BLOCK`].
     #[track_caller]
-    pub fn quantize_from(&mut self, x: &[f32]) {
+    pub fn quantize_from(&mut self, cpu: Cpu, x: &[f32]) {
         assert!(
             x.len() % Q8_ACT_BLOCK == 0,
             "Q8Act::quantize: {} values are not a whole number of 32-value blocks",
@@ -59,7 +61,15 @@ impl Q8Act {
             .zip(self.scales.iter_mut())
             .zip(self.sums.iter_mut())
         {
-            (*d, *s) = quantize_block(xb.try_into().expect("32 values"), qb);
+            let xb: &[f32; Q8_ACT_BLOCK] = xb.try_into().expect("32 values");
+            #[cfg(target_arch = "x86_64")]
+            if cpu.has_avx2() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA and F16C.
+                (*d, *s) = unsafe { avx2::quantize_block(xb, qb.try_into().expect("32")) };
+                continue;
+            }
+            let _ = cpu;
+            (*d, *s) = quantize_block(xb, qb);
         }
     }
 
@@ -106,8 +116,8 @@ fn quantize_block(x: &[f32; Q8_ACT_BLOCK], q: &mut [i8]) -> (f32, i32) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut r = [0.0f32; Q8_ACT_BLOCK];
     for (r, &v) in r.iter_mut().zip(x) {
-        // Within ±127 before rounding (a NaN goes to the bound and then to 0 by `as`).
-        let v = (v * id).clamp(-127.0, 127.0);
+        // Within ±127 before rounding (a NaN to −127).
+        let v = (v * id).max(-127.0).min(127.0);
         *r = (v + ROUNDER) - ROUNDER;
     }
     let mut sum = 0i32;
@@ -144,7 +154,91 @@ pub(crate) fn check_scale(block: &[u8], name: &str) -> Result<(), String> {
 /// AVX2 helpers of the integer kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
+    use super::{Q8Act, Q8_ACT_BLOCK};
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_block`] with AVX2, the same integers: `cvtps2dq` rounds to
+    /// nearest even as the portable code does, `maxps` with the bound second turns a NaN
+    /// into the bound.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_block(x: &[f32; Q8_ACT_BLOCK], q: &mut [i8; 32]) -> (f32, i32) {
+        // SAFETY: 32 readable f32 at `x`; loadu has no alignment need.
+        let v: [__m256; 4] =
+            unsafe { std::array::from_fn(|k| _mm256_loadu_ps(x.as_ptr().add(8 * k))) };
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for v in v {
+            // The running maximum second: a NaN leaves it as it is.
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        let amax = _mm_cvtss_f32(h);
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let i = v.map(|v| {
+            let t = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, id), lo), hi);
+            _mm256_cvtps_epi32(t)
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        // Packing works within 128-bit halves: the permutation puts the values back in order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: 32 writable bytes at `q`; storeu has no alignment need.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p) };
+        (d, _mm_cvtsi128_si32(s))
+    }
+
+    /// `Σ_b d_w(b) · d_x(b) · Σ lanes(b)` over the blocks of `row` (`B` bytes each, the f16
+    /// scale first), where `lanes(block, activation integers, their sum)` gives a block's
+    /// integer products summed into eight i32 lanes: four blocks per step into four f32
+    /// accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn sum_blocks<const B: usize>(
+        row: &[u8],
+        x: &Q8Act,
+        lanes: impl Fn(&[u8], &[i8], i32) -> __m256i,
+    ) -> f32 {
+        let step = |acc: __m256, w: &[u8], a: &[i8], dx: f32, sum: i32| {
+            let d = _mm256_set1_ps(scale(w) * dx);
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a, sum)), d, acc)
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut ws = row.chunks_exact(4 * B);
+        let mut qs = x.qs.chunks_exact(4 * Q8_ACT_BLOCK);
+        let mut ds = x.scales.chunks_exact(4);
+        let mut ss = x.sums.chunks_exact(4);
+        for (((w, a), d), s) in (&mut ws).zip(&mut qs).zip(&mut ds).zip(&mut ss) {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let a = &a[k * Q8_ACT_BLOCK..(k + 1) * Q8_ACT_BLOCK];
+                *acc = step(*acc, &w[k * B..(k + 1) * B], a, d[k], s[k]);
+            }
+        }
+        let rest = ws
+            .remainder()
+            .chunks_exact(B)
+            .zip(qs.remainder().chunks_exact(Q8_ACT_BLOCK))
+            .zip(ds.remainder().iter().zip(ss.remainder()));
+        for (k, ((w, a), (&d, &s))) in rest.enumerate() {
+            acc[k] = step(acc[k], w, a, d, s);
+        }
+        hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    }
 
     /// The f16 scale in a block's first two bytes as f32, by F16C.
     #[inline]
@@ -239,10 +333,46 @@ mod tests {
         x[4] = f32::NAN;
         let a = Q8Act::quantize(&x);
         assert_eq!(a.scales()[0], 1.0);
-        assert_eq!(&a.qs()[..5], &[127, 2, -2, 4, 0]);
+        assert_eq!(&a.qs()[..5], &[127, 2, -2, 4, -127]);
         let z = Q8Act::quantize(&[0.0; 32]);
         assert_eq!((z.scales(), z.sums()), (&[0.0][..], &[0][..]));
         assert!(z.qs().iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn every_cpu_quantizes_alike() {
+        let mut seed = 5u32;
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let u = (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                u * [1e-30f32, 1e-3, 1.0, 300.0, 1e30][i / 32 % 5]
+            })
+            .collect();
+        // Exact halves (d = 1), zeros, NaN and infinities.
+        for (i, v) in x[..32].iter_mut().enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        x[0] = 127.0;
+        x[32..64].fill(0.0);
+        x[70] = f32::NAN;
+        x[100] = f32::INFINITY;
+        x[140] = f32::NEG_INFINITY;
+        x[141] = f32::NAN;
+        let want = {
+            let mut a = Q8Act::default();
+            a.quantize_from(Cpu::portable(), &x);
+            a
+        };
+        assert_eq!(&want.qs()[..4], &[127, -14, -14, -12]);
+        for cpu in Cpu::detect().variants() {
+            let mut a = Q8Act::default();
+            a.quantize_from(cpu, &x);
+            assert_eq!(a.qs(), want.qs(), "{cpu:?}");
+            assert_eq!(a.sums(), want.sums(), "{cpu:?}");
+            let bits = |a: &Q8Act| a.scales().iter().map(|d| d.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&want), "{cpu:?}");
+        }
     }
 
     #[test]
