@@ -10,6 +10,16 @@ use super::SharedBytes;
 use crate::ops::{Cpu, Matrix};
 use std::ops::Range;
 
+pub mod q4_k;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_k;
+
+pub use q4_k::Q4K;
+pub use q5_k::Q5K;
+pub use q6_k::Q6K;
+pub use q8_k::{Q8KActivation, Q8KBlock};
+
 /// One of GGUF's block formats: `VALUES` weights stored in `BYTES` bytes.
 pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     /// The format's name as the crate writes it (`q8_0`, `q4_k`, ...).

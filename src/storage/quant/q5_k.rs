@@ -1,0 +1,169 @@
+//! GGUF's Q5_K: super-blocks of 256 weights in 176 bytes, as ggml's `block_q5_K`.
+//!
+//! | bytes | what |
+//! | --- | --- |
+//! | 0..2 | `d`, f16: the scale of the sub-block scales |
+//! | 2..4 | `dmin`, f16: the scale of the sub-block minimums |
+//! | 4..16 | eight 6-bit scales `sc` and eight 6-bit minimums `m`, packed as in Q4_K |
+//! | 16..48 | the fifth bits: bit `2 c` of byte `l` for value `64 c + l`, bit `2 c + 1` for `64 c + 32 + l` |
+//! | 48..176 | the low four bits: byte `32 c + l` holds value `64 c + l` (low nibble) and `64 c + 32 + l` (high) |
+//!
+//! Value `i` of sub-block `j = i / 32` is `d · sc[j] · q[i] − dmin · m[j]`, `q` in `0..32`.
+
+use super::q4_k::{finish_block, mins_dot, quantize_k_block, scales_mins_k4};
+use super::q8_k::{check_scale, f16_at, Q8KActivation, Q8KBlock, QK_K};
+use super::BlockFormat;
+use crate::ops::Cpu;
+
+/// GGUF's Q5_K block format (5.5 bits a weight).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Q5K;
+
+/// Bytes of a Q5_K block.
+const BYTES: usize = 176;
+
+/// The 5-bit value `64 c + 32 h + l` of a block (`h` 0 or 1).
+#[inline]
+fn level(qh: &[u8], ql: &[u8], c: usize, h: usize, l: usize) -> u8 {
+    let low = (ql[32 * c + l] >> (4 * h)) & 0xf;
+    let high = (qh[l] >> (2 * c + h)) & 1;
+    low | (high << 4)
+}
+
+impl BlockFormat for Q5K {
+    const NAME: &'static str = "q5_k";
+    const VALUES: usize = QK_K;
+    const BYTES: usize = BYTES;
+    type Activation = Q8KActivation;
+
+    fn dequantize(block: &[u8], out: &mut [f32]) {
+        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        let (sc, m) = scales_mins_k4(&block[4..16]);
+        let (qh, ql) = (&block[16..48], &block[48..BYTES]);
+        for c in 0..4 {
+            for h in 0..2 {
+                let j = 2 * c + h;
+                let (dj, mj) = (d * sc[j] as f32, dmin * m[j] as f32);
+                for l in 0..32 {
+                    out[64 * c + 32 * h + l] = dj * level(qh, ql, c, h, l) as f32 - mj;
+                }
+            }
+        }
+    }
+
+    fn quantize(values: &[f32], block: &mut [u8]) {
+        let (d, dmin, scales, levels) = quantize_k_block(values, 31, -0.5, 0.1, 15);
+        block[0..2].copy_from_slice(&d);
+        block[2..4].copy_from_slice(&dmin);
+        block[4..16].copy_from_slice(&scales);
+        let (qh, ql) = block[16..BYTES].split_at_mut(32);
+        qh.fill(0);
+        for c in 0..4 {
+            for l in 0..32 {
+                let (a, b) = (levels[64 * c + l], levels[64 * c + 32 + l]);
+                ql[32 * c + l] = (a & 0xf) | ((b & 0xf) << 4);
+                qh[l] |= ((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1));
+            }
+        }
+    }
+
+    fn quantize_activation(x: &[f32]) -> Q8KActivation {
+        Q8KActivation::quantize(x)
+    }
+
+    fn dot(cpu: Cpu, row: &[u8], x: &Q8KActivation) -> f32 {
+        assert_eq!(row.len() / BYTES, x.blocks.len(), "Q5K::dot: lengths");
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx2() {
+            // SAFETY: `cpu` says this CPU has AVX2.
+            return unsafe { avx2::dot(row, &x.blocks) };
+        }
+        let _ = cpu;
+        dot_portable(row, &x.blocks)
+    }
+
+    fn check_block(block: &[u8]) -> Result<(), String> {
+        check_scale(block, 0, "d")?;
+        check_scale(block, 2, "dmin")
+    }
+}
+
+/// The dot product in portable integer code.
+fn dot_portable(row: &[u8], x: &[Q8KBlock]) -> f32 {
+    let mut acc = 0.0f32;
+    for (block, y) in row.chunks_exact(BYTES).zip(x) {
+        let (sc, m) = scales_mins_k4(&block[4..16]);
+        let (qh, ql) = (&block[16..48], &block[48..BYTES]);
+        let mut sumi = 0i32;
+        for c in 0..4 {
+            for h in 0..2 {
+                let ys = &y.qs[64 * c + 32 * h..64 * c + 32 * h + 32];
+                let mut s = 0i32;
+                for (l, &yv) in ys.iter().enumerate() {
+                    s += level(qh, ql, c, h, l) as i32 * yv as i32;
+                }
+                sumi += sc[2 * c + h] as i32 * s;
+            }
+        }
+        acc = finish_block(acc, block, y, sumi, mins_dot(&m, y));
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{finish_block, mins_dot, scales_mins_k4, Q8KBlock, BYTES};
+    use crate::storage::quant::q8_k::hsum_i32_avx2;
+    use std::arch::x86_64::*;
+
+    /// The dot product with AVX2: the fifth bit merged in by a compare, then `maddubs` and
+    /// `madd` as for Q4_K, summed exactly in i32 per block.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot(row: &[u8], x: &[Q8KBlock]) -> f32 {
+        let low4 = _mm256_set1_epi8(0xf);
+        let sixteen = _mm256_set1_epi8(16);
+        let mut acc = 0.0f32;
+        for (block, y) in row.chunks_exact(BYTES).zip(x) {
+            let (sc, m) = scales_mins_k4(&block[4..16]);
+            let head: &[u8; BYTES] = block.try_into().expect("one block");
+            // SAFETY: bytes 16..48 of the block.
+            let hbits = unsafe { _mm256_loadu_si256(head.as_ptr().add(16).cast()) };
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                // SAFETY: 32 bytes at `48 + 32 c` (≤ 176) of the block and at `64 c`,
+                // `64 c + 32` of `y.qs` (256 bytes); unaligned loads.
+                let (bits, y_lo, y_hi) = unsafe {
+                    (
+                        _mm256_loadu_si256(head.as_ptr().add(48 + 32 * c).cast()),
+                        _mm256_loadu_si256(y.qs.as_ptr().add(64 * c).cast()),
+                        _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32).cast()),
+                    )
+                };
+                let bit_lo = _mm256_set1_epi8(1 << (2 * c));
+                let bit_hi = _mm256_set1_epi8(1 << (2 * c + 1));
+                let hi_lo = _mm256_and_si256(
+                    _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_lo), bit_lo),
+                    sixteen,
+                );
+                let hi_hi = _mm256_and_si256(
+                    _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_hi), bit_hi),
+                    sixteen,
+                );
+                let lo = _mm256_or_si256(_mm256_and_si256(bits, low4), hi_lo);
+                let hi =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4), hi_hi);
+                let p_lo = _mm256_madd_epi16(
+                    _mm256_set1_epi16(sc[2 * c] as i16),
+                    _mm256_maddubs_epi16(lo, y_lo),
+                );
+                let p_hi = _mm256_madd_epi16(
+                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
+                    _mm256_maddubs_epi16(hi, y_hi),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            }
+            acc = finish_block(acc, block, y, hsum_i32_avx2(sumi), mins_dot(&m, y));
+        }
+        acc
+    }
+}
