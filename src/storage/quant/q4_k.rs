@@ -35,15 +35,30 @@ pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All eight scales and all eight minimums of the 12 packed bytes `s`, one byte each
+/// (little-endian), unpacked with whole-word operations as llama.cpp's kernels do.
+#[inline]
+pub(crate) fn scales_mins_k4_words(s: &[u8]) -> (u64, u64) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (w(0), w(1), w(2));
+    let sc_lo = a & LOW6;
+    let sc_hi = (c & LOW4) | (((a >> 6) & LOW2) << 4);
+    let m_lo = b & LOW6;
+    let m_hi = ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4);
+    (
+        u64::from(sc_lo) | (u64::from(sc_hi) << 32),
+        u64::from(m_lo) | (u64::from(m_hi) << 32),
+    )
+}
+
 /// All eight scales and minimums of the 12 packed bytes `s`.
 #[inline]
 pub(crate) fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for j in 0..8 {
-        (sc[j], m[j]) = scale_min_k4(j, s);
-    }
-    (sc, m)
+    let (sc, m) = scales_mins_k4_words(s);
+    (sc.to_le_bytes(), m.to_le_bytes())
 }
 
 /// ggml's `make_qkx2_quants`: levels `L` in `0..=nmax` for `x` and the scale and (negated)
@@ -266,13 +281,11 @@ impl BlockFormat for Q4K {
     }
 }
 
-/// The block's contribution `d · sumi − dmin · summ` added to `acc` (one expression for
-/// every kernel, so they agree bit for bit).
+/// The block's contribution `d · y.d · sumi − dmin · y.d · summ` added to `acc` (`d`,
+/// `dmin` the block's scales; one expression for every kernel, so they agree bit for bit).
 #[inline]
-pub(crate) fn finish_block(acc: f32, block: &[u8], y: &Q8KBlock, sumi: i32, summ: i32) -> f32 {
-    let d = f16_at(block, 0) * y.d;
-    let dmin = f16_at(block, 2) * y.d;
-    acc + d * sumi as f32 - dmin * summ as f32
+pub(crate) fn finish_block(acc: f32, d: f32, dmin: f32, yd: f32, sumi: i32, summ: i32) -> f32 {
+    acc + (d * yd) * sumi as f32 - (dmin * yd) * summ as f32
 }
 
 /// `Σ m[j] · (bsums[2 j] + bsums[2 j + 1])`: the minimums against the activation's sums.
@@ -300,50 +313,92 @@ fn dot_portable(row: &[u8], x: &[Q8KBlock]) -> f32 {
             }
             sumi += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
         }
-        acc = finish_block(acc, block, y, sumi, mins_dot(&m, y));
+        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        acc = finish_block(acc, d, dmin, y.d, sumi, mins_dot(&m, y));
     }
     acc
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{finish_block, mins_dot, scales_mins_k4, Q8KBlock, BYTES};
+pub(crate) mod avx2 {
+    use super::{finish_block, scales_mins_k4_words, Q8KBlock, BYTES};
     use crate::storage::quant::q8_k::hsum_i32_avx2;
     use std::arch::x86_64::*;
 
+    /// The two f16 values at `block[0..4]` (`d`, `dmin`), widened with F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(crate) fn d_dmin(block: &[u8]) -> (f32, f32) {
+        let bits = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// The sub-block scales of a Q4_K/Q5_K block as i16 in both halves of a register (for
+    /// [`scale`]), and `Σ m[j] · (bsums[2 j] + bsums[2 j + 1])`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn scales_and_mins(packed: &[u8], y: &Q8KBlock) -> (__m256i, i32) {
+        let (sc, m) = scales_mins_k4_words(packed);
+        let both = _mm256_cvtepu8_epi16(_mm_set_epi64x(m as i64, sc as i64));
+        // SAFETY: `bsums` is 16 i16, 32 bytes; unaligned load.
+        let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+        let pairs = _mm_hadd_epi16(
+            _mm256_castsi256_si128(bsums),
+            _mm256_extracti128_si256::<1>(bsums),
+        );
+        let mins = _mm_madd_epi16(_mm256_extracti128_si256::<1>(both), pairs);
+        let mins = _mm_add_epi32(mins, _mm_unpackhi_epi64(mins, mins));
+        let mins = _mm_add_epi32(mins, _mm_shuffle_epi32::<0b01>(mins));
+        let sc = _mm256_castsi256_si128(both);
+        (_mm256_setr_m128i(sc, sc), _mm_cvtsi128_si32(mins))
+    }
+
+    /// Scale `j` (`J`) of [`scales_and_mins`]' register in every i16 lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn scale<const J: i16>(scales: __m256i) -> __m256i {
+        _mm256_shuffle_epi8(scales, _mm256_set1_epi16(((2 * J + 1) << 8) | (2 * J)))
+    }
+
+    /// `sumi` plus the 32 products of nibbles `q` and activation bytes `y`, times `scale`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn add_scaled(sumi: __m256i, scale: __m256i, q: __m256i, y: __m256i) -> __m256i {
+        _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, y)))
+    }
+
     /// The dot product with AVX2: nibbles times activation bytes by `maddubs`, times the
     /// sub-block scales by `madd`, summed exactly in i32 per block.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     pub(super) fn dot(row: &[u8], x: &[Q8KBlock]) -> f32 {
         let low4 = _mm256_set1_epi8(0xf);
         let mut acc = 0.0f32;
         for (block, y) in row.chunks_exact(BYTES).zip(x) {
-            let (sc, m) = scales_mins_k4(&block[4..16]);
-            let qs: &[u8; 128] = block[16..BYTES].try_into().expect("128 bytes");
+            let block: &[u8; BYTES] = block.try_into().expect("one block");
+            let (scales, summ) = scales_and_mins(&block[4..16], y);
+            // SAFETY: 32-byte unaligned loads at 16 + 32 c (c < 4, so ≤ 144 bytes) of the
+            // block and at 32 k (k < 8, so ≤ 256 bytes) of `y.qs`.
+            let load = |p: *const u8, at: usize| unsafe { _mm256_loadu_si256(p.add(at).cast()) };
+            let q = |c: usize| load(block.as_ptr(), 16 + 32 * c);
+            let ys = |k: usize| load(y.qs.as_ptr().cast(), 32 * k);
+            let lo = |b: __m256i| _mm256_and_si256(b, low4);
+            let hi = |b: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(b), low4);
             let mut sumi = _mm256_setzero_si256();
-            for c in 0..4 {
-                // SAFETY: 32 bytes at `32 c` of `qs` (128 bytes) and at `64 c`, `64 c + 32`
-                // of `y.qs` (256 bytes); unaligned loads.
-                let (bits, y_lo, y_hi) = unsafe {
-                    (
-                        _mm256_loadu_si256(qs.as_ptr().add(32 * c).cast()),
-                        _mm256_loadu_si256(y.qs.as_ptr().add(64 * c).cast()),
-                        _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32).cast()),
-                    )
-                };
-                let lo = _mm256_and_si256(bits, low4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
-                let p_lo = _mm256_madd_epi16(
-                    _mm256_set1_epi16(sc[2 * c] as i16),
-                    _mm256_maddubs_epi16(lo, y_lo),
-                );
-                let p_hi = _mm256_madd_epi16(
-                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
-                    _mm256_maddubs_epi16(hi, y_hi),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
-            }
-            acc = finish_block(acc, block, y, hsum_i32_avx2(sumi), mins_dot(&m, y));
+            let b = q(0);
+            sumi = add_scaled(sumi, scale::<0>(scales), lo(b), ys(0));
+            sumi = add_scaled(sumi, scale::<1>(scales), hi(b), ys(1));
+            let b = q(1);
+            sumi = add_scaled(sumi, scale::<2>(scales), lo(b), ys(2));
+            sumi = add_scaled(sumi, scale::<3>(scales), hi(b), ys(3));
+            let b = q(2);
+            sumi = add_scaled(sumi, scale::<4>(scales), lo(b), ys(4));
+            sumi = add_scaled(sumi, scale::<5>(scales), hi(b), ys(5));
+            let b = q(3);
+            sumi = add_scaled(sumi, scale::<6>(scales), lo(b), ys(6));
+            sumi = add_scaled(sumi, scale::<7>(scales), hi(b), ys(7));
+            let (d, dmin) = d_dmin(block);
+            acc = finish_block(acc, d, dmin, y.d, hsum_i32_avx2(sumi), summ);
         }
         acc
     }

@@ -105,64 +105,60 @@ fn dot_portable(row: &[u8], x: &[Q8KBlock]) -> f32 {
                 sumi += sc[2 * c + h] as i32 * s;
             }
         }
-        acc = finish_block(acc, block, y, sumi, mins_dot(&m, y));
+        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        acc = finish_block(acc, d, dmin, y.d, sumi, mins_dot(&m, y));
     }
     acc
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{finish_block, mins_dot, scales_mins_k4, Q8KBlock, BYTES};
+    use super::{finish_block, Q8KBlock, BYTES};
+    use crate::storage::quant::q4_k::avx2::{add_scaled, d_dmin, scale, scales_and_mins};
     use crate::storage::quant::q8_k::hsum_i32_avx2;
     use std::arch::x86_64::*;
 
     /// The dot product with AVX2: the fifth bit merged in by a compare, then `maddubs` and
     /// `madd` as for Q4_K, summed exactly in i32 per block.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     pub(super) fn dot(row: &[u8], x: &[Q8KBlock]) -> f32 {
         let low4 = _mm256_set1_epi8(0xf);
         let sixteen = _mm256_set1_epi8(16);
         let mut acc = 0.0f32;
         for (block, y) in row.chunks_exact(BYTES).zip(x) {
-            let (sc, m) = scales_mins_k4(&block[4..16]);
-            let head: &[u8; BYTES] = block.try_into().expect("one block");
-            // SAFETY: bytes 16..48 of the block.
-            let hbits = unsafe { _mm256_loadu_si256(head.as_ptr().add(16).cast()) };
+            let block: &[u8; BYTES] = block.try_into().expect("one block");
+            let (sc, summ) = scales_and_mins(&block[4..16], y);
+            // SAFETY: 32-byte unaligned loads at 16 and 48 + 32 c (c < 4, so ≤ 176 bytes)
+            // of the block and at 32 k (k < 8, so ≤ 256 bytes) of `y.qs`.
+            let load = |p: *const u8, at: usize| unsafe { _mm256_loadu_si256(p.add(at).cast()) };
+            let hbits = load(block.as_ptr(), 16);
+            let ys = |k: usize| load(y.qs.as_ptr().cast(), 32 * k);
+            // The low nibbles (`h` 0) or high ones (`h` 1) of `b` with bit `k` of `hbits` as
+            // their fifth bit.
+            let level = |b: __m256i, h: bool, k: i32| {
+                let bit = _mm256_set1_epi8(1 << k);
+                let fifth = _mm256_and_si256(
+                    _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), bit),
+                    sixteen,
+                );
+                let b = if h { _mm256_srli_epi16::<4>(b) } else { b };
+                _mm256_or_si256(_mm256_and_si256(b, low4), fifth)
+            };
             let mut sumi = _mm256_setzero_si256();
-            for c in 0..4 {
-                // SAFETY: 32 bytes at `48 + 32 c` (≤ 176) of the block and at `64 c`,
-                // `64 c + 32` of `y.qs` (256 bytes); unaligned loads.
-                let (bits, y_lo, y_hi) = unsafe {
-                    (
-                        _mm256_loadu_si256(head.as_ptr().add(48 + 32 * c).cast()),
-                        _mm256_loadu_si256(y.qs.as_ptr().add(64 * c).cast()),
-                        _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32).cast()),
-                    )
-                };
-                let bit_lo = _mm256_set1_epi8(1 << (2 * c));
-                let bit_hi = _mm256_set1_epi8(1 << (2 * c + 1));
-                let hi_lo = _mm256_and_si256(
-                    _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_lo), bit_lo),
-                    sixteen,
-                );
-                let hi_hi = _mm256_and_si256(
-                    _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_hi), bit_hi),
-                    sixteen,
-                );
-                let lo = _mm256_or_si256(_mm256_and_si256(bits, low4), hi_lo);
-                let hi =
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4), hi_hi);
-                let p_lo = _mm256_madd_epi16(
-                    _mm256_set1_epi16(sc[2 * c] as i16),
-                    _mm256_maddubs_epi16(lo, y_lo),
-                );
-                let p_hi = _mm256_madd_epi16(
-                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
-                    _mm256_maddubs_epi16(hi, y_hi),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
-            }
-            acc = finish_block(acc, block, y, hsum_i32_avx2(sumi), mins_dot(&m, y));
+            let b = load(block.as_ptr(), 48);
+            sumi = add_scaled(sumi, scale::<0>(sc), level(b, false, 0), ys(0));
+            sumi = add_scaled(sumi, scale::<1>(sc), level(b, true, 1), ys(1));
+            let b = load(block.as_ptr(), 80);
+            sumi = add_scaled(sumi, scale::<2>(sc), level(b, false, 2), ys(2));
+            sumi = add_scaled(sumi, scale::<3>(sc), level(b, true, 3), ys(3));
+            let b = load(block.as_ptr(), 112);
+            sumi = add_scaled(sumi, scale::<4>(sc), level(b, false, 4), ys(4));
+            sumi = add_scaled(sumi, scale::<5>(sc), level(b, true, 5), ys(5));
+            let b = load(block.as_ptr(), 144);
+            sumi = add_scaled(sumi, scale::<6>(sc), level(b, false, 6), ys(6));
+            sumi = add_scaled(sumi, scale::<7>(sc), level(b, true, 7), ys(7));
+            let (d, dmin) = d_dmin(block);
+            acc = finish_block(acc, d, dmin, y.d, hsum_i32_avx2(sumi), summ);
         }
         acc
     }

@@ -164,11 +164,11 @@ impl BlockFormat for Q6K {
     }
 }
 
-/// The block's contribution `d · sumi` added to `acc` (one expression for every kernel, so
-/// they agree bit for bit).
+/// The block's contribution `d · y.d · sumi` added to `acc` (`d` the block's scale; one
+/// expression for every kernel, so they agree bit for bit).
 #[inline]
-fn finish_block(acc: f32, block: &[u8], y: &Q8KBlock, sumi: i32) -> f32 {
-    acc + f16_at(block, 208) * y.d * sumi as f32
+fn finish_block(acc: f32, d: f32, yd: f32, sumi: i32) -> f32 {
+    acc + (d * yd) * sumi as f32
 }
 
 /// The dot product in portable integer code.
@@ -184,7 +184,7 @@ fn dot_portable(row: &[u8], x: &[Q8KBlock]) -> f32 {
             }
             sumi += block[192 + j] as i8 as i32 * s;
         }
-        acc = finish_block(acc, block, y, sumi);
+        acc = finish_block(acc, f16_at(block, 208), y.d, sumi);
     }
     acc
 }
@@ -195,54 +195,78 @@ mod avx2 {
     use crate::storage::quant::q8_k::hsum_i32_avx2;
     use std::arch::x86_64::*;
 
-    /// The dot product with AVX2: `q · y` by `maddubs` less `32 · y` (also by `maddubs`),
-    /// times the scales by `madd`, summed exactly in i32 per block.
-    #[target_feature(enable = "avx2")]
+    /// The dot product with AVX2: `q · y` by `maddubs`, times the scales by `madd`, less
+    /// `32 · Σ sc[j] · bsums[j]` (the offset of `q`), summed exactly in i32 per block.
+    #[target_feature(enable = "avx2,f16c")]
     pub(super) fn dot(row: &[u8], x: &[Q8KBlock]) -> f32 {
         let low4 = _mm256_set1_epi8(0xf);
-        let low2 = _mm256_set1_epi8(3);
-        let m32 = _mm256_set1_epi8(32);
+        let top2 = _mm256_set1_epi8(0x30);
         let mut acc = 0.0f32;
         for (block, y) in row.chunks_exact(BYTES).zip(x) {
-            let b: &[u8; BYTES] = block.try_into().expect("one block");
-            let mut sumi = _mm256_setzero_si256();
+            let block: &[u8; BYTES] = block.try_into().expect("one block");
+            // SAFETY: unaligned loads inside the block (32 bytes at ≤ 160, 16 at 192) and
+            // `y` (32 bytes at ≤ 224 of `qs`, the 32 bytes of `bsums`).
+            let load = |p: *const u8, at: usize| unsafe { _mm256_loadu_si256(p.add(at).cast()) };
+            let sc8 = unsafe { _mm_loadu_si128(block.as_ptr().add(192).cast()) };
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+            let ys = |k: usize| load(y.qs.as_ptr().cast(), 32 * k);
+            // Scales `j` and `j + 1` (j even) as i16, for the two halves of 32 values.
+            let scale = |j: i8| {
+                let pick = _mm_setr_epi8(
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                );
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick))
+            };
+            let offset =
+                _mm256_slli_epi32::<5>(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums));
+            let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
             for n in 0..2 {
-                // SAFETY: 32-byte unaligned loads at 64 n, 64 n + 32 and 128 + 32 n (all
-                // ≤ 192 + 32 ≤ 210 bytes of the block) and at 128 n + 32 k of `y.qs`.
-                let (l0, l1, hb) = unsafe {
-                    (
-                        _mm256_loadu_si256(b.as_ptr().add(64 * n).cast()),
-                        _mm256_loadu_si256(b.as_ptr().add(64 * n + 32).cast()),
-                        _mm256_loadu_si256(b.as_ptr().add(128 + 32 * n).cast()),
-                    )
-                };
-                let high = |k: i32| {
-                    let s = _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * k));
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(s, low2))
-                };
+                let l0 = load(block.as_ptr(), 64 * n);
+                let l1 = load(block.as_ptr(), 64 * n + 32);
+                let hb = load(block.as_ptr(), 128 + 32 * n);
                 let q = [
-                    _mm256_or_si256(_mm256_and_si256(l0, low4), high(0)),
-                    _mm256_or_si256(_mm256_and_si256(l1, low4), high(1)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), low4), high(2)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), low4), high(3)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(l0, low4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(hb), top2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(l1, low4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(hb), top2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(l0), low4),
+                        _mm256_and_si256(hb, top2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(l1), low4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(hb), top2),
+                    ),
                 ];
-                for (k, &qk) in q.iter().enumerate() {
-                    let at = 128 * n + 32 * k;
-                    // SAFETY: 32 bytes at `at` ≤ 224 of `y.qs` (256 bytes).
-                    let yk = unsafe { _mm256_loadu_si256(y.qs.as_ptr().add(at).cast()) };
-                    let p = _mm256_sub_epi16(
-                        _mm256_maddubs_epi16(qk, yk),
-                        _mm256_maddubs_epi16(m32, yk),
-                    );
-                    let j = at / 16;
-                    let scales = _mm256_setr_m128i(
-                        _mm_set1_epi16(b[192 + j] as i8 as i16),
-                        _mm_set1_epi16(b[193 + j] as i8 as i16),
-                    );
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales, p));
+                for (k, qk) in q.into_iter().enumerate() {
+                    let p = _mm256_maddubs_epi16(qk, ys(4 * n + k));
+                    let s = scale((8 * n + 2 * k) as i8);
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
                 }
             }
-            acc = finish_block(acc, block, y, hsum_i32_avx2(sumi));
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                i32::from(block[208]) | (i32::from(block[209]) << 8),
+            )));
+            acc = finish_block(acc, d, y.d, hsum_i32_avx2(sumi));
         }
         acc
     }

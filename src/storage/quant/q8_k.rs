@@ -35,7 +35,7 @@ impl Q8KActivation {
     #[track_caller]
     pub fn quantize(x: &[f32]) -> Self {
         assert!(
-            x.len() % QK_K == 0,
+            x.len().is_multiple_of(QK_K),
             "Q8_K: {} values are not whole 256-value blocks",
             x.len()
         );
