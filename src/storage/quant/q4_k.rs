@@ -403,3 +403,79 @@ pub(crate) mod avx2 {
         acc
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reproducible bytes.
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (s >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn word_unpacking_matches_get_scale_min_k4() {
+        for seed in 0..200 {
+            let s = bytes(seed, 12);
+            let (sc, m) = scales_mins_k4(&s);
+            for j in 0..8 {
+                assert_eq!((sc[j], m[j]), scale_min_k4(j, &s), "{s:?} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_packs_what_dequantize_reads() {
+        let x: Vec<f32> = (0..QK_K)
+            .map(|i| ((i * 29 % 61) as f32 - 20.0) * 0.01)
+            .collect();
+        let mut block = [0u8; BYTES];
+        Q4K::quantize(&x, &mut block);
+        let (sc, m) = scales_mins_k4(&block[4..16]);
+        assert!(sc.iter().all(|&s| s < 64) && m.iter().all(|&v| v < 64));
+        assert!(sc.contains(&63), "the largest scale takes the top level");
+        let mut back = [0f32; QK_K];
+        Q4K::dequantize(&block, &mut back);
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() <= amax / 15.0, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn qkx2_fits_a_ramp_exactly() {
+        let x: Vec<f32> = (0..32).map(|i| -0.5 + 0.1 * (i % 16) as f32).collect();
+        let w = [1.0f32; 32];
+        let mut levels = [0u8; 32];
+        let (scale, min) = make_qkx2_quants(15, &x, &w, &mut levels, -1.0, 0.1, 20);
+        for (l, v) in levels.iter().zip(&x) {
+            assert!((scale * *l as f32 - min - v).abs() < 1e-5);
+        }
+        let (scale, min) = make_qkx2_quants(15, &[0.0; 32], &w, &mut levels, -1.0, 0.1, 20);
+        assert_eq!((scale, min, levels), (0.0, 0.0, [0; 32]));
+    }
+
+    #[test]
+    fn kernels_agree_on_random_blocks() {
+        let mut row = bytes(7, 4 * BYTES);
+        for b in row.chunks_exact_mut(BYTES) {
+            b[0..2].copy_from_slice(&f16_bytes(0.01));
+            b[2..4].copy_from_slice(&f16_bytes(-0.003));
+        }
+        let x: Vec<f32> = bytes(9, 4 * QK_K)
+            .iter()
+            .map(|&b| b as f32 - 128.0)
+            .collect();
+        let act = Q8KActivation::quantize(&x);
+        let want = dot_portable(&row, &act.blocks);
+        for cpu in Cpu::detect().variants() {
+            assert_eq!(Q4K::dot(cpu, &row, &act).to_bits(), want.to_bits());
+        }
+    }
+}

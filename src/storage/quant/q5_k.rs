@@ -163,3 +163,47 @@ mod avx2 {
         acc
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::quant::q8_k::f16_bytes;
+
+    #[test]
+    fn quantize_packs_the_fifth_bit_where_dequantize_reads_it() {
+        // A ramp over all 32 levels in every sub-block.
+        let x: Vec<f32> = (0..QK_K).map(|i| (i % 32) as f32 * 0.25).collect();
+        let mut block = [0u8; BYTES];
+        Q5K::quantize(&x, &mut block);
+        let mut back = [0f32; QK_K];
+        Q5K::dequantize(&block, &mut back);
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() < 0.02, "{a} vs {b}");
+        }
+        let (qh, ql) = (&block[16..48], &block[48..BYTES]);
+        for i in 0..QK_K {
+            let (c, h, l) = (i / 64, i % 64 / 32, i % 32);
+            assert_eq!(level(qh, ql, c, h, l) as usize, i % 32);
+        }
+    }
+
+    #[test]
+    fn kernels_agree_on_random_blocks() {
+        let mut s = 3u64;
+        let mut next = || {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (s >> 56) as u8
+        };
+        let mut row: Vec<u8> = (0..3 * BYTES).map(|_| next()).collect();
+        for b in row.chunks_exact_mut(BYTES) {
+            b[0..2].copy_from_slice(&f16_bytes(0.02));
+            b[2..4].copy_from_slice(&f16_bytes(0.005));
+        }
+        let x: Vec<f32> = (0..3 * QK_K).map(|_| next() as f32 - 128.0).collect();
+        let act = Q8KActivation::quantize(&x);
+        let want = dot_portable(&row, &act.blocks);
+        for cpu in Cpu::detect().variants() {
+            assert_eq!(Q5K::dot(cpu, &row, &act).to_bits(), want.to_bits());
+        }
+    }
+}

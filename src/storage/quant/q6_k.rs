@@ -271,3 +271,54 @@ mod avx2 {
         acc
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_packs_what_dequantize_reads() {
+        // Levels −32..31 in every group of 64 values.
+        let x: Vec<f32> = (0..QK_K).map(|i| ((i % 64) as f32 - 32.0) * 0.5).collect();
+        let mut block = [0u8; BYTES];
+        Q6K::quantize(&x, &mut block);
+        let mut back = [0f32; QK_K];
+        Q6K::dequantize(&block, &mut back);
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() <= 0.5 * 0.5 + 1e-3, "{a} vs {b}");
+        }
+        let mut zero = [1u8; BYTES];
+        Q6K::quantize(&[0.0; QK_K], &mut zero);
+        assert!(zero.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn qx_levels_are_in_range_and_fit() {
+        let x: Vec<f32> = (0..16).map(|i| (i as f32 - 7.3) * 0.37).collect();
+        let mut levels = [0u8; 16];
+        let scale = make_qx_quants(32, &x, &mut levels);
+        for (l, v) in levels.iter().zip(&x) {
+            assert!(*l < 64);
+            assert!((scale * (*l as f32 - 32.0) - v).abs() <= scale.abs() * 0.5 + 1e-6);
+        }
+    }
+
+    #[test]
+    fn kernels_agree_on_random_blocks() {
+        let mut s = 11u64;
+        let mut next = || {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (s >> 56) as u8
+        };
+        let mut row: Vec<u8> = (0..3 * BYTES).map(|_| next()).collect();
+        for b in row.chunks_exact_mut(BYTES) {
+            b[208..210].copy_from_slice(&f16_bytes(-0.001));
+        }
+        let x: Vec<f32> = (0..3 * QK_K).map(|_| next() as f32 - 128.0).collect();
+        let act = Q8KActivation::quantize(&x);
+        let want = dot_portable(&row, &act.blocks);
+        for cpu in Cpu::detect().variants() {
+            assert_eq!(Q6K::dot(cpu, &row, &act).to_bits(), want.to_bits());
+        }
+    }
+}
