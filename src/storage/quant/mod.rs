@@ -18,6 +18,16 @@ use super::SharedBytes;
 use crate::ops::{Cpu, Matrix};
 use std::ops::Range;
 
+pub mod q4_k;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_k;
+
+pub use q4_k::Q4K;
+pub use q5_k::Q5K;
+pub use q6_k::Q6K;
+pub use q8_k::{Q8KActivation, Q8KBlock};
+
 /// One of GGUF's block formats: `VALUES` weights stored in `BYTES` bytes.
 pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     /// The format's name as the crate writes it (`q8_0`, `q4_k`, ...).
@@ -69,7 +79,7 @@ impl<F: BlockFormat> Quantized<F> {
     /// What is wrong: `cols` not a multiple of the block size, a byte count that is not
     /// exactly the matrix's blocks, or a bad block (with its row and index).
     pub fn from_bytes(bytes: SharedBytes, rows: usize, cols: usize) -> Result<Self, String> {
-        if cols % F::VALUES != 0 {
+        if !cols.is_multiple_of(F::VALUES) {
             return Err(format!(
                 "{} rows of {cols} values: not a whole number of {}-value {} blocks",
                 rows,
@@ -109,7 +119,7 @@ impl<F: BlockFormat> Quantized<F> {
     #[track_caller]
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Self {
         assert!(
-            cols % F::VALUES == 0,
+            cols.is_multiple_of(F::VALUES),
             "Quantized::quantize: {} blocks",
             F::NAME
         );
