@@ -6,6 +6,10 @@
 //! ([`BlockFormat::Activation`], as llama.cpp does: 8-bit blocks, integer dot products).
 //! [`Quantized`] holds rows of blocks and implements [`Matrix`] over any format.
 
+mod types;
+
+pub use types::{quantized_matrix, QuantFormat, QuantSource, QuantType};
+
 use super::SharedBytes;
 use crate::ops::{Cpu, Matrix};
 use std::ops::Range;
