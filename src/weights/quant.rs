@@ -45,6 +45,25 @@ impl MatrixRole {
             _ => MatrixRole::Projection,
         }
     }
+
+    /// The role of a checkpoint tensor stored `[out, in]` under its BlinkDL name, `None` for
+    /// anything else (vectors, and the low-rank factors, which are stored `[in, out]`):
+    /// `emb.weight`, `head.weight`, and `blocks.N.att.*.weight` / `blocks.N.ffn.*.weight` of
+    /// `key`, `value`, `receptance`, `gate`, `output`.
+    pub fn of_tensor(name: &str) -> Option<MatrixRole> {
+        match name {
+            "emb.weight" => return Some(MatrixRole::Embedding),
+            "head.weight" => return Some(MatrixRole::Head),
+            _ => {}
+        }
+        let rest = name.strip_prefix("blocks.")?;
+        let (n, rest) = rest.split_once('.')?;
+        n.parse::<usize>().ok()?;
+        let (part, rest) = rest.split_once('.')?;
+        let proj = rest.strip_suffix(".weight")?;
+        let known = ["key", "value", "receptance", "gate", "output"].contains(&proj);
+        (matches!(part, "att" | "ffn") && known).then_some(MatrixRole::Projection)
+    }
 }
 
 /// The matrices [`Model::load_quantized`](crate::Model::load_quantized) quantizes: the block
@@ -101,6 +120,18 @@ impl Quantization {
     pub fn target(&self, role: MatrixRole, cols: usize) -> Option<QuantFormat> {
         self.format
             .filter(|f| self.roles.contains(&role) && cols > 0 && f.fits(cols))
+    }
+
+    /// The format the checkpoint tensor `name` of shape `shape` is quantized to (see
+    /// [`MatrixRole::of_tensor`]): what `convert --quantize` stores, the same matrices a load
+    /// with this quantization quantizes (bar the low-rank factors, which are stored
+    /// transposed and so are never quantized in a file).
+    pub fn tensor_target(&self, name: &str, shape: &[usize]) -> Option<QuantFormat> {
+        let role = MatrixRole::of_tensor(name)?;
+        match shape {
+            [rows, cols] if *rows > 0 => self.target(role, *cols),
+            _ => None,
+        }
     }
 
     /// The format that reads blocks named `name`.
