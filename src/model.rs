@@ -9,9 +9,9 @@ use crate::storage::quant::QuantType;
 use crate::weights::{
     Checkpoint, DType, Quantization, SafeTensorsFile, Scope, TensorSource, TensorSpec,
 };
-use std::sync::atomic::AtomicUsize;
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut1, Axis};
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 
 /// Tokens per piece of a prompt in [`Model::forward`]: the prompt's intermediates (about
 /// fifteen `[T, C]` arrays and the channel mix's `[T, F]`) are this many rows long at most.

@@ -91,8 +91,10 @@ fn max_abs(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
 }
 
 /// Every fixture model with its block projections quantized at load gives logits within a
-/// loose bound of the f32 model's (8-bit blocks: measured at most about 3e-3 on these
-/// random-weight models, whose logits are of order 1), and reads fewer bytes per token.
+/// loose bound of the f32 model's, and reads fewer bytes per token. Measured with 8-bit
+/// blocks over 8 tokens: max |Δlogit| from 2.1e-2 (v4-a) to 1.1e-1 (v5.0-a), against largest
+/// logits of about 3.5 (these random-weight models have no structure for the rounding to
+/// average out over); asserted below 5% of the largest logit.
 #[test]
 fn quantized_at_load_is_close_to_f32() {
     let quant = Quantization::to(test_format());
@@ -103,8 +105,15 @@ fn quantized_at_load_is_close_to_f32() {
         let (want, got) = (logits(&dense, &TOKENS), logits(&q, &TOKENS));
         let diff = max_abs(&want, &got);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!("{}: max |Δlogit| {diff:.2e} (largest logit {scale:.2})", dir.display());
-        assert!(diff > 0.0 && diff < 0.05 * scale.max(1.0), "{}", dir.display());
+        eprintln!(
+            "{}: max |Δlogit| {diff:.2e} (largest logit {scale:.2})",
+            dir.display()
+        );
+        assert!(
+            diff > 0.0 && diff < 0.05 * scale.max(1.0),
+            "{}",
+            dir.display()
+        );
         // Decode reads each projection in blocks: 34 bytes for 32 values instead of 128.
         assert!(
             (q.decode_bytes_per_token() as f64) < 0.6 * dense.decode_bytes_per_token() as f64,
@@ -354,7 +363,10 @@ fn quantized_gguf_loads_in_place() {
     std::fs::remove_file(&path).unwrap();
     let source = checkpoint.source();
     let key = source.blocks("blocks.1.att.key.weight").unwrap();
-    assert_eq!((key.format.as_str(), key.shape.as_slice()), ("q8_0", &[64, 64][..]));
+    assert_eq!(
+        (key.format.as_str(), key.shape.as_slice()),
+        ("q8_0", &[64, 64][..])
+    );
     assert!(key.bytes.is_mapped());
     let both = Quantization::to(test_format()).reading(test_format());
     let model = Model::from_source_quantized(source, &both).unwrap();
@@ -372,8 +384,11 @@ fn quantized_gguf_loads_in_place() {
     // names the tensor and the format.
     if QuantType::Q8_0.format().is_err() {
         let err = Model::from_bytes(bytes).unwrap_err();
-        assert!(matches!(&err, Error::Blocks { name, what }
-            if name.starts_with("blocks.") && what.contains("q8_0")), "{err}");
+        assert!(
+            matches!(&err, Error::Blocks { name, what }
+            if name.starts_with("blocks.") && what.contains("q8_0")),
+            "{err}"
+        );
     }
 }
 
@@ -429,7 +444,9 @@ fn malformed_blocks_are_named_errors() {
     let good = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap().to_string();
+    let header = std::str::from_utf8(&good[8..8 + header_len])
+        .unwrap()
+        .to_string();
     let with_header = |h: String| {
         let mut b = (h.len() as u64).to_le_bytes().to_vec();
         b.extend(h.as_bytes());

@@ -36,9 +36,9 @@ use crate::ops::kernels::Dot;
 use crate::ops::{aligned, Element, Linear};
 use crate::storage::quant::{QuantFormat, QuantSource};
 use crate::storage::Dense;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Storage type of weight matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

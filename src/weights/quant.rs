@@ -294,7 +294,8 @@ pub fn write_quantized_safetensors(
         })
         .collect::<Result<Vec<_>>>()?;
     let meta: std::collections::HashMap<String, String> = meta.into_iter().collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format(e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format(e.to_string()))?;
     crate::save::write_atomic(path, &bytes)?;
     Ok(skipped)
 }

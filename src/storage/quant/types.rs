@@ -126,6 +126,9 @@ pub enum QuantSource<'a> {
     Values(&'a [f32]),
 }
 
+/// How a [`QuantFormat`] builds a matrix.
+type Build = fn(QuantSource, usize, usize) -> Result<Arc<dyn Matrix>, String>;
+
 /// A block format's constructors, chosen at run time: [`QuantFormat::of`] a [`BlockFormat`]
 /// type, or [`QuantType::format`].
 #[derive(Clone, Copy)]
@@ -133,7 +136,7 @@ pub struct QuantFormat {
     name: &'static str,
     values: usize,
     bytes: usize,
-    build: fn(QuantSource, usize, usize) -> Result<Arc<dyn Matrix>, String>,
+    build: Build,
     dequantize: fn(&[u8], &mut [f32]),
     encode: fn(&[f32], &mut [u8]),
 }
@@ -161,7 +164,7 @@ fn build_as<F: BlockFormat>(
             cols,
         )?)),
         QuantSource::Values(values) => {
-            if cols % F::VALUES != 0 || rows.checked_mul(cols) != Some(values.len()) {
+            if !cols.is_multiple_of(F::VALUES) || rows.checked_mul(cols) != Some(values.len()) {
                 return Err(format!(
                     "{} values as {rows} rows of {cols}: not whole {}-value {} blocks",
                     values.len(),
@@ -224,7 +227,7 @@ impl QuantFormat {
 
     /// Whether a matrix with rows of `cols` values splits into whole blocks.
     pub fn fits(&self, cols: usize) -> bool {
-        cols % self.values == 0
+        cols.is_multiple_of(self.values)
     }
 
     /// Bytes of a `[rows, cols]` matrix (`None` if `cols` does not split into whole blocks or
@@ -233,7 +236,9 @@ impl QuantFormat {
         if !self.fits(cols) {
             return None;
         }
-        (cols / self.values).checked_mul(self.bytes)?.checked_mul(rows)
+        (cols / self.values)
+            .checked_mul(self.bytes)?
+            .checked_mul(rows)
     }
 
     /// The `[rows, cols]` matrix of `from`: blocks used in place (each checked), or values
@@ -257,7 +262,7 @@ impl QuantFormat {
     /// # Errors
     /// If `values` is not a whole number of blocks.
     pub fn encode(&self, values: &[f32]) -> Result<Vec<u8>, String> {
-        if values.len() % self.values != 0 {
+        if !values.len().is_multiple_of(self.values) {
             return Err(format!(
                 "{} values are not whole {}-value {} blocks",
                 values.len(),
@@ -275,7 +280,7 @@ impl QuantFormat {
     /// # Errors
     /// If `bytes` is not a whole number of blocks.
     pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, String> {
-        if bytes.len() % self.bytes != 0 {
+        if !bytes.len().is_multiple_of(self.bytes) {
             return Err(format!(
                 "{} bytes are not whole {}-byte {} blocks",
                 bytes.len(),

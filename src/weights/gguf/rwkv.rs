@@ -461,9 +461,7 @@ impl GgufRwkv {
                     // Blocks are decoded, transformed and kept in f32 (when the crate has
                     // the format; otherwise reading the tensor names it).
                     let dtype = match &blocks {
-                        Some(b) if Quantization::none().reader(&b.format).is_ok() => {
-                            Ok(DType::F32)
-                        }
+                        Some(b) if Quantization::none().reader(&b.format).is_ok() => Ok(DType::F32),
                         _ => dtype,
                     };
                     if built.contains_key(&to) {
