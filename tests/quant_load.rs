@@ -477,3 +477,31 @@ fn malformed_blocks_are_named_errors() {
         "{err}"
     );
 }
+
+/// Bytes per token count each matrix in its storage: for a dense f32 model, four bytes per
+/// element of every block matrix and low-rank factor, one f32 embedding row and the head.
+#[test]
+fn decode_bytes_count_the_storages() {
+    for name in ["v4-a", "v6-a"] {
+        let file = SafeTensorsFile::open(fixture(name).join("model.safetensors")).unwrap();
+        let model = Model::from_source(&file).unwrap();
+        let elements: usize = file
+            .names()
+            .into_iter()
+            .filter(|n| {
+                n.starts_with("blocks.")
+                    && (n.ends_with(".weight") || n.contains("_w1") || n.contains("_w2"))
+            })
+            .map(|n| file.shape(n).unwrap())
+            .filter(|s| s.len() >= 2)
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        let c = model.config().n_embd;
+        let head = model.config().vocab * c;
+        assert_eq!(
+            model.decode_bytes_per_token(),
+            4 * (elements + c + head),
+            "{name}"
+        );
+    }
+}
