@@ -192,6 +192,8 @@ fn quantized_safetensors_round_trip() {
         .unwrap();
         assert!(skipped.is_empty());
         let written = SafeTensorsFile::open(&out).unwrap();
+        // As `Model::load` opens it (the container detected, the names checked).
+        let checkpoint = Checkpoint::open(&out).unwrap();
         std::fs::remove_file(&out).unwrap();
         assert_eq!(
             written.metadata()["tokenshift.quant.blocks.0.att.key.weight"],
@@ -202,7 +204,7 @@ fn quantized_safetensors_round_trip() {
         assert_eq!(blocks.shape, [64, 64]);
         assert_eq!(written.shape("blocks.0.att.key.weight").unwrap(), [64, 64]);
         let reading = Quantization::none().reading(test_format());
-        let loaded = Model::from_source_quantized(&written, &reading).unwrap();
+        let loaded = Model::from_source_quantized(checkpoint.source(), &reading).unwrap();
         assert_eq!(
             logits(&loaded, &TOKENS),
             logits(&at_load, &TOKENS),
@@ -504,4 +506,53 @@ fn decode_bytes_count_the_storages() {
             "{name}"
         );
     }
+}
+
+/// The gguf package's own Q8_0 file (`tools/quant/make_quant_gguf.py`: v7-a with every block
+/// projection quantized by `gguf.quants.quantize`) loads its blocks in place under BlinkDL
+/// names and shapes: the blocks are those the test format makes from the same values (bar
+/// rounding ties, numpy rounding half to even: none in this file), and the logits those of
+/// the f32 file quantized at load.
+#[test]
+fn gguf_package_q8_0_file_loads() {
+    let q8 = Checkpoint::open(fixtures_dir().join("quant/v7-a.q8_0.gguf")).unwrap();
+    let f32_file = Checkpoint::open(fixtures_dir().join("formats/gguf/v7-a.f32.gguf")).unwrap();
+    let (q8, dense) = (q8.source(), f32_file.source());
+    let mut blocks = 0;
+    let (mut bytes, mut differ) = (0usize, 0usize);
+    for name in dense.names() {
+        if MatrixRole::of_tensor(name) != Some(MatrixRole::Projection) {
+            assert!(q8.blocks(name).is_none(), "{name}");
+            continue;
+        }
+        let b = q8
+            .blocks(name)
+            .unwrap_or_else(|| panic!("{name} in blocks"));
+        assert_eq!(b.format, "q8_0");
+        assert_eq!(b.shape, dense.shape(name).unwrap(), "{name}");
+        assert!(b.bytes.is_mapped());
+        let values = dense.tensor(name).unwrap().to_f32();
+        let ours = test_format().encode(values.as_slice().unwrap()).unwrap();
+        bytes += ours.len();
+        differ += ours
+            .iter()
+            .zip(b.bytes.as_slice())
+            .filter(|(a, b)| a != b)
+            .count();
+        blocks += 1;
+    }
+    assert_eq!(blocks, 2 * 6);
+    eprintln!("gguf Q8_0 blocks: {differ} of {bytes} bytes differ from the test format's");
+    assert!(differ * 1000 <= bytes, "{differ} of {bytes}");
+
+    let reading = Quantization::none().reading(test_format());
+    let model = Model::from_source_quantized(q8, &reading).unwrap();
+    let at_load = Model::from_source_quantized(dense, &Quantization::to(test_format())).unwrap();
+    assert_eq!(
+        model.decode_bytes_per_token(),
+        at_load.decode_bytes_per_token()
+    );
+    let diff = max_abs(&logits(&model, &TOKENS), &logits(&at_load, &TOKENS));
+    eprintln!("gguf Q8_0 file against quantized at load: max |Δlogit| {diff:.2e}");
+    assert!(diff < 1e-2, "{diff}");
 }
