@@ -165,7 +165,7 @@ impl Model {
     /// [`Model::load`].
     pub fn load_quantized(path: impl AsRef<Path>, ty: QuantType) -> Result<Model> {
         let format = ty.format().map_err(|what| Error::Blocks {
-            name: "(requested format)".into(),
+            name: "(quantizing at load)".into(),
             what,
         })?;
         let checkpoint = Checkpoint::open(path)?;
