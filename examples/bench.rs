@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example bench -- --help
 //! cargo run --release --example bench -- [--model PATH | --layers 12 --embd 768
-//!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16] [--threads N]
+//!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k]
+//!     [--quantize q8_0|q4_0|q4_k|q5_k|q6_k] [--threads N]
 //!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--vs-f32] [--json]
 //! cargo run --release --example bench -- --model PATH --memory
 //! cargo run --release --example bench -- [--layers ...] [--dtype ...] --write-model OUT
@@ -26,7 +27,10 @@
 //!
 //! `--model` takes any checkpoint the crate reads (see `Model::load`) instead of the random
 //! shape (the two exclude each other); with `--dtype` its matrices are converted at load
-//! (`Model::load_as`), without it they are kept as stored. `--memory` only reports the peak
+//! (`Model::load_as`), without it they are kept as stored. A block format (`--dtype q8_0` or
+//! `--quantize q8_0`, ...) quantizes the block projections at load (`Model::load_quantized`;
+//! the random model is made in f32 and quantized); the bytes per token reported (decode's
+//! `MB/token`, JSON `decode_bytes_per_token`) are those of the storages loaded. `--memory` only reports the peak
 //! resident memory of loading and running `--model`; `--write-model OUT` only writes the random
 //! model of the shape and type given.
 
@@ -39,6 +43,7 @@ use std::time::Instant;
 use tokenshift::ops::Linear;
 use tokenshift::storage::Dense;
 use tokenshift::synthetic::{random_checkpoint, random_model, DType};
+use tokenshift::weights::Quantization;
 use tokenshift::{Config, Logits, Model, Version};
 
 /// Best wall time of `runs` calls of `f`, in seconds.
@@ -250,10 +255,14 @@ struct Cli {
     /// RWKV version of the random model: 4, 5.0, 5.1, 5.2, 6 or 7
     #[arg(long, value_name = "V", default_value = "6")]
     version: Version,
-    /// Storage type of the matrices: of the random model (default f32), or the type a --model
-    /// is converted to at load (default: as stored)
-    #[arg(long, value_enum)]
-    dtype: Option<args::Dtype>,
+    /// Storage type of the matrices: f32, f16, bf16, or a block format (q8_0, q4_0, q4_k,
+    /// q5_k, q6_k: the block projections quantized at load, as --quantize). Of the random model
+    /// (default f32), or the type a --model is converted to at load (default: as stored)
+    #[arg(long, value_name = "TYPE")]
+    dtype: Option<args::Storage>,
+    /// Quantize the block projections to this block format at load (the same as --dtype TYPE)
+    #[arg(long, value_name = "TYPE", value_parser = args::parse_quant, conflicts_with = "dtype")]
+    quantize: Option<tokenshift::storage::quant::QuantType>,
     /// Threads of the global pool [default: one per core]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -297,20 +306,37 @@ impl Cli {
         )
     }
 
+    /// The storage asked for by --dtype or --quantize.
+    fn storage(&self) -> Option<args::Storage> {
+        self.quantize.map(args::Storage::Quantized).or(self.dtype)
+    }
+
     /// The model to measure and the type its matrices are reported in (`None`: as stored in
     /// --model).
-    fn build_model(&self) -> Result<(Model, Option<DType>), String> {
-        let dtype = self.dtype.map(DType::from);
-        if let Some(path) = &self.model {
-            let model = match dtype {
-                Some(dtype) => Model::load_as(path, dtype),
-                None => Model::load(path),
-            };
-            return model.map(|m| (m, dtype)).map_err(|e| e.to_string());
-        }
-        let dtype = dtype.unwrap_or(DType::F32);
-        let model = random_model(&self.shape(), dtype, 1).map_err(|e| e.to_string())?;
-        Ok((model, Some(dtype)))
+    fn build_model(&self) -> Result<(Model, Option<String>), String> {
+        let storage = self.storage();
+        let name = storage.map(|s| match s {
+            args::Storage::Dense(d) => format!("{d:?}"),
+            args::Storage::Quantized(q) => format!("{q} (block projections)"),
+        });
+        let model = match (&self.model, storage) {
+            (Some(path), None) => Model::load(path),
+            (Some(path), Some(args::Storage::Dense(d))) => Model::load_as(path, d),
+            (Some(path), Some(args::Storage::Quantized(q))) => Model::load_quantized(path, q),
+            (None, Some(args::Storage::Quantized(q))) => {
+                let format = q.format();
+                random_checkpoint(&self.shape(), DType::F32, 1)
+                    .and_then(|m| Model::from_source_quantized(&m, &Quantization::to(format)))
+            }
+            (None, Some(args::Storage::Dense(d))) => random_model(&self.shape(), d, 1),
+            (None, None) => {
+                let model = random_model(&self.shape(), DType::F32, 1);
+                return model
+                    .map(|m| (m, Some("F32".into())))
+                    .map_err(|e| e.to_string());
+            }
+        };
+        model.map(|m| (m, name)).map_err(|e| e.to_string())
     }
 }
 
@@ -326,7 +352,16 @@ fn main() {
     args::run(|| {
         let cli = Cli::parse();
         if let Some(path) = &cli.write_model {
-            let dtype = cli.dtype.map_or(DType::F32, DType::from);
+            let dtype = match cli.storage() {
+                None => DType::F32,
+                Some(args::Storage::Dense(d)) => d,
+                Some(args::Storage::Quantized(q)) => {
+                    return Err(format!(
+                        "--write-model writes f32, f16 or bf16; write {q} blocks with \
+                         `convert --quantize {q}`"
+                    ))
+                }
+            };
             random_checkpoint(&cli.shape(), dtype, 1)
                 .and_then(|m| m.save(path))
                 .map_err(|e| e.to_string())?;
@@ -365,7 +400,7 @@ fn main() {
         }
         let threads = rayon::current_num_threads();
         let (model, dtype) = cli.build_model()?;
-        let dtype = dtype.map_or("as stored".to_string(), |d| format!("{d:?}"));
+        let dtype = dtype.unwrap_or_else(|| "as stored".to_string());
         let config = model.config().clone();
         let prefill_t = cli.prefill;
         let batch = cli.batch;

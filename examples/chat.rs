@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example chat -- --help
-//! cargo run --release --example chat -- [--model PATH] [--vocab FILE|world|bytes]
+//! cargo run --release --example chat -- [--model PATH] [--quantize q8_0|q4_0|q4_k|q5_k|q6_k] [--vocab FILE|world|bytes]
 //!     [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
 //!     [--state-in S.safetensors] [--state-out S.safetensors]
 //! printf 'Hello\nWho are you?\n' | cargo run --release --example chat -- --model M.safetensors
@@ -66,6 +66,11 @@ struct Cli {
     /// assets/models/kjv-rwkv6.safetensors, not a chat model]
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL, hide_default_value = true)]
     model: String,
+    /// Quantize the block projections to this block format at load: q8_0, q4_0, q4_k, q5_k or
+    /// q6_k (the head, the embedding and matrices not a whole number of blocks wide stay as
+    /// stored)
+    #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
+    quantize: Option<tokenshift::storage::quant::QuantType>,
     /// Tokenizer: `bytes` (byte level, id = byte + 1), `world` (the shipped World vocabulary)
     /// or a World vocabulary file [default: bytes for models with at most 257 outputs, world
     /// otherwise]
@@ -95,7 +100,7 @@ fn main() {
         let cli = Cli::parse();
         let model_path = cli.model.as_str();
         args::refuse_state_out_over_inputs(&cli.state, cli.vocab.as_deref(), model_path)?;
-        let model = Model::load(model_path).map_err(|e| e.to_string())?;
+        let model = args::load_model(model_path, cli.quantize)?;
         eprintln!("{}", model.config());
 
         let vocab = args::Vocab::from_flag(

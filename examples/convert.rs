@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! cargo run --release --example convert -- INPUT OUTPUT [--dtype f32|f16|bf16]
+//!     [--quantize q8_0|q4_0|q4_k|q5_k|q6_k]
 //! cargo run --release --example convert -- rwkv.pth rwkv-f16.safetensors --dtype f16
+//! cargo run --release --example convert -- rwkv.pth rwkv-q8_0.safetensors --quantize q8_0
 //! ```
 //!
 //! `INPUT` is any checkpoint the crate reads (safetensors, GGUF, PyTorch `.pth`, a Hugging Face
@@ -17,6 +19,15 @@
 //! besides the memory-mapped input. It is written atomically (a failed run leaves an existing
 //! `OUTPUT` as it was), and may not be the input (nor a file in an input folder). A progress
 //! bar on stderr follows the bytes written for files over 64 MiB; a summary ends the run.
+//!
+//! With `--quantize TYPE` the block projections (the matrices `Model::load_quantized`
+//! quantizes, `QUANTIZED_BY_DEFAULT`, that are whole blocks wide) are stored quantized, in the
+//! crate's quantized safetensors layout: each as a `U8` tensor of its rows of blocks, the
+//! format named in the header's `__metadata__` under `tokenshift.quant.<tensor name>`. The
+//! file loads with `Model::load` to the same logits as `Model::load_quantized` on the input,
+//! the blocks used in place from the map. Matrices an input already holds in blocks (a
+//! quantized GGUF file) are copied as blocks, with or without `--quantize`. Such a file is
+//! built in memory, then written atomically (no progress bar).
 
 mod args;
 
@@ -24,7 +35,10 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Instant;
-use tokenshift::weights::{element_size, Checkpoint};
+use tokenshift::weights::{
+    element_size, write_quantized_safetensors, Checkpoint, Quantization, SafeTensorsFile,
+    TensorSource,
+};
 use tokenshift::{Config, DType, SafeTensorsStream, StreamEntry};
 
 /// Files larger than this get a progress bar.
@@ -45,6 +59,10 @@ struct Cli {
     /// Type of every floating tensor in the output [default: as stored]
     #[arg(long, value_enum)]
     dtype: Option<args::Dtype>,
+    /// Store the block projections quantized to this block format: q8_0, q4_0, q4_k, q5_k or
+    /// q6_k
+    #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
+    quantize: Option<tokenshift::storage::quant::QuantType>,
     /// No progress bar
     #[arg(long, short)]
     quiet: bool,
@@ -67,6 +85,45 @@ fn main() {
         }
 
         let to = cli.dtype.map(DType::from);
+        let has_blocks = source.names().iter().any(|n| source.blocks(n).is_some());
+        if cli.quantize.is_some() || has_blocks {
+            let quant = match cli.quantize {
+                Some(q) => Quantization::to(q.format()),
+                None => Quantization::none(),
+            };
+            let skipped = write_quantized_safetensors(source, &cli.output, to, &|name, shape| {
+                quant.tensor_target(name, shape)
+            })
+            .map_err(|e| match e {
+                tokenshift::Error::Io { .. } => e.to_string(),
+                other => args::named(&cli.input, other),
+            })?;
+            if !skipped.is_empty() {
+                eprintln!(
+                    "warning: {} tensors in types the crate does not read are left out: {}",
+                    skipped.len(),
+                    skipped.join(", ")
+                );
+            }
+            let out = SafeTensorsFile::open(&cli.output).map_err(|e| e.to_string())?;
+            let quantized = out
+                .names()
+                .iter()
+                .filter(|n| out.blocks(n).is_some())
+                .count();
+            let out_size = std::fs::metadata(&cli.output)
+                .map_err(|e| format!("`{}`: {e}", cli.output.display()))?
+                .len();
+            println!(
+                "wrote {}: {} tensors, {quantized} of them in blocks{}, {out_size} bytes out, \
+                 {:.2} s",
+                cli.output.display(),
+                out.names().len(),
+                cli.quantize.map_or(String::new(), |q| format!(" ({q})")),
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
         let mut bytes_in = 0u64;

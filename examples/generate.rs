@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example generate
 //! cargo run --release --example generate -- --help
-//! cargo run --release --example generate -- [--model PATH] [--vocab FILE|world|bytes]
+//! cargo run --release --example generate -- [--model PATH] [--quantize q8_0|q4_0|q4_k|q5_k|q6_k] [--vocab FILE|world|bytes]
 //!     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
 //!     [--state-in S.safetensors] [--state-out S.safetensors]
 //! ```
@@ -33,7 +33,7 @@ mod args;
 use clap::Parser;
 use std::io::{ErrorKind, Write};
 use std::time::Instant;
-use tokenshift::{Model, Sampler, SamplerConfig, Session, State, StopReason, TextStream};
+use tokenshift::{Sampler, SamplerConfig, Session, State, StopReason, TextStream};
 
 const DEFAULT_MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -52,6 +52,11 @@ struct Cli {
     /// assets/models/kjv-rwkv6.safetensors]
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL, hide_default_value = true)]
     model: String,
+    /// Quantize the block projections to this block format at load: q8_0, q4_0, q4_k, q5_k or
+    /// q6_k (the head, the embedding and matrices not a whole number of blocks wide stay as
+    /// stored)
+    #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
+    quantize: Option<tokenshift::storage::quant::QuantType>,
     /// Tokenizer: `bytes` (byte level, id = byte + 1), `world` (the shipped World vocabulary)
     /// or a World vocabulary file [default: bytes for models with at most 257 outputs, world
     /// otherwise]
@@ -84,7 +89,7 @@ fn main() {
         let cli = Cli::parse();
         let model_path = cli.model.as_str();
         args::refuse_state_out_over_inputs(&cli.state, cli.vocab.as_deref(), model_path)?;
-        let model = Model::load(model_path).map_err(|e| e.to_string())?;
+        let model = args::load_model(model_path, cli.quantize)?;
         eprintln!("{}", model.config());
 
         let vocab = args::Vocab::from_flag(

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example logits -- --help
-//! cargo run --release --example logits -- --model PATH --tokens 1,2,3 \
+//! cargo run --release --example logits -- --model PATH [--quantize q8_0] --tokens 1,2,3 \
 //!     [--mode seq|step] [--out OUT.safetensors] [--state-out S.safetensors]
 //! ```
 //!
@@ -16,7 +16,7 @@ mod args;
 use clap::Parser;
 use ndarray::{stack, Array2, Axis};
 use safetensors::tensor::{Dtype, TensorView};
-use tokenshift::{Logits, Model};
+use tokenshift::Logits;
 
 /// How the tokens are run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,6 +35,11 @@ struct Cli {
     /// (the container is detected from the file)
     #[arg(long, value_name = "PATH")]
     model: String,
+    /// Quantize the block projections to this block format at load: q8_0, q4_0, q4_k, q5_k or
+    /// q6_k (the head, the embedding and matrices not a whole number of blocks wide stay as
+    /// stored)
+    #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
+    quantize: Option<tokenshift::storage::quant::QuantType>,
     /// Comma-separated token ids to run
     #[arg(long, value_name = "IDS")]
     tokens: args::TokenIds,
@@ -74,7 +79,7 @@ fn main() {
                 ));
             }
         }
-        let model = Model::load(model_path).map_err(|e| e.to_string())?;
+        let model = args::load_model(model_path, cli.quantize)?;
         println!("{}", model.config());
         let tokens = &cli.tokens.0;
         let mut state = model.init_state();

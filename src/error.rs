@@ -51,6 +51,15 @@ pub enum Error {
         /// The stored type.
         dtype: String,
     },
+    /// A block-quantized tensor cannot be used: its format is unknown or not implemented, its
+    /// bytes are not its shape's blocks, or a block is bad (e.g. a NaN scale).
+    #[error("tensor `{name}`: {what}")]
+    Blocks {
+        /// Full tensor name.
+        name: String,
+        /// What is wrong.
+        what: String,
+    },
     /// The tensor names do not match any RWKV version the crate knows.
     #[error("unrecognised checkpoint: {0}")]
     UnknownVersion(String),

@@ -5,9 +5,13 @@ use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::ops::{with_team, LayerNorm, Linear, Team, TeamBuffers};
 use crate::state::{State, StateShape};
-use crate::weights::{Checkpoint, DType, SafeTensorsFile, Scope, TensorSource, TensorSpec};
+use crate::storage::quant::QuantType;
+use crate::weights::{
+    Checkpoint, DType, Quantization, SafeTensorsFile, Scope, TensorSource, TensorSpec,
+};
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut1, Axis};
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 
 /// Tokens per piece of a prompt in [`Model::forward`]: the prompt's intermediates (about
 /// fifteen `[T, C]` arrays and the channel mix's `[T, F]`) are this many rows long at most.
@@ -69,6 +73,8 @@ pub struct Model {
     ln_out: LayerNorm,
     /// `head.weight`, `[V, C]`.
     head: Linear,
+    /// Storage bytes of every matrix of the blocks (projections and low-rank factors).
+    block_bytes: usize,
 }
 
 /// The token embedding: `emb.weight` as stored (in place in a memory-mapped file), with
@@ -144,8 +150,46 @@ impl Model {
     /// # Errors
     /// As [`Model::from_source`].
     pub fn from_source_as(source: &dyn TensorSource, dtype: Option<DType>) -> Result<Model> {
+        Self::from_source_with(source, dtype, &Quantization::none())
+    }
+
+    /// Loads a checkpoint with the block projections (the matrices of
+    /// [`QUANTIZED_BY_DEFAULT`](crate::weights::QUANTIZED_BY_DEFAULT)) quantized to `ty` from
+    /// their stored values (f32, f16 or bf16). A matrix whose rows do not split into whole
+    /// blocks (e.g. a channel mix's `value` of width 224 in a 256-value format) stays as
+    /// stored, and so do the head, the embedding, the low-rank factors and the vectors. A
+    /// matrix the file already holds in blocks is used as it is.
+    ///
+    /// # Errors
+    /// The errors of [`Model::load`], and [`Error::Blocks`] naming a tensor whose blocks in
+    /// the file are bad.
+    pub fn load_quantized(path: impl AsRef<Path>, ty: QuantType) -> Result<Model> {
+        let checkpoint = Checkpoint::open(path)?;
+        Self::from_source_quantized(checkpoint.source(), &Quantization::to(ty.format()))
+    }
+
+    /// [`Model::from_source`] with matrices quantized at load and blocks in the source read as
+    /// `quant` says (see [`Quantization`]).
+    ///
+    /// # Errors
+    /// As [`Model::from_source`], and [`Error::Blocks`] naming the tensor for blocks in an
+    /// unknown or unavailable format, of the wrong length, or bad (e.g. a NaN scale).
+    pub fn from_source_quantized(source: &dyn TensorSource, quant: &Quantization) -> Result<Model> {
+        Self::from_source_with(source, None, quant)
+    }
+
+    /// The loader behind every other: matrices converted to `dtype` when it is given,
+    /// quantized as `quant` says.
+    fn from_source_with(
+        source: &dyn TensorSource,
+        dtype: Option<DType>,
+        quant: &Quantization,
+    ) -> Result<Model> {
         let config = Config::from_source(source)?;
-        let root = Scope::new(source).with_matrix_dtype(dtype);
+        let tally = AtomicUsize::new(0);
+        let root = Scope::new(source)
+            .with_matrix_dtype(dtype)
+            .with_quantization(quant);
         for specs in Self::tensor_spec_groups(source, &config) {
             root.check(&specs)?;
         }
@@ -153,19 +197,27 @@ impl Model {
         let ln = |s: Scope| -> Result<LayerNorm> {
             Ok(LayerNorm::new(s.vector("weight", c)?, s.vector("bias", c)?))
         };
+        let table = root.linear("emb.weight", v, c)?;
+        // The official loaders round the normalised rows to a half-precision table's type;
+        // a table of blocks is decoded, not rounded to blocks.
+        let dense = matches!(table.matrix().type_name(), "f32" | "f16" | "bf16");
         let emb = Embedding {
-            table: root.linear("emb.weight", v, c)?,
+            table,
             ln0: ln(root.pp("blocks.0.ln0"))?,
-            rounded: config.version != Version::V7,
+            rounded: config.version != Version::V7 && dense,
         };
         let blocks = (0..config.n_layer)
-            .map(|i| Block::load(&root.pp(&format!("blocks.{i}")), &config, i))
+            .map(|i| {
+                let scope = root.pp(&format!("blocks.{i}")).with_tally(&tally);
+                Block::load(&scope, &config, i)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Model {
             emb,
             blocks,
             ln_out: ln(root.pp("ln_out"))?,
             head: root.linear("head.weight", v, c)?,
+            block_bytes: tally.into_inner(),
             config,
         })
     }
@@ -422,14 +474,11 @@ impl Model {
     }
 
     /// Bytes of weights one [`Model::step`] reads: every matrix of every block, the head, the
-    /// RWKV-6/7 low-rank matrices and one embedding row (per-channel vectors, under 0.1% of the
-    /// total, are left out). Decode speed × this / memory bandwidth is decode's roofline ratio.
+    /// RWKV-6/7 low-rank matrices, each in its storage (f32, f16, bf16 or blocks, as loaded),
+    /// and one embedding row in f32 (per-channel vectors, under 0.1% of the total, are left
+    /// out). Decode speed × this / memory bandwidth is decode's roofline ratio.
     pub fn decode_bytes_per_token(&self) -> usize {
-        let c = &self.config;
-        let bytes = self.head.size_bytes() / (c.vocab * c.n_embd);
-        (self.matrix_elements() + self.lora_elements()) * bytes
-            + c.n_embd * 4
-            + self.head.size_bytes()
+        self.block_bytes + self.config.n_embd * 4 + self.head.size_bytes()
     }
 
     /// Multiply-adds × 2 per token of a long prompt whose last logits only are computed: the

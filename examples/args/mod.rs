@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use tokenshift::storage::quant::QuantType;
 use tokenshift::weights::SafeTensorsFile;
 use tokenshift::{ByteTokenizer, DType, Model, State, Tokenizer, WorldTokenizer};
 
@@ -30,6 +31,45 @@ impl From<Dtype> for DType {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::Bf16 => DType::Bf16,
+        }
+    }
+}
+
+/// `--quantize`'s value: a block format (`q8_0`, `q4_0`, `q4_k`, `q5_k`, `q6_k`).
+pub fn parse_quant(s: &str) -> Result<QuantType, String> {
+    s.parse()
+}
+
+/// The model at `path`, with its block projections quantized to `quantize` at load when it is
+/// given (`Model::load_quantized`).
+pub fn load_model(path: &str, quantize: Option<QuantType>) -> Result<Model, String> {
+    match quantize {
+        Some(q) => Model::load_quantized(path, q),
+        None => Model::load(path),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// A storage type of weight matrices named on the command line: a dense type or a block
+/// format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// f32, f16 or bf16.
+    Dense(DType),
+    /// A block format.
+    Quantized(QuantType),
+}
+
+impl FromStr for Storage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Storage, String> {
+        match s {
+            "f32" => Ok(Storage::Dense(DType::F32)),
+            "f16" => Ok(Storage::Dense(DType::F16)),
+            "bf16" => Ok(Storage::Dense(DType::Bf16)),
+            _ => s.parse().map(Storage::Quantized).map_err(|_| {
+                format!("unknown storage type `{s}`: expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k")
+            }),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! key/value pairs and tensor descriptions, then the tensor data, aligned.
 //!
 //! [`GgufFile::parse`] reads the header into a [`TensorTable`] over the file's bytes (tensors of
-//! type F32, F16 and BF16 are used in place; every other GGML type is listed under its name so a
-//! loader can name it in an error). Every count, length and offset is checked against the
+//! type F32, F16 and BF16 are used in place; so are Q8_0, Q4_0, Q4_K, Q5_K and Q6_K, as blocks
+//! (see [`TensorSource::blocks`](super::TensorSource::blocks)); every other GGML type is listed
+//! under its name so a loader can name it in an error). Every count, length and offset is checked against the
 //! file's length before anything is allocated, so arbitrary bytes give an error, never a panic
 //! or a huge allocation. [`GgufFile::into_rwkv`] maps llama.cpp's `rwkv6` and `rwkv7` tensors
 //! back to BlinkDL names and layouts (see [`GgufRwkv`]).
@@ -393,6 +394,7 @@ impl GgufFile {
             .ok_or("the data section starts beyond any file")?;
         let mut tensors = Vec::with_capacity(described.len());
         let mut entries = Vec::with_capacity(described.len());
+        let mut blocks = Vec::new();
         for Described {
             name,
             dims,
@@ -431,6 +433,9 @@ impl GgufFile {
                     )
                 })?;
             let shape: Vec<usize> = dims.iter().rev().copied().collect();
+            if let Some(q) = crate::storage::quant::QuantType::from_ggml(ty) {
+                blocks.push((name.clone(), q.name().to_string(), shape.clone()));
+            }
             entries.push((
                 name.clone(),
                 TableEntry {
@@ -447,7 +452,7 @@ impl GgufFile {
                 range,
             });
         }
-        let table = TensorTable::new(bytes, entries)?;
+        let table = TensorTable::new(bytes, entries)?.with_blocks(blocks)?;
         Ok(GgufFile {
             file: file.to_string(),
             version,

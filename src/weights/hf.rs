@@ -194,6 +194,10 @@ impl TensorSource for ShardedSafeTensors {
     fn raw(&self, name: &str) -> Option<RawTensor> {
         self.shard(name)?.raw(name)
     }
+
+    fn blocks(&self, name: &str) -> Option<super::RawBlocks> {
+        self.shard(name)?.blocks(name)
+    }
 }
 
 /// Opens the Hugging Face folder `dir` and returns its tensors under BlinkDL names, after

@@ -13,6 +13,7 @@ mod memory;
 mod names;
 mod pickle;
 mod pth;
+mod quant;
 mod safetensors;
 mod table;
 
@@ -22,6 +23,10 @@ pub use self::hf::{open_folder, ShardedSafeTensors};
 pub use self::memory::TensorMap;
 pub use self::names::{blinkdl_view, detect_scheme, NameScheme, Renamed};
 pub use self::pth::PthFile;
+pub use self::quant::{
+    write_quantized_safetensors, MatrixRole, Quantization, RawBlocks, QUANTIZED_BY_DEFAULT,
+    QUANT_METADATA_PREFIX,
+};
 pub use self::safetensors::SafeTensorsFile;
 pub use self::table::{element_size, RawTensor, TableEntry, TensorTable};
 
@@ -29,9 +34,11 @@ use crate::error::{Error, Result};
 use crate::ops::gemm::Transpose;
 use crate::ops::kernels::Dot;
 use crate::ops::{aligned, Element, Linear};
+use crate::storage::quant::{QuantFormat, QuantSource};
 use crate::storage::Dense;
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Storage type of weight matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -149,6 +156,15 @@ pub trait TensorSource: Send + Sync {
         let _ = name;
         None
     }
+    /// The tensor `name` as blocks of a quantized format seen in place in a file's bytes, for
+    /// a source that holds it so (a GGUF `Q8_0` tensor, a quantized tensor of the crate's
+    /// safetensors layout); `None` otherwise. Such a tensor's [`TensorSource::dtype`] is `Err`
+    /// (the container's name for the type) and [`TensorSource::tensor`] decodes it to f32 with
+    /// the crate's format, when it has it.
+    fn blocks(&self, name: &str) -> Option<RawBlocks> {
+        let _ = name;
+        None
+    }
 }
 
 /// A tensor a loader reads: its full name and the shape it must have, compared as
@@ -177,6 +193,8 @@ pub struct Scope<'a> {
     source: &'a dyn TensorSource,
     prefix: String,
     matrices: Option<DType>,
+    quant: Option<&'a Quantization>,
+    tally: Option<&'a AtomicUsize>,
 }
 
 /// Drops the size-1 axes, as the official loader's `squeeze` does.
@@ -191,7 +209,49 @@ impl<'a> Scope<'a> {
             source,
             prefix: String::new(),
             matrices: None,
+            quant: None,
+            tally: None,
         }
+    }
+
+    /// This scope with matrices quantized at load and blocks in the file read as `quant`
+    /// says (without it: nothing quantized, blocks read with the crate's formats). A matrix
+    /// the file holds in blocks is used as it is, whatever [`Scope::with_matrix_dtype`] asks.
+    pub fn with_quantization(mut self, quant: &'a Quantization) -> Self {
+        self.quant = Some(quant);
+        self
+    }
+
+    /// This scope with the storage bytes of every matrix built by [`Scope::linear`] and the
+    /// low-rank getters added to `tally` (what a model's blocks read per token).
+    pub fn with_tally(mut self, tally: &'a AtomicUsize) -> Self {
+        self.tally = Some(tally);
+        self
+    }
+
+    /// Adds `layers`' storage bytes to the tally, if there is one.
+    fn count(&self, layers: &[Linear]) {
+        if let Some(t) = self.tally {
+            let n: usize = layers.iter().map(Linear::size_bytes).sum();
+            t.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The format blocks named `name` are read with.
+    fn reader(&self, path: &str, name: &str) -> Result<QuantFormat> {
+        let none = Quantization::none();
+        self.quant
+            .unwrap_or(&none)
+            .reader(name)
+            .map_err(|what| Error::Blocks {
+                name: path.to_string(),
+                what,
+            })
+    }
+
+    /// The format a matrix of `role` with rows of `cols` values is quantized to at load.
+    fn target(&self, role: MatrixRole, cols: usize) -> Option<QuantFormat> {
+        self.quant.and_then(|q| q.target(role, cols))
     }
 
     /// This scope with every matrix read by [`Scope::linear`] converted to `dtype` (`None`:
@@ -207,6 +267,8 @@ impl<'a> Scope<'a> {
             source: self.source,
             prefix: self.path(name),
             matrices: self.matrices,
+            quant: self.quant,
+            tally: self.tally,
         }
     }
 
@@ -268,6 +330,7 @@ impl<'a> Scope<'a> {
         }
         match self.source.dtype(path).ok_or_else(missing)? {
             Ok(_) => Ok(()),
+            Err(_) if self.source.blocks(path).is_some() => Ok(()),
             Err(dtype) => Err(Error::Dtype {
                 name: path.to_string(),
                 dtype,
@@ -344,24 +407,65 @@ impl<'a> Scope<'a> {
         // One matrix is named by its own shape in errors, a stack by the stacked one.
         let stacked = [count, inp, out];
         let mut t = self.tensor(name, &stacked[usize::from(count == 1)..])?;
+        let shape = (count, inp, out);
+        if let Some(format) = self.target(MatrixRole::LowRank, inp) {
+            // Each transpose `[out, in]` quantized from its f32 values.
+            let path = self.path(name);
+            let parts = transposes(t.into_f32(), shape);
+            let layers = parts
+                .iter()
+                .map(|l| quantized(&path, format, &l.to_f32()))
+                .collect::<Result<Vec<_>>>()?;
+            self.count(&layers);
+            return Ok(layers);
+        }
         if let Some(dtype) = self.matrices {
             t = t.to_dtype(dtype);
         }
-        let shape = (count, inp, out);
-        Ok(match t {
+        let layers = match t {
             Tensor::F32(a) => transposes(a, shape),
             Tensor::F16(a) => transposes(a, shape),
             Tensor::Bf16(a) => transposes(a, shape),
-        })
+        };
+        self.count(&layers);
+        Ok(layers)
     }
 
     /// A linear layer stored PyTorch style as `[out, in]` (or with extra size-1 axes, by the
     /// rule of [`Scope::tensor`]), kept in its storage type (or the scope's matrix type, see
     /// [`Scope::with_matrix_dtype`]). A matrix the source holds in place in a file's bytes
-    /// ([`TensorSource::raw`]) in the type wanted is used there, not copied.
+    /// ([`TensorSource::raw`]) in the type wanted is used there, not copied; so is a matrix
+    /// stored in blocks ([`TensorSource::blocks`]), every block checked. A matrix whose role
+    /// ([`MatrixRole::of_linear`]) the scope's [`Quantization`] quantizes is quantized from its
+    /// f32 values, unless its rows do not split into whole blocks (then it is kept as above).
+    ///
+    /// # Errors
+    /// Those of [`Scope::check`]; [`Error::Blocks`] naming the tensor for blocks in an unknown
+    /// or unavailable format, a byte count that is not the matrix's blocks, or a bad block.
     pub fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+        let layer = self.linear_uncounted(name, out, inp)?;
+        self.count(std::slice::from_ref(&layer));
+        Ok(layer)
+    }
+
+    /// [`Scope::linear`] without adding to the tally.
+    fn linear_uncounted(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         let path = self.path(name);
         self.check_path(&path, &[out, inp])?;
+        if let Some(blocks) = self.source.blocks(&path) {
+            let format = self.reader(&path, &blocks.format)?;
+            let m = format
+                .build(QuantSource::Blocks(&blocks.bytes), out, inp)
+                .map_err(|what| Error::Blocks {
+                    name: path.clone(),
+                    what: format!("{} blocks: {what}", blocks.format),
+                })?;
+            return Ok(Linear::shared(m));
+        }
+        if let Some(format) = self.target(MatrixRole::of_linear(&path), inp) {
+            let a = into_matrix(self.source.tensor(&path)?.into_f32(), (out, inp));
+            return quantized(&path, format, &a);
+        }
         if let Some(raw) = self.source.raw(&path) {
             if self.matrices.is_none_or(|d| d == raw.dtype) {
                 if let Some(layer) = mapped(raw, out, inp) {
@@ -380,6 +484,20 @@ impl<'a> Scope<'a> {
             Tensor::Bf16(a) => Linear::new(Dense::new(into_matrix(a, shape))),
         })
     }
+}
+
+/// A layer over `a` quantized to `format` (`path` names the matrix in errors).
+fn quantized(path: &str, format: QuantFormat, a: &Array2<f32>) -> Result<Linear> {
+    let (rows, cols) = a.dim();
+    let a = a.as_standard_layout();
+    let values = a.as_slice().expect("standard layout");
+    let m = format
+        .build(QuantSource::Values(values), rows, cols)
+        .map_err(|what| Error::Blocks {
+            name: path.to_string(),
+            what,
+        })?;
+    Ok(Linear::shared(m))
 }
 
 /// A layer over the `[out, inp]` values of `raw` in place, if they are aligned for their type.

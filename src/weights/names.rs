@@ -438,6 +438,13 @@ impl TensorSource for Renamed {
             Entry::Transposed(_) | Entry::Zeros(_) => None,
         }
     }
+
+    fn blocks(&self, name: &str) -> Option<super::RawBlocks> {
+        match self.entries.get(name)? {
+            Entry::Same(source) => self.inner.blocks(source),
+            _ => None,
+        }
+    }
 }
 
 /// `source` under BlinkDL names: unchanged when it already uses them, else wrapped in the

@@ -1,4 +1,5 @@
-//! Reading safetensors files whose tensors are f32, f16 or bf16.
+//! Reading safetensors files whose tensors are f32, f16 or bf16, or blocks of a quantized
+//! format in the crate's layout (see [`write_quantized_safetensors`](super::write_quantized_safetensors)).
 //!
 //! A file opened from a path is mapped into memory, not read: the header is parsed and checked
 //! against the file's length, and each tensor is seen in place in its own byte range, so a
@@ -167,10 +168,40 @@ impl SafeTensorsFile {
             })
             .collect();
         entries.sort_by_key(|(_, e)| e.range.start);
-        let table = TensorTable::new(bytes, entries).map_err(format_error)?;
+        let meta = metadata.metadata().clone().unwrap_or_default();
+        // The crate's quantized layout: `U8` tensors of blocks named in the metadata.
+        let mut blocks = Vec::new();
+        for (key, format) in &meta {
+            let Some(name) = key.strip_prefix(super::QUANT_METADATA_PREFIX) else {
+                continue;
+            };
+            let Some((_, entry)) = entries.iter().find(|(n, _)| n == name) else {
+                return Err(format_error(format!(
+                    "metadata `{key}` names no tensor of the file"
+                )));
+            };
+            if entry.dtype != Err("U8".to_string()) {
+                return Err(format_error(format!(
+                    "tensor `{name}`: stored as {:?}, but metadata `{key}` makes it {format} \
+                     blocks (stored as U8)",
+                    entry.dtype
+                )));
+            }
+            let shape =
+                super::quant::logical_shape(name, format, &entry.shape).map_err(format_error)?;
+            let format = format
+                .parse::<crate::storage::quant::QuantType>()
+                .map_err(format_error)?
+                .name()
+                .to_string();
+            blocks.push((name.to_string(), format, shape));
+        }
+        let table = TensorTable::new(bytes, entries)
+            .and_then(|t| t.with_blocks(blocks))
+            .map_err(format_error)?;
         Ok(SafeTensorsFile {
             table,
-            metadata: metadata.metadata().clone().unwrap_or_default(),
+            metadata: meta,
         })
     }
 

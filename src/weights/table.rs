@@ -2,6 +2,7 @@
 //! `.pth`, GGUF) produces once it has parsed its header, so that reading a tensor, checking it
 //! and using it in place from a memory map is written once.
 
+use super::quant::RawBlocks;
 use super::{DType, Tensor, TensorSource};
 use crate::error::{Error, Result};
 use crate::ops::aligned;
@@ -107,6 +108,10 @@ macro_rules! tensor_source_via_table {
             fn raw(&self, name: &str) -> Option<$crate::weights::RawTensor> {
                 self.table.raw(name)
             }
+
+            fn blocks(&self, name: &str) -> Option<$crate::weights::RawBlocks> {
+                self.table.blocks(name)
+            }
         }
     };
 }
@@ -118,6 +123,8 @@ pub struct TensorTable {
     bytes: SharedBytes,
     entries: HashMap<String, TableEntry>,
     order: Vec<String>,
+    /// The entries that hold block-quantized values: name → (format name, shape of the values).
+    blocks: HashMap<String, (String, Vec<usize>)>,
 }
 
 impl TensorTable {
@@ -166,7 +173,31 @@ impl TensorTable {
             bytes,
             entries: map,
             order,
+            blocks: HashMap::new(),
         })
+    }
+
+    /// The table with the entries named in `blocks` marked as block-quantized: `(name, format,
+    /// shape)`, the format as the crate names it (`q8_0`, ...) and the shape of the values
+    /// (outermost axis first), which replaces the entry's. Such an entry keeps its `Err` type
+    /// (the container's name for it) and is handed out by [`TensorSource::blocks`]; its bytes
+    /// are checked against the shape when a format reads them.
+    ///
+    /// # Errors
+    /// A message naming a tensor that is not in the table or has a type the crate reads.
+    pub fn with_blocks(
+        mut self,
+        blocks: Vec<(String, String, Vec<usize>)>,
+    ) -> std::result::Result<Self, String> {
+        for (name, format, shape) in blocks {
+            match self.entries.get(&name) {
+                Some(TableEntry { dtype: Err(_), .. }) => {}
+                Some(_) => return Err(format!("tensor `{name}` is not stored in blocks")),
+                None => return Err(format!("no tensor `{name}` to store in {format} blocks")),
+            }
+            self.blocks.insert(name, (format, shape));
+        }
+        Ok(self)
     }
 
     /// The file's bytes.
@@ -191,6 +222,9 @@ impl TensorSource for TensorTable {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some((_, shape)) = self.blocks.get(name) {
+            return Some(shape.clone());
+        }
         self.entries.get(name).map(|e| e.shape.clone())
     }
 
@@ -201,6 +235,16 @@ impl TensorSource for TensorTable {
     fn tensor(&self, name: &str) -> Result<Tensor> {
         if let Some(raw) = self.raw(name) {
             return Ok(raw.decode());
+        }
+        if let Some(blocks) = self.blocks(name) {
+            // A block-quantized tensor read as values: decoded with the crate's format.
+            let format = super::quant::Quantization::none()
+                .reader(&blocks.format)
+                .map_err(|what| Error::Blocks {
+                    name: name.to_string(),
+                    what,
+                })?;
+            return blocks.decode(name, format);
         }
         Err(match self.entries.get(name) {
             None => Error::MissingTensor(name.to_string()),
@@ -223,6 +267,16 @@ impl TensorSource for TensorTable {
         Some(RawTensor {
             dtype: e.dtype.clone().ok()?,
             shape: e.shape.clone(),
+            bytes: self.bytes.slice(e.range.clone()).expect("checked by new"),
+        })
+    }
+
+    fn blocks(&self, name: &str) -> Option<RawBlocks> {
+        let (format, shape) = self.blocks.get(name)?;
+        let e = self.entries.get(name)?;
+        Some(RawBlocks {
+            format: format.clone(),
+            shape: shape.clone(),
             bytes: self.bytes.slice(e.range.clone()).expect("checked by new"),
         })
     }

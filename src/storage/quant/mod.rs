@@ -9,19 +9,21 @@
 mod q4_0;
 mod q8_0;
 mod q8_act;
+mod types;
 
 pub use q4_0::Q4_0;
 pub use q8_0::Q8_0;
 pub use q8_act::{Q8Act, Q8_ACT_BLOCK};
+pub use types::{quantized_matrix, QuantFormat, QuantSource, QuantType};
 
 use super::SharedBytes;
 use crate::ops::{Cpu, Matrix};
 use std::ops::Range;
 
-pub mod q4_k;
-pub mod q5_k;
-pub mod q6_k;
-pub mod q8_k;
+mod q4_k;
+mod q5_k;
+mod q6_k;
+mod q8_k;
 
 pub use q4_k::Q4K;
 pub use q5_k::Q5K;

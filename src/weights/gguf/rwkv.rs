@@ -17,12 +17,20 @@
 //!   match): multiplied back here (exact, powers of two), so the crate's unscaled math applies.
 //!
 //! The decays (`time_decay`, `w0`) and `time_faaaa` are stored as BlinkDL stores them.
+//!
+//! A matrix stored in one of the crate's block formats (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) that is
+//! only renamed is used in place as blocks. One that is transposed or rescaled (the low-rank
+//! factors, RWKV-6's rescaled `att.output`/`ffn.value`) is decoded to f32, transformed, and
+//! kept in f32: re-quantizing a transposed matrix would round it a second time along other
+//! blocks, and these matrices are small (the low-rank factors) or few; a load that quantizes
+//! (`Model::load_quantized`) quantizes them again if their role is quantized.
 
 use super::{gguf_error, GgufFile, GgufValue};
 use crate::error::{Error, Result};
 use crate::ops::aligned;
 use crate::weights::{
-    element_size, DType, RawTensor, TableEntry, Tensor, TensorSource, TensorTable,
+    element_size, DType, Quantization, RawBlocks, RawTensor, TableEntry, Tensor, TensorSource,
+    TensorTable,
 };
 use ndarray::ArrayD;
 use std::collections::HashMap;
@@ -272,6 +280,7 @@ impl GgufRwkv {
         }
 
         let mut views = Vec::new();
+        let mut view_blocks = Vec::new();
         let mut built = HashMap::new();
         let mut built_order = Vec::new();
         let mut blocks_seen = 0usize;
@@ -357,15 +366,22 @@ impl GgufRwkv {
                 .dtype
                 .clone()
                 .map_err(|t| format!("{t} (GGUF tensor `{name}`)"));
+            // A matrix in one of the crate's block formats.
+            let blocks = gguf.table().blocks(name);
             match target {
                 Target::Drop => {}
-                Target::Rename(to) => views.push((
-                    to,
-                    TableEntry {
-                        dtype,
-                        ..entry.clone()
-                    },
-                )),
+                Target::Rename(to) => {
+                    if let Some(b) = &blocks {
+                        view_blocks.push((to.clone(), b.format.clone(), b.shape.clone()));
+                    }
+                    views.push((
+                        to,
+                        TableEntry {
+                            dtype,
+                            ..entry.clone()
+                        },
+                    ))
+                }
                 Target::Reshape(to, shape) => {
                     let n: usize = info.shape.iter().product();
                     if n != shape.iter().product::<usize>() {
@@ -430,6 +446,9 @@ impl GgufRwkv {
                         shape.swap(r - 2, r - 1);
                     }
                     if op == Op::Scale(1.0) {
+                        if let Some(b) = &blocks {
+                            view_blocks.push((to.clone(), b.format.clone(), b.shape.clone()));
+                        }
                         views.push((
                             to,
                             TableEntry {
@@ -439,6 +458,12 @@ impl GgufRwkv {
                         ));
                         continue;
                     }
+                    // Blocks are decoded, transformed and kept in f32 (when the crate has
+                    // the format; otherwise reading the tensor names it).
+                    let dtype = match &blocks {
+                        Some(b) if Quantization::none().reader(&b.format).is_ok() => Ok(DType::F32),
+                        _ => dtype,
+                    };
                     if built.contains_key(&to) {
                         return Err(format!("tensor `{name}` appears twice"));
                     }
@@ -468,7 +493,8 @@ impl GgufRwkv {
         {
             return Err(format!("tensor `{name}` is given twice"));
         }
-        let views = TensorTable::new(gguf.table().bytes().clone(), views)?;
+        let views =
+            TensorTable::new(gguf.table().bytes().clone(), views)?.with_blocks(view_blocks)?;
         Ok((arch, views, built, built_order))
     }
 }
@@ -694,6 +720,10 @@ impl TensorSource for GgufRwkv {
 
     fn raw(&self, name: &str) -> Option<RawTensor> {
         self.views.raw(name)
+    }
+
+    fn blocks(&self, name: &str) -> Option<RawBlocks> {
+        self.views.blocks(name)
     }
 }
 

@@ -1,0 +1,543 @@
+//! Block-quantized weights at load: quantizing a fixture model's projections at load gives
+//! logits close to f32; the crate's quantized safetensors layout round-trips them exactly;
+//! a GGUF file whose matrices are quantized loads them in place; malformed blocks are errors
+//! naming the tensor.
+//!
+//! The crate's formats are plugged in by name (`QuantType::format`); these tests run the
+//! plumbing with a format of their own, `TestQ8`, laid out as GGML's Q8_0 (an f16 scale and 32
+//! signed bytes per 32 values), so they hold for any `BlockFormat`.
+
+mod common;
+
+use common::*;
+use half::f16;
+use ndarray::Array2;
+use tokenshift::ops::Cpu;
+use tokenshift::storage::quant::QuantFormat;
+use tokenshift::storage::BlockFormat;
+use tokenshift::weights::{
+    write_quantized_safetensors, Checkpoint, GgufFile, GgufValue, MatrixRole, Quantization,
+    SafeTensorsFile, TensorSource,
+};
+use tokenshift::{Error, Logits, Model};
+
+/// GGML's Q8_0 layout, written plainly: `d` (f16) then 32 values `q` with `x = d · q`.
+#[derive(Debug)]
+struct TestQ8;
+
+impl BlockFormat for TestQ8 {
+    const NAME: &'static str = "q8_0";
+    const VALUES: usize = 32;
+    const BYTES: usize = 34;
+    type Activation = Vec<f32>;
+
+    fn dequantize(block: &[u8], out: &mut [f32]) {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        for (o, &q) in out.iter_mut().zip(&block[2..34]) {
+            *o = d * f32::from(q as i8);
+        }
+    }
+
+    fn quantize(values: &[f32], block: &mut [u8]) {
+        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for (b, v) in block[2..34].iter_mut().zip(values) {
+            *b = ((v * id).round() as i8) as u8;
+        }
+    }
+
+    fn quantize_activation(x: &[f32]) -> Vec<f32> {
+        x.to_vec()
+    }
+
+    fn dot(_cpu: Cpu, row: &[u8], x: &Vec<f32>) -> f32 {
+        let mut values = [0f32; 32];
+        let mut sum = 0f32;
+        for (block, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+            Self::dequantize(block, &mut values);
+            sum += values.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+        }
+        sum
+    }
+
+    fn check_block(block: &[u8]) -> Result<(), String> {
+        let d = f16::from_le_bytes([block[0], block[1]]);
+        if d.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("scale {d}"))
+        }
+    }
+}
+
+fn test_format() -> QuantFormat {
+    QuantFormat::of::<TestQ8>()
+}
+
+fn logits(model: &Model, tokens: &[u32]) -> Array2<f32> {
+    let mut state = model.init_state();
+    model.forward(tokens, &mut state, Logits::All).unwrap()
+}
+
+const TOKENS: [u32; 8] = [1, 2, 3, 70, 127, 5, 64, 9];
+
+fn max_abs(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Every fixture model with its block projections quantized at load gives logits within a
+/// loose bound of the f32 model's, and reads fewer bytes per token. Measured with 8-bit
+/// blocks over 8 tokens: max |Δlogit| from 2.1e-2 (v4-a) to 1.1e-1 (v5.0-a), against largest
+/// logits of about 3.5 (these random-weight models have no structure for the rounding to
+/// average out over); asserted below 5% of the largest logit.
+#[test]
+fn quantized_at_load_is_close_to_f32() {
+    let quant = Quantization::to(test_format());
+    for dir in fixtures().into_iter().filter(|d| d.ends_with_a()) {
+        let file = SafeTensorsFile::open(dir.join("model.safetensors")).unwrap();
+        let dense = Model::from_source(&file).unwrap();
+        let q = Model::from_source_quantized(&file, &quant).unwrap();
+        let (want, got) = (logits(&dense, &TOKENS), logits(&q, &TOKENS));
+        let diff = max_abs(&want, &got);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "{}: max |Δlogit| {diff:.2e} (largest logit {scale:.2})",
+            dir.display()
+        );
+        assert!(
+            diff > 0.0 && diff < 0.05 * scale.max(1.0),
+            "{}",
+            dir.display()
+        );
+        // Decode reads each projection in blocks: 34 bytes for 32 values instead of 128.
+        assert!(
+            (q.decode_bytes_per_token() as f64) < 0.6 * dense.decode_bytes_per_token() as f64,
+            "{}",
+            dir.display()
+        );
+        // Decode and prefill agree on the quantized model too.
+        let mut state = q.init_state();
+        for (t, &tok) in TOKENS.iter().enumerate() {
+            let row = q.step(tok, &mut state).unwrap();
+            let d = row
+                .iter()
+                .zip(got.row(t))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-3, "{} token {t}: {d}", dir.display());
+        }
+    }
+}
+
+trait FixtureName {
+    fn ends_with_a(&self) -> bool;
+}
+
+impl FixtureName for std::path::PathBuf {
+    fn ends_with_a(&self) -> bool {
+        self.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('v') && n.ends_with("-a"))
+    }
+}
+
+/// The default set quantizes the projections only; the head, the embedding and the low-rank
+/// factors can be asked for too (those that are whole blocks wide).
+#[test]
+fn the_quantized_set_is_chosen_by_role() {
+    let file = SafeTensorsFile::open(fixture("v7-a").join("model.safetensors")).unwrap();
+    let dense = Model::from_source(&file).unwrap();
+    let default = Model::from_source_quantized(&file, &Quantization::to(test_format())).unwrap();
+    let all = Quantization::to(test_format()).with_roles(&[
+        MatrixRole::Projection,
+        MatrixRole::LowRank,
+        MatrixRole::Head,
+        MatrixRole::Embedding,
+    ]);
+    let all = Model::from_source_quantized(&file, &all).unwrap();
+    let b = |m: &Model| m.decode_bytes_per_token();
+    assert!(b(&all) < b(&default) && b(&default) < b(&dense));
+    let diff = max_abs(&logits(&dense, &TOKENS), &logits(&all, &TOKENS));
+    eprintln!("v7-a, every matrix in blocks: max |Δlogit| {diff:.2e}");
+    assert!(diff < 0.1);
+    assert_eq!(
+        MatrixRole::of_tensor("blocks.3.att.gate.weight"),
+        Some(MatrixRole::Projection)
+    );
+    assert_eq!(MatrixRole::of_tensor("blocks.3.att.w1"), None);
+    assert_eq!(MatrixRole::of_tensor("blocks.3.ln1.weight"), None);
+}
+
+/// A file written in the crate's quantized safetensors layout loads (blocks in place from the
+/// map) to the same logits as quantizing at load, and names each format in its metadata.
+#[test]
+fn quantized_safetensors_round_trip() {
+    let quant = Quantization::to(test_format());
+    for dir in fixtures().into_iter().filter(|d| d.ends_with_a()) {
+        let file = SafeTensorsFile::open(dir.join("model.safetensors")).unwrap();
+        let at_load = Model::from_source_quantized(&file, &quant).unwrap();
+        let out = std::env::temp_dir().join(format!(
+            "tokenshift-quant-{}-{}.safetensors",
+            std::process::id(),
+            dir.file_name().unwrap().to_str().unwrap()
+        ));
+        let skipped = write_quantized_safetensors(&file, &out, None, &|name, shape| {
+            quant.tensor_target(name, shape)
+        })
+        .unwrap();
+        assert!(skipped.is_empty());
+        let written = SafeTensorsFile::open(&out).unwrap();
+        // As `Model::load` opens it (the container detected, the names checked).
+        let checkpoint = Checkpoint::open(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        assert_eq!(
+            written.metadata()["tokenshift.quant.blocks.0.att.key.weight"],
+            "q8_0"
+        );
+        let blocks = written.blocks("blocks.0.att.key.weight").unwrap();
+        assert!(blocks.bytes.is_mapped());
+        assert_eq!(blocks.shape, [64, 64]);
+        assert_eq!(written.shape("blocks.0.att.key.weight").unwrap(), [64, 64]);
+        let reading = Quantization::none().reading(test_format());
+        let loaded = Model::from_source_quantized(checkpoint.source(), &reading).unwrap();
+        assert_eq!(
+            logits(&loaded, &TOKENS),
+            logits(&at_load, &TOKENS),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            loaded.decode_bytes_per_token(),
+            at_load.decode_bytes_per_token()
+        );
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s);
+}
+
+fn value_type(v: &GgufValue) -> u32 {
+    match v {
+        GgufValue::U8(_) => 0,
+        GgufValue::I8(_) => 1,
+        GgufValue::U16(_) => 2,
+        GgufValue::I16(_) => 3,
+        GgufValue::U32(_) => 4,
+        GgufValue::I32(_) => 5,
+        GgufValue::F32(_) => 6,
+        GgufValue::Bool(_) => 7,
+        GgufValue::String(_) => 8,
+        GgufValue::Array(_) => 9,
+        GgufValue::U64(_) => 10,
+        GgufValue::I64(_) => 11,
+        GgufValue::F64(_) => 12,
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => out.extend(x.to_le_bytes()),
+        GgufValue::I8(x) => out.extend(x.to_le_bytes()),
+        GgufValue::U16(x) => out.extend(x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend(x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend(x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend(x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend(x.to_le_bytes()),
+        GgufValue::Bool(x) => out.push(u8::from(*x)),
+        GgufValue::String(s) => put_str(out, s),
+        GgufValue::Array(items) => {
+            let elem = items.first().map_or(4, value_type);
+            out.extend(elem.to_le_bytes());
+            out.extend((items.len() as u64).to_le_bytes());
+            items.iter().for_each(|i| put_value(out, i));
+        }
+        GgufValue::U64(x) => out.extend(x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend(x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend(x.to_le_bytes()),
+    }
+}
+
+/// A tensor to write: name, GGUF dims (innermost first), type id, data.
+struct Raw {
+    name: String,
+    ne: Vec<u64>,
+    ty: u32,
+    data: Vec<u8>,
+}
+
+/// A GGUF file (version 3, alignment 32) of `metadata` and `tensors`.
+fn write_gguf(metadata: &[(String, GgufValue)], tensors: &[Raw]) -> Vec<u8> {
+    let pad = |n: usize| n.div_ceil(32) * 32;
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut out, k.as_bytes());
+        out.extend(value_type(v).to_le_bytes());
+        put_value(&mut out, v);
+    }
+    let mut offset = 0;
+    for t in tensors {
+        put_str(&mut out, t.name.as_bytes());
+        out.extend((t.ne.len() as u32).to_le_bytes());
+        t.ne.iter().for_each(|d| out.extend(d.to_le_bytes()));
+        out.extend(t.ty.to_le_bytes());
+        out.extend((offset as u64).to_le_bytes());
+        offset += pad(t.data.len());
+    }
+    out.resize(pad(out.len()), 0);
+    for t in tensors {
+        out.extend(&t.data);
+        out.resize(pad(out.len()), 0);
+    }
+    out
+}
+
+/// The projections llama.cpp's `rwkv6` layout stores as `[out, in]` matrices and the adapter
+/// only renames (`time_mix_output` and `channel_mix_value` are rescaled past block 0 in this
+/// fixture, `rescale_every_n_layers` = 1, so they are decoded, rescaled and kept in f32, which
+/// needs the crate's own format).
+const V6_PROJECTIONS: [&str; 6] = [
+    "time_mix_key",
+    "time_mix_value",
+    "time_mix_receptance",
+    "time_mix_gate",
+    "channel_mix_key",
+    "channel_mix_receptance",
+];
+
+/// The f32 `rwkv6` GGUF fixture with its renamed block projections stored as `ty` (GGML type
+/// id) blocks made by `encode` from their values.
+fn quantized_gguf(ty: u32, encode: &dyn Fn(&[f32]) -> Vec<u8>) -> Vec<u8> {
+    let path = fixtures_dir().join("formats/gguf/v6-a.f32.gguf");
+    let bytes = std::fs::read(path).unwrap();
+    let g = GgufFile::from_bytes(bytes.clone()).unwrap();
+    let tensors: Vec<Raw> = g
+        .tensors()
+        .iter()
+        .map(|t| {
+            let data = bytes[t.range.clone()].to_vec();
+            let ne = t.shape.iter().rev().map(|&d| d as u64).collect();
+            let projection = V6_PROJECTIONS
+                .iter()
+                .any(|p| t.name.ends_with(&format!(".{p}.weight")));
+            if projection {
+                let values: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                Raw {
+                    name: t.name.clone(),
+                    ne,
+                    ty,
+                    data: encode(&values),
+                }
+            } else {
+                Raw {
+                    name: t.name.clone(),
+                    ne,
+                    ty: t.ggml_type.id(),
+                    data,
+                }
+            }
+        })
+        .collect();
+    write_gguf(g.metadata(), &tensors)
+}
+
+/// A GGUF file whose projections are Q8_0 loads them as blocks in place: quantizing the rest
+/// at load gives the logits of the f32 file quantized at load (the same blocks).
+#[test]
+fn quantized_gguf_loads_in_place() {
+    let encode = |v: &[f32]| test_format().encode(v).unwrap();
+    let bytes = quantized_gguf(8, &encode);
+    let path = std::env::temp_dir().join(format!("tokenshift-q8-{}.gguf", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let source = checkpoint.source();
+    let key = source.blocks("blocks.1.att.key.weight").unwrap();
+    assert_eq!(
+        (key.format.as_str(), key.shape.as_slice()),
+        ("q8_0", &[64, 64][..])
+    );
+    assert!(key.bytes.is_mapped());
+    let both = Quantization::to(test_format()).reading(test_format());
+    let model = Model::from_source_quantized(source, &both).unwrap();
+
+    let f32_file = Checkpoint::open(fixtures_dir().join("formats/gguf/v6-a.f32.gguf")).unwrap();
+    let at_load =
+        Model::from_source_quantized(f32_file.source(), &Quantization::to(test_format())).unwrap();
+    assert_eq!(logits(&model, &TOKENS), logits(&at_load, &TOKENS));
+    assert_eq!(
+        model.decode_bytes_per_token(),
+        at_load.decode_bytes_per_token()
+    );
+
+    // The crate's own Q8_0 reads such a file as it is: the same blocks, with the activation
+    // quantized to 8 bits for its integer dot products, so close to the test format's logits.
+    let own = Model::from_bytes(bytes).unwrap();
+    let (a, b) = (logits(&own, &TOKENS), logits(&model, &TOKENS));
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff <= 0.05 * scale, "{diff} of {scale}");
+}
+
+/// A bad block (a NaN scale), blocks of the wrong length, an unknown or unavailable format:
+/// errors naming the tensor.
+#[test]
+fn malformed_blocks_are_named_errors() {
+    let reading = Quantization::none().reading(test_format());
+    // A NaN scale in block 1 of row 2 of block 0's key.
+    let mut bytes = quantized_gguf(8, &|v| test_format().encode(v).unwrap());
+    let g = GgufFile::from_bytes(bytes.clone()).unwrap();
+    let key = g
+        .tensors()
+        .iter()
+        .find(|t| t.name == "blk.0.time_mix_key.weight")
+        .unwrap();
+    let at = key.range.start + (2 * 2 + 1) * 34;
+    bytes[at..at + 2].copy_from_slice(&f16::NAN.to_le_bytes());
+    let gguf = Checkpoint::from_bytes(bytes).unwrap();
+    let err = Model::from_source_quantized(gguf.source(), &reading).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, Error::Blocks { name, .. } if name == "blocks.0.att.key.weight"),
+        "{msg}"
+    );
+    assert!(msg.contains("block 1 of row 2"), "{msg}");
+
+    // Q4_0 blocks of zeros are valid blocks: the crate's own Q4_0 reads them.
+    let q4 = quantized_gguf(2, &|v| vec![0; v.len() / 32 * 18]);
+    let gguf = Checkpoint::from_bytes(q4).unwrap();
+    Model::from_source(gguf.source()).unwrap();
+
+    // Safetensors: blocks of the wrong length, and a format name the crate does not know.
+    let quant = Quantization::to(test_format());
+    let file = SafeTensorsFile::open(fixture("v5.2-a").join("model.safetensors")).unwrap();
+    let out = std::env::temp_dir().join(format!("tokenshift-badq-{}.st", std::process::id()));
+    write_quantized_safetensors(&file, &out, None, &|name, shape| {
+        quant.tensor_target(name, shape)
+    })
+    .unwrap();
+    let good = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&good[8..8 + header_len])
+        .unwrap()
+        .to_string();
+    let with_header = |h: String| {
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend(h.as_bytes());
+        b.extend(&good[8 + header_len..]);
+        b
+    };
+    let unknown = header.replacen(
+        "\"tokenshift.quant.blocks.1.att.key.weight\":\"q8_0\"",
+        "\"tokenshift.quant.blocks.1.att.key.weight\":\"q3_k\"",
+        1,
+    );
+    assert_ne!(unknown, header);
+    let err = SafeTensorsFile::from_bytes(with_header(unknown)).unwrap_err();
+    assert!(
+        err.to_string().contains("blocks.1.att.key.weight") && err.to_string().contains("q3_k"),
+        "{err}"
+    );
+    let wrong_format = header.replacen(
+        "\"tokenshift.quant.blocks.1.att.key.weight\":\"q8_0\"",
+        "\"tokenshift.quant.blocks.1.att.key.weight\":\"q4_0\"",
+        1,
+    );
+    // 64 rows of 68 bytes are not whole 18-byte q4_0 blocks.
+    let err = SafeTensorsFile::from_bytes(with_header(wrong_format)).unwrap_err();
+    assert!(
+        err.to_string().contains("blocks.1.att.key.weight")
+            && err.to_string().contains("q4_0 blocks"),
+        "{err}"
+    );
+}
+
+/// Bytes per token count each matrix in its storage: for a dense f32 model, four bytes per
+/// element of every block matrix and low-rank factor, one f32 embedding row and the head.
+#[test]
+fn decode_bytes_count_the_storages() {
+    for name in ["v4-a", "v6-a"] {
+        let file = SafeTensorsFile::open(fixture(name).join("model.safetensors")).unwrap();
+        let model = Model::from_source(&file).unwrap();
+        let elements: usize = file
+            .names()
+            .into_iter()
+            .filter(|n| {
+                n.starts_with("blocks.")
+                    && (n.ends_with(".weight") || n.contains("_w1") || n.contains("_w2"))
+            })
+            .map(|n| file.shape(n).unwrap())
+            .filter(|s| s.len() >= 2)
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        let c = model.config().n_embd;
+        let head = model.config().vocab * c;
+        assert_eq!(
+            model.decode_bytes_per_token(),
+            4 * (elements + c + head),
+            "{name}"
+        );
+    }
+}
+
+/// The gguf package's own Q8_0 file (`tools/quant/make_quant_gguf.py`: v7-a with every block
+/// projection quantized by `gguf.quants.quantize`) loads its blocks in place under BlinkDL
+/// names and shapes: the blocks are those the test format makes from the same values (bar
+/// rounding ties, numpy rounding half to even: none in this file), and the logits those of
+/// the f32 file quantized at load.
+#[test]
+fn gguf_package_q8_0_file_loads() {
+    let q8 = Checkpoint::open(fixtures_dir().join("quant/v7-a.q8_0.gguf")).unwrap();
+    let f32_file = Checkpoint::open(fixtures_dir().join("formats/gguf/v7-a.f32.gguf")).unwrap();
+    let (q8, dense) = (q8.source(), f32_file.source());
+    let mut blocks = 0;
+    let (mut bytes, mut differ) = (0usize, 0usize);
+    for name in dense.names() {
+        if MatrixRole::of_tensor(name) != Some(MatrixRole::Projection) {
+            assert!(q8.blocks(name).is_none(), "{name}");
+            continue;
+        }
+        let b = q8
+            .blocks(name)
+            .unwrap_or_else(|| panic!("{name} in blocks"));
+        assert_eq!(b.format, "q8_0");
+        assert_eq!(b.shape, dense.shape(name).unwrap(), "{name}");
+        assert!(b.bytes.is_mapped());
+        let values = dense.tensor(name).unwrap().to_f32();
+        let ours = test_format().encode(values.as_slice().unwrap()).unwrap();
+        bytes += ours.len();
+        differ += ours
+            .iter()
+            .zip(b.bytes.as_slice())
+            .filter(|(a, b)| a != b)
+            .count();
+        blocks += 1;
+    }
+    assert_eq!(blocks, 2 * 6);
+    eprintln!("gguf Q8_0 blocks: {differ} of {bytes} bytes differ from the test format's");
+    assert!(differ * 1000 <= bytes, "{differ} of {bytes}");
+
+    let reading = Quantization::none().reading(test_format());
+    let model = Model::from_source_quantized(q8, &reading).unwrap();
+    let at_load = Model::from_source_quantized(dense, &Quantization::to(test_format())).unwrap();
+    assert_eq!(
+        model.decode_bytes_per_token(),
+        at_load.decode_bytes_per_token()
+    );
+    let diff = max_abs(&logits(&model, &TOKENS), &logits(&at_load, &TOKENS));
+    eprintln!("gguf Q8_0 file against quantized at load: max |Δlogit| {diff:.2e}");
+    assert!(diff < 1e-2, "{diff}");
+}
