@@ -221,9 +221,18 @@ pub(crate) mod avx2 {
         let mut ds = x.scales.chunks_exact(4);
         let mut ss = x.sums.chunks_exact(4);
         for (((w, a), d), s) in (&mut ws).zip(&mut qs).zip(&mut ds).zip(&mut ss) {
+            // The four f16 scales converted at once (through a general register: no merge
+            // into a vector register that may be an accumulator), times the activation's.
+            let bits = (0..4).fold(0u64, |bits, k| {
+                bits | u64::from(u16::from_le_bytes([w[k * B], w[k * B + 1]])) << (16 * k)
+            });
+            let dw = _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64));
+            let dd = _mm256_castps128_ps256(_mm_mul_ps(dw, _mm_setr_ps(d[0], d[1], d[2], d[3])));
             for (k, acc) in acc.iter_mut().enumerate() {
                 let a = &a[k * Q8_ACT_BLOCK..(k + 1) * Q8_ACT_BLOCK];
-                *acc = step(*acc, &w[k * B..(k + 1) * B], a, d[k], s[k]);
+                let p = lanes(&w[k * B..(k + 1) * B], a, s[k]);
+                let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(k as i32));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, *acc);
             }
         }
         let rest = ws
