@@ -256,6 +256,59 @@ fn q4_0_dots_against_reference() {
     against_reference::<Q4_0>();
 }
 
+/// A vector changed in place between calls (same address, new values) and products of two
+/// formats with the same vector: each call's results are those of its own values.
+#[test]
+fn activations_reused_only_for_the_same_values() {
+    let mut rng = Rng(5);
+    let (rows, n) = (6, 96);
+    let values: Vec<f32> = (0..rows * n).map(|_| rng.normal()).collect();
+    let q8 = Quantized::<Q8_0>::quantize(&values, rows, n);
+    let q4 = Quantized::<Q4_0>::quantize(&values, rows, n);
+    let mut x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    let mut y: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    let expect = |m: &dyn Matrix, x: &[f32], y: &[f32]| -> Vec<f32> {
+        let mut w = vec![0.0f32; n];
+        let mut out = Vec::new();
+        for r in 0..rows {
+            m.row_into(r, &mut w);
+            for v in [x, y] {
+                let a = Q8Act::quantize(v);
+                let xq = a.dequantize();
+                out.push(w.iter().zip(&xq).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        out
+    };
+    for round in 0..4 {
+        for m in [&q8 as &dyn Matrix, &q4] {
+            let want = expect(m, &x, &y);
+            let mut got = vec![0.0f32; rows * 2];
+            for start in (0..rows).step_by(4) {
+                let end = (start + 4).min(rows);
+                m.row_dots(start..end, &[&x, &y], &mut got[start * 2..end * 2]);
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "round {round}: {g} vs {w}"
+                );
+            }
+            // One vector alone, then the pair again.
+            let mut one = vec![0.0f32; rows];
+            m.row_dots(0..rows, &[&y], &mut one);
+            for (g, w) in one.iter().zip(want.iter().skip(1).step_by(2)) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "round {round}: {g} vs {w}"
+                );
+            }
+        }
+        x[round * 7] += 1.0;
+        y.reverse();
+    }
+}
+
 #[test]
 fn bad_scales_in_a_file_are_errors() {
     let mut bytes = vec![0u8; 4 * 34];

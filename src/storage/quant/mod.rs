@@ -28,7 +28,7 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     const BYTES: usize;
     /// An activation vector quantized for this format's dot products (one per vector and
     /// product, reused for every row).
-    type Activation: Send + Sync;
+    type Activation: Send + Sync + 'static;
 
     /// Decodes the block `block` (`BYTES` bytes) into `out` (`VALUES` values), as GGML's
     /// reference dequantization does.
@@ -188,19 +188,17 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
     fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
         let b = xs.len();
         assert!(out.len() >= rows.len() * b, "Quantized::row_dots: output");
-        let acts: Vec<F::Activation> = xs
-            .iter()
-            .map(|x| {
-                assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
-                F::quantize_activation(x)
-            })
-            .collect();
-        for (i, r) in rows.enumerate() {
-            let row = self.row(r);
-            for (j, act) in acts.iter().enumerate() {
-                out[i * b + j] = F::dot(self.cpu, row, act);
-            }
+        for x in xs {
+            assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
         }
+        with_activations::<F, _>(xs, |acts| {
+            for (i, r) in rows.enumerate() {
+                let row = self.row(r);
+                for (j, act) in acts.iter().enumerate() {
+                    out[i * b + j] = F::dot(self.cpu, row, act);
+                }
+            }
+        });
     }
 
     #[track_caller]
@@ -231,4 +229,49 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// The format, vectors and activations (a `Vec<F::Activation>`) of this thread's latest
+/// [`Quantized::row_dots`] call.
+type Latest = Option<(std::any::TypeId, Vec<f32>, Box<dyn std::any::Any>)>;
+
+thread_local! {
+    static LATEST: std::cell::RefCell<Latest> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on `xs` quantized by `F`, reusing this thread's latest quantization when it was
+/// of the same values for the same format: a product's rows are dotted in many
+/// `row_dots` calls (one per task of a few rows) with the same vectors, and the vector is
+/// then quantized once per thread and product instead of once per call.
+fn with_activations<F: BlockFormat, R>(xs: &[&[f32]], f: impl FnOnce(&[F::Activation]) -> R) -> R {
+    let quantize =
+        || -> Vec<F::Activation> { xs.iter().map(|x| F::quantize_activation(x)).collect() };
+    LATEST.with(|latest| {
+        let Ok(mut latest) = latest.try_borrow_mut() else {
+            return f(&quantize());
+        };
+        let same = match &*latest {
+            Some((format, values, acts)) => {
+                *format == std::any::TypeId::of::<F>()
+                    && acts
+                        .downcast_ref::<Vec<F::Activation>>()
+                        .is_some_and(|acts| acts.len() == xs.len())
+                    && values.len() == xs.iter().map(|x| x.len()).sum::<usize>()
+                    && values
+                        .chunks(xs.first().map_or(1, |x| x.len().max(1)))
+                        .zip(xs)
+                        .all(|(v, x)| v == *x)
+            }
+            None => false,
+        };
+        if !same {
+            let values = xs.iter().flat_map(|x| x.iter().copied()).collect();
+            *latest = Some((std::any::TypeId::of::<F>(), values, Box::new(quantize())));
+        }
+        let acts = latest
+            .as_ref()
+            .and_then(|(_, _, acts)| acts.downcast_ref::<Vec<F::Activation>>())
+            .expect("stored above");
+        f(acts)
+    })
 }
