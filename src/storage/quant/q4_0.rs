@@ -113,40 +113,38 @@ mod x86 {
     use super::BYTES;
     use std::arch::x86_64::*;
 
-    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first).
+    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first): the
+    /// 16 bytes in both halves, the upper half shifted by 4, no lane crossing.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn nibbles(w: &[u8]) -> __m256i {
-        let bytes = load16(w[2..BYTES].try_into().expect("16"));
-        let m = _mm_set1_epi8(0x0f);
-        let lo = _mm_and_si128(bytes, m);
-        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m);
-        _mm256_set_m128i(hi, lo)
+        let both = _mm256_broadcastsi128_si256(load16(w[2..BYTES].try_into().expect("16")));
+        let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
     }
 
-    /// [`super::Q4_0::dot`] with AVX2: the nibbles less 8 as signed bytes, `maddubs` on their
-    /// magnitudes and the activation with their sign, two accumulators of f32 lanes.
+    /// [`super::Q4_0::dot`] with AVX2: `maddubs` on the nibbles `q` (unsigned) and the
+    /// activation, less `8 · Σa` per block for the weights' `q − 8`.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
-        let eight = _mm256_set1_epi8(8);
-        sum_blocks::<BYTES>(row, x, |w, a, _| {
-            dot_i8(_mm256_sub_epi8(nibbles(w), eight), load32_i8(a))
+        let ones = _mm256_set1_epi16(1);
+        sum_blocks::<BYTES, -8>(row, x, |w, a| {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(w), load32_i8(a)), ones)
         })
     }
 
     /// [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on the unsigned
-    /// nibbles, started from `−8 · Σa` so each block's integer sum is exact.
+    /// nibbles, less `8 · Σa` per block.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
-        sum_blocks::<BYTES>(row, x, |w, a, sum| {
-            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * sum));
-            _mm256_dpbusd_epi32(start, nibbles(w), load32_i8(a))
+        sum_blocks::<BYTES, -8>(row, x, |w, a| {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(w), load32_i8(a))
         })
     }
 }

@@ -99,29 +99,28 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// [`super::Q8_0::dot`] with AVX2: `maddubs` on `|w|` and the activation with `w`'s
-    /// sign, two accumulators of f32 lanes.
+    /// sign.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
-        sum_blocks::<BYTES>(row, x, |w, a, _| {
+        sum_blocks::<BYTES, 0>(row, x, |w, a| {
             dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a))
         })
     }
 
     /// [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on `w + 128`
-    /// as unsigned bytes, started from `−128 · Σa` so each block's integer sum is exact.
+    /// as unsigned bytes, less `128 · Σa` per block.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
         let flip = _mm256_set1_epi8(-128);
-        sum_blocks::<BYTES>(row, x, |w, a, sum| {
+        sum_blocks::<BYTES, -128>(row, x, |w, a| {
             let wu = _mm256_xor_si256(load32(w[2..].try_into().expect("32")), flip);
-            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-128 * sum));
-            _mm256_dpbusd_epi32(start, wu, load32_i8(a))
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, load32_i8(a))
         })
     }
 }

@@ -200,22 +200,21 @@ pub(crate) mod avx2 {
         (d, _mm_cvtsi128_si32(s))
     }
 
-    /// `Σ_b d_w(b) · d_x(b) · Σ lanes(b)` over the blocks of `row` (`B` bytes each, the f16
-    /// scale first), where `lanes(block, activation integers, their sum)` gives a block's
-    /// integer products summed into eight i32 lanes: four blocks per step into four f32
-    /// accumulators.
+    /// `Σ_b d_w(b) · d_x(b) · (Σ lanes(b) + OFFSET · Σa(b))` over the blocks of `row` (`B`
+    /// bytes each, the f16 scale first), where `lanes(block, activation integers)` gives a
+    /// block's integer products summed into eight i32 lanes and `Σa(b)` is the sum of the
+    /// activation's integers in block `b` (the offset takes out what an unsigned operand
+    /// adds: −128 for `w + 128`, −8 for nibbles `q` of weights `q − 8`). Four blocks per
+    /// step into four f32 accumulators; the offsets into a fifth, four blocks at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn sum_blocks<const B: usize>(
+    pub(crate) fn sum_blocks<const B: usize, const OFFSET: i32>(
         row: &[u8],
         x: &Q8Act,
-        lanes: impl Fn(&[u8], &[i8], i32) -> __m256i,
+        lanes: impl Fn(&[u8], &[i8]) -> __m256i,
     ) -> f32 {
-        let step = |acc: __m256, w: &[u8], a: &[i8], dx: f32, sum: i32| {
-            let d = _mm256_set1_ps(scale(w) * dx);
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a, sum)), d, acc)
-        };
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = _mm_setzero_ps();
         let mut ws = row.chunks_exact(4 * B);
         let mut qs = x.qs.chunks_exact(4 * Q8_ACT_BLOCK);
         let mut ds = x.scales.chunks_exact(4);
@@ -227,26 +226,33 @@ pub(crate) mod avx2 {
                 bits | u64::from(u16::from_le_bytes([w[k * B], w[k * B + 1]])) << (16 * k)
             });
             let dw = _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64));
-            let dd = _mm256_castps128_ps256(_mm_mul_ps(dw, _mm_setr_ps(d[0], d[1], d[2], d[3])));
+            let d4 = _mm_mul_ps(dw, _mm_setr_ps(d[0], d[1], d[2], d[3]));
+            if OFFSET != 0 {
+                let sums = _mm_setr_epi32(s[0], s[1], s[2], s[3]);
+                offsets = _mm_fmadd_ps(d4, _mm_cvtepi32_ps(sums), offsets);
+            }
+            let dd = _mm256_castps128_ps256(d4);
             for (k, acc) in acc.iter_mut().enumerate() {
                 let a = &a[k * Q8_ACT_BLOCK..(k + 1) * Q8_ACT_BLOCK];
-                let p = lanes(&w[k * B..(k + 1) * B], a, s[k]);
+                let p = lanes(&w[k * B..(k + 1) * B], a);
                 let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(k as i32));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, *acc);
             }
         }
-        let rest = ws
+        let mut rest = 0.0f32;
+        let blocks = ws
             .remainder()
             .chunks_exact(B)
             .zip(qs.remainder().chunks_exact(Q8_ACT_BLOCK))
             .zip(ds.remainder().iter().zip(ss.remainder()));
-        for (k, ((w, a), (&d, &s))) in rest.enumerate() {
-            acc[k] = step(acc[k], w, a, d, s);
+        for (k, ((w, a), (&dx, &sum))) in blocks.enumerate() {
+            let d = scale(w) * dx;
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a)), _mm256_set1_ps(d), acc[k]);
+            rest += d * (OFFSET * sum) as f32;
         }
-        hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        let offsets = _mm_mul_ps(offsets, _mm_set1_ps(OFFSET as f32));
+        let all = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(_mm256_add_ps(all, _mm256_zextps128_ps256(offsets))) + rest
     }
 
     /// The f16 scale in a block's first two bytes as f32, by F16C.
