@@ -145,6 +145,31 @@ fn integer_parts_exact<F: BlockFormat<Activation = Q8Act>>() {
                 assert_eq!(got, exact as f32, "{} {cpu:?}, {blocks} blocks", F::NAME);
             }
         }
+        // Four rows at once.
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|_| random_blocks::<F>(&mut rng, blocks, 1.0))
+            .collect();
+        let x = integer_activation(&mut rng, blocks * 32);
+        let act = F::quantize_activation(&x);
+        let exact: Vec<f32> = rows
+            .iter()
+            .map(|row| {
+                let mut w = vec![0.0f32; blocks * 32];
+                for (b, o) in row.chunks_exact(F::BYTES).zip(w.chunks_exact_mut(32)) {
+                    F::dequantize(b, o);
+                }
+                w.iter()
+                    .zip(&x)
+                    .map(|(w, x)| *w as i64 * *x as i64)
+                    .sum::<i64>() as f32
+            })
+            .collect();
+        let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+        for cpu in Cpu::detect().variants() {
+            let mut got = [0.0f32; 4];
+            F::dot_rows(cpu, &refs, &act, &mut got);
+            assert_eq!(&got[..], &exact[..], "{} {cpu:?}, {blocks} blocks", F::NAME);
+        }
     }
     // Extremes: weights at their most negative and largest, activations at ±127.
     let mut x = vec![127.0f32; 64];
@@ -401,27 +426,48 @@ fn measure_streaming() {
                 );
             }
         }
-        // The kernels alone, the activation quantized once.
+        // The kernels alone, the activation quantized once: one row a call, and four.
         for cpu in Cpu::detect().variants() {
-            let t8 = time(|| {
-                for r in 0..rows {
-                    let row = &q8.blocks()[r * cols / 32 * 34..(r + 1) * cols / 32 * 34];
-                    std::hint::black_box(Q8_0::dot(cpu, row, &act));
-                }
-            });
-            let t4 = time(|| {
-                for r in 0..rows {
-                    let row = &q4.blocks()[r * cols / 32 * 18..(r + 1) * cols / 32 * 18];
-                    std::hint::black_box(Q4_0::dot(cpu, row, &act));
-                }
-            });
+            let k8 = kernel_times::<Q8_0>(cpu, q8.blocks(), rows, cols, &act);
+            let k4 = kernel_times::<Q4_0>(cpu, q4.blocks(), rows, cols, &act);
             println!(
-                "  kernels {cpu:?}: q8_0 {:.1} GB/s ({:.1} µs), q4_0 {:.1} GB/s ({:.1} µs)",
-                q8.size_bytes() as f64 / t8 / 1e9,
-                t8 * 1e6,
-                q4.size_bytes() as f64 / t4 / 1e9,
-                t4 * 1e6
+                "  kernels {cpu:?}: q8_0 {:.1} / {:.1} GB/s, q4_0 {:.1} / {:.1} GB/s (1 / 4 rows a call)",
+                q8.size_bytes() as f64 / k8.0 / 1e9,
+                q8.size_bytes() as f64 / k8.1 / 1e9,
+                q4.size_bytes() as f64 / k4.0 / 1e9,
+                q4.size_bytes() as f64 / k4.1 / 1e9,
             );
         }
     }
+}
+
+/// Seconds for all rows of `blocks` through [`BlockFormat::dot`] and through
+/// [`BlockFormat::dot_rows`] four rows at a time.
+fn kernel_times<F: BlockFormat<Activation = Q8Act>>(
+    cpu: Cpu,
+    blocks: &[u8],
+    rows: usize,
+    cols: usize,
+    act: &Q8Act,
+) -> (f64, f64) {
+    let n = cols / F::VALUES * F::BYTES;
+    let row = |r: usize| &blocks[r * n..(r + 1) * n];
+    let one = time(|| {
+        for r in 0..rows {
+            std::hint::black_box(F::dot(cpu, row(r), act));
+        }
+    });
+    let four = time(|| {
+        let mut out = [0.0f32; 4];
+        for r in (0..rows).step_by(4) {
+            F::dot_rows(
+                cpu,
+                &[row(r), row(r + 1), row(r + 2), row(r + 3)],
+                act,
+                &mut out,
+            );
+            std::hint::black_box(&out);
+        }
+    });
+    (one, four)
 }

@@ -45,6 +45,15 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     /// quantized activation of the same length, with `cpu`'s instructions.
     fn dot(cpu: Cpu, row: &[u8], x: &Self::Activation) -> f32;
 
+    /// `out[i] = dot(cpu, rows[i], x)` for several rows (as many as `out` is long): a format
+    /// may read the activation once for all of them. By default, one [`BlockFormat::dot`]
+    /// a row.
+    fn dot_rows(cpu: Cpu, rows: &[&[u8]], x: &Self::Activation, out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(rows) {
+            *o = Self::dot(cpu, row, x);
+        }
+    }
+
     /// Checks one block read from a file (e.g. no NaN or infinite scale): `Err` says what is
     /// wrong.
     fn check_block(block: &[u8]) -> Result<(), String>;
@@ -192,10 +201,18 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
             assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
         }
         with_activations::<F, _>(xs, |acts| {
-            for (i, r) in rows.enumerate() {
-                let row = self.row(r);
+            // Four rows at a time, each activation read once for the four.
+            let mut dots = [0.0f32; ROWS_AT_ONCE];
+            for start in rows.clone().step_by(ROWS_AT_ONCE) {
+                let end = (start + ROWS_AT_ONCE).min(rows.end);
+                let group: [&[u8]; ROWS_AT_ONCE] =
+                    std::array::from_fn(|k| self.row((start + k).min(end - 1)));
+                let dots = &mut dots[..end - start];
                 for (j, act) in acts.iter().enumerate() {
-                    out[i * b + j] = F::dot(self.cpu, row, act);
+                    F::dot_rows(self.cpu, &group[..dots.len()], act, dots);
+                    for (k, d) in dots.iter().enumerate() {
+                        out[(start - rows.start + k) * b + j] = *d;
+                    }
                 }
             }
         });
@@ -230,6 +247,9 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
         self
     }
 }
+
+/// Rows [`Quantized::row_dots`] hands [`BlockFormat::dot_rows`] at once.
+const ROWS_AT_ONCE: usize = 4;
 
 /// Whether `a` and `b` hold the same bits (in runs of 32 compared without an early exit,
 /// which the compiler vectorizes).

@@ -68,6 +68,35 @@ impl BlockFormat for Q8_0 {
         dot_portable(row, x)
     }
 
+    #[track_caller]
+    fn dot_rows(cpu: Cpu, rows: &[&[u8]], x: &Q8Act, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Ok(four), true) = (<[&[u8]; 4]>::try_from(rows), out.len() >= 4) {
+            for row in four {
+                assert!(
+                    row.len() % BYTES == 0 && row.len() / BYTES * QK == x.len(),
+                    "Q8_0::dot_rows: {} bytes of blocks against {} values",
+                    row.len(),
+                    x.len()
+                );
+            }
+            if cpu.has_avx512_vnni() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI;
+                // the lengths match (checked above).
+                out[..4].copy_from_slice(&unsafe { x86::dots4_vnni(four, x) });
+                return;
+            }
+            if cpu.has_avx2() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA and F16C; the lengths match.
+                out[..4].copy_from_slice(&unsafe { x86::dots4_avx2(four, x) });
+                return;
+            }
+        }
+        for (o, row) in out.iter_mut().zip(rows) {
+            *o = Self::dot(cpu, row, x);
+        }
+    }
+
     fn check_block(block: &[u8]) -> Result<(), String> {
         check_scale(block, Self::NAME)
     }
@@ -98,30 +127,60 @@ mod x86 {
     use super::BYTES;
     use std::arch::x86_64::*;
 
-    /// [`super::Q8_0::dot`] with AVX2: `maddubs` on `|w|` and the activation with `w`'s
-    /// sign.
+    /// A block's products with the activation in eight i32 lanes, with AVX2: `maddubs` on
+    /// `|w|` and the activation with `w`'s sign.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lanes_avx2(w: &[u8], a: &[i8]) -> __m256i {
+        dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a))
+    }
+
+    /// A block's products with the activation in eight i32 lanes plus `128 · Σa`, with
+    /// AVX-512 VNNI: `vpdpbusd` on `w + 128` as unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn lanes_vnni(w: &[u8], a: &[i8]) -> __m256i {
+        let wu = _mm256_xor_si256(
+            load32(w[2..].try_into().expect("32")),
+            _mm256_set1_epi8(-128),
+        );
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, load32_i8(a))
+    }
+
+    /// [`super::Q8_0::dot`] with AVX2.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
-        sum_blocks::<BYTES, 0>(row, x, |w, a| {
-            dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a))
-        })
+        sum_blocks::<BYTES, 0>(row, x, |w, a| lanes_avx2(w, a))
     }
 
-    /// [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on `w + 128`
-    /// as unsigned bytes, less `128 · Σa` per block.
+    /// Four rows' [`super::Q8_0::dot`] with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots4_avx2(rows: [&[u8]; 4], x: &Q8Act) -> [f32; 4] {
+        sum_blocks_rows::<BYTES, 0, 4>(rows, x, |w, a| lanes_avx2(w, a))
+    }
+
+    /// [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
-        let flip = _mm256_set1_epi8(-128);
-        sum_blocks::<BYTES, -128>(row, x, |w, a| {
-            let wu = _mm256_xor_si256(load32(w[2..].try_into().expect("32")), flip);
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, load32_i8(a))
-        })
+        sum_blocks::<BYTES, -128>(row, x, |w, a| lanes_vnni(w, a))
+    }
+
+    /// Four rows' [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn dots4_vnni(rows: [&[u8]; 4], x: &Q8Act) -> [f32; 4] {
+        sum_blocks_rows::<BYTES, -128, 4>(rows, x, |w, a| lanes_vnni(w, a))
     }
 }
 

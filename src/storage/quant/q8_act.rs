@@ -255,6 +255,61 @@ pub(crate) mod avx2 {
         hsum(_mm256_add_ps(all, _mm256_zextps128_ps256(offsets))) + rest
     }
 
+    /// [`sum_blocks`] for `R` rows at once (each `x.len() / 32` blocks of `B` bytes): each
+    /// step of four blocks loads the activation once for all rows, one accumulator a row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn sum_blocks_rows<const B: usize, const OFFSET: i32, const R: usize>(
+        rows: [&[u8]; R],
+        x: &Q8Act,
+        lanes: impl Fn(&[u8], &[i8]) -> __m256i,
+    ) -> [f32; R] {
+        let n = x.scales.len();
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let mut rest = [0.0f32; R];
+        for q in 0..n / 4 {
+            let a = &x.qs[q * 4 * Q8_ACT_BLOCK..(q + 1) * 4 * Q8_ACT_BLOCK];
+            let d = &x.scales[q * 4..q * 4 + 4];
+            let s = &x.sums[q * 4..q * 4 + 4];
+            let dx = _mm_setr_ps(d[0], d[1], d[2], d[3]);
+            let sums = _mm_cvtepi32_ps(_mm_setr_epi32(s[0], s[1], s[2], s[3]));
+            for r in 0..R {
+                let w = &rows[r][q * 4 * B..(q + 1) * 4 * B];
+                let bits = (0..4).fold(0u64, |bits, k| {
+                    bits | u64::from(u16::from_le_bytes([w[k * B], w[k * B + 1]])) << (16 * k)
+                });
+                let d4 = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64)), dx);
+                if OFFSET != 0 {
+                    offsets[r] = _mm_fmadd_ps(d4, sums, offsets[r]);
+                }
+                let dd = _mm256_castps128_ps256(d4);
+                for k in 0..4 {
+                    let p = lanes(
+                        &w[k * B..(k + 1) * B],
+                        &a[k * Q8_ACT_BLOCK..(k + 1) * Q8_ACT_BLOCK],
+                    );
+                    let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(k as i32));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r]);
+                }
+            }
+        }
+        for b in n / 4 * 4..n {
+            let a = &x.qs[b * Q8_ACT_BLOCK..(b + 1) * Q8_ACT_BLOCK];
+            for r in 0..R {
+                let w = &rows[r][b * B..(b + 1) * B];
+                let d = scale(w) * x.scales[b];
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a)), _mm256_set1_ps(d), acc[r]);
+                rest[r] += d * (OFFSET * x.sums[b]) as f32;
+            }
+        }
+        std::array::from_fn(|r| {
+            let offsets = _mm_mul_ps(offsets[r], _mm_set1_ps(OFFSET as f32));
+            hsum(_mm256_add_ps(acc[r], _mm256_zextps128_ps256(offsets))) + rest[r]
+        })
+    }
+
     /// The f16 scale in a block's first two bytes as f32, by F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
