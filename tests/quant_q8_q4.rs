@@ -397,7 +397,7 @@ fn product_time(m: &dyn Matrix, x: &[f32], chunk: usize) -> f64 {
 #[ignore]
 fn measure_streaming() {
     let mut rng = Rng(3);
-    for (rows, cols) in [(768, 768), (2688, 768), (768, 2688)] {
+    for (rows, cols) in [(768, 768), (2688, 768), (768, 2688), (65536, 768)] {
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.05).collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
         let f16m = Dense::new(

@@ -78,7 +78,7 @@ impl<F: BlockFormat> Quantized<F> {
     /// What is wrong: `cols` not a multiple of the block size, a byte count that is not
     /// exactly the matrix's blocks, or a bad block (with its row and index).
     pub fn from_bytes(bytes: SharedBytes, rows: usize, cols: usize) -> Result<Self, String> {
-        if cols % F::VALUES != 0 {
+        if !cols.is_multiple_of(F::VALUES) {
             return Err(format!(
                 "{} rows of {cols} values: not a whole number of {}-value {} blocks",
                 rows,
@@ -118,7 +118,7 @@ impl<F: BlockFormat> Quantized<F> {
     #[track_caller]
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Self {
         assert!(
-            cols % F::VALUES == 0,
+            cols.is_multiple_of(F::VALUES),
             "Quantized::quantize: {} blocks",
             F::NAME
         );

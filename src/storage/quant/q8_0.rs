@@ -47,7 +47,7 @@ impl BlockFormat for Q8_0 {
     #[track_caller]
     fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
         assert!(
-            row.len() % BYTES == 0 && row.len() / BYTES * QK == x.len(),
+            row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
             "Q8_0::dot: {} bytes of blocks against {} values",
             row.len(),
             x.len()
@@ -74,7 +74,7 @@ impl BlockFormat for Q8_0 {
         if let (Ok(four), true) = (<[&[u8]; 4]>::try_from(rows), out.len() >= 4) {
             for row in four {
                 assert!(
-                    row.len() % BYTES == 0 && row.len() / BYTES * QK == x.len(),
+                    row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
                     "Q8_0::dot_rows: {} bytes of blocks against {} values",
                     row.len(),
                     x.len()

@@ -47,7 +47,7 @@ impl Q8Act {
     #[track_caller]
     pub fn quantize_from(&mut self, cpu: Cpu, x: &[f32]) {
         assert!(
-            x.len() % Q8_ACT_BLOCK == 0,
+            x.len().is_multiple_of(Q8_ACT_BLOCK),
             "Q8Act::quantize: {} values are not a whole number of 32-value blocks",
             x.len()
         );
@@ -116,7 +116,8 @@ fn quantize_block(x: &[f32; Q8_ACT_BLOCK], q: &mut [i8]) -> (f32, i32) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut r = [0.0f32; Q8_ACT_BLOCK];
     for (r, &v) in r.iter_mut().zip(x) {
-        // Within ±127 before rounding (a NaN to −127).
+        // Within ±127 before rounding; `max` (not `clamp`) takes a NaN to −127.
+        #[allow(clippy::manual_clamp)]
         let v = (v * id).max(-127.0).min(127.0);
         *r = (v + ROUNDER) - ROUNDER;
     }
