@@ -145,6 +145,31 @@ fn integer_parts_exact<F: BlockFormat<Activation = Q8Act>>() {
                 assert_eq!(got, exact as f32, "{} {cpu:?}, {blocks} blocks", F::NAME);
             }
         }
+        // Four rows at once.
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|_| random_blocks::<F>(&mut rng, blocks, 1.0))
+            .collect();
+        let x = integer_activation(&mut rng, blocks * 32);
+        let act = F::quantize_activation(&x);
+        let exact: Vec<f32> = rows
+            .iter()
+            .map(|row| {
+                let mut w = vec![0.0f32; blocks * 32];
+                for (b, o) in row.chunks_exact(F::BYTES).zip(w.chunks_exact_mut(32)) {
+                    F::dequantize(b, o);
+                }
+                w.iter()
+                    .zip(&x)
+                    .map(|(w, x)| *w as i64 * *x as i64)
+                    .sum::<i64>() as f32
+            })
+            .collect();
+        let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+        for cpu in Cpu::detect().variants() {
+            let mut got = [0.0f32; 4];
+            F::dot_rows(cpu, &refs, &act, &mut got);
+            assert_eq!(&got[..], &exact[..], "{} {cpu:?}, {blocks} blocks", F::NAME);
+        }
     }
     // Extremes: weights at their most negative and largest, activations at ±127.
     let mut x = vec![127.0f32; 64];
@@ -256,6 +281,59 @@ fn q4_0_dots_against_reference() {
     against_reference::<Q4_0>();
 }
 
+/// A vector changed in place between calls (same address, new values) and products of two
+/// formats with the same vector: each call's results are those of its own values.
+#[test]
+fn activations_reused_only_for_the_same_values() {
+    let mut rng = Rng(5);
+    let (rows, n) = (6, 96);
+    let values: Vec<f32> = (0..rows * n).map(|_| rng.normal()).collect();
+    let q8 = Quantized::<Q8_0>::quantize(&values, rows, n);
+    let q4 = Quantized::<Q4_0>::quantize(&values, rows, n);
+    let mut x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    let mut y: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    let expect = |m: &dyn Matrix, x: &[f32], y: &[f32]| -> Vec<f32> {
+        let mut w = vec![0.0f32; n];
+        let mut out = Vec::new();
+        for r in 0..rows {
+            m.row_into(r, &mut w);
+            for v in [x, y] {
+                let a = Q8Act::quantize(v);
+                let xq = a.dequantize();
+                out.push(w.iter().zip(&xq).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        out
+    };
+    for round in 0..4 {
+        for m in [&q8 as &dyn Matrix, &q4] {
+            let want = expect(m, &x, &y);
+            let mut got = vec![0.0f32; rows * 2];
+            for start in (0..rows).step_by(4) {
+                let end = (start + 4).min(rows);
+                m.row_dots(start..end, &[&x, &y], &mut got[start * 2..end * 2]);
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "round {round}: {g} vs {w}"
+                );
+            }
+            // One vector alone, then the pair again.
+            let mut one = vec![0.0f32; rows];
+            m.row_dots(0..rows, &[&y], &mut one);
+            for (g, w) in one.iter().zip(want.iter().skip(1).step_by(2)) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "round {round}: {g} vs {w}"
+                );
+            }
+        }
+        x[round * 7] += 1.0;
+        y.reverse();
+    }
+}
+
 #[test]
 fn bad_scales_in_a_file_are_errors() {
     let mut bytes = vec![0u8; 4 * 34];
@@ -319,7 +397,7 @@ fn product_time(m: &dyn Matrix, x: &[f32], chunk: usize) -> f64 {
 #[ignore]
 fn measure_streaming() {
     let mut rng = Rng(3);
-    for (rows, cols) in [(768, 768), (2688, 768), (768, 2688)] {
+    for (rows, cols) in [(768, 768), (2688, 768), (768, 2688), (65536, 768)] {
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.05).collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
         let f16m = Dense::new(
@@ -348,27 +426,48 @@ fn measure_streaming() {
                 );
             }
         }
-        // The kernels alone, the activation quantized once.
+        // The kernels alone, the activation quantized once: one row a call, and four.
         for cpu in Cpu::detect().variants() {
-            let t8 = time(|| {
-                for r in 0..rows {
-                    let row = &q8.blocks()[r * cols / 32 * 34..(r + 1) * cols / 32 * 34];
-                    std::hint::black_box(Q8_0::dot(cpu, row, &act));
-                }
-            });
-            let t4 = time(|| {
-                for r in 0..rows {
-                    let row = &q4.blocks()[r * cols / 32 * 18..(r + 1) * cols / 32 * 18];
-                    std::hint::black_box(Q4_0::dot(cpu, row, &act));
-                }
-            });
+            let k8 = kernel_times::<Q8_0>(cpu, q8.blocks(), rows, cols, &act);
+            let k4 = kernel_times::<Q4_0>(cpu, q4.blocks(), rows, cols, &act);
             println!(
-                "  kernels {cpu:?}: q8_0 {:.1} GB/s ({:.1} µs), q4_0 {:.1} GB/s ({:.1} µs)",
-                q8.size_bytes() as f64 / t8 / 1e9,
-                t8 * 1e6,
-                q4.size_bytes() as f64 / t4 / 1e9,
-                t4 * 1e6
+                "  kernels {cpu:?}: q8_0 {:.1} / {:.1} GB/s, q4_0 {:.1} / {:.1} GB/s (1 / 4 rows a call)",
+                q8.size_bytes() as f64 / k8.0 / 1e9,
+                q8.size_bytes() as f64 / k8.1 / 1e9,
+                q4.size_bytes() as f64 / k4.0 / 1e9,
+                q4.size_bytes() as f64 / k4.1 / 1e9,
             );
         }
     }
+}
+
+/// Seconds for all rows of `blocks` through [`BlockFormat::dot`] and through
+/// [`BlockFormat::dot_rows`] four rows at a time.
+fn kernel_times<F: BlockFormat<Activation = Q8Act>>(
+    cpu: Cpu,
+    blocks: &[u8],
+    rows: usize,
+    cols: usize,
+    act: &Q8Act,
+) -> (f64, f64) {
+    let n = cols / F::VALUES * F::BYTES;
+    let row = |r: usize| &blocks[r * n..(r + 1) * n];
+    let one = time(|| {
+        for r in 0..rows {
+            std::hint::black_box(F::dot(cpu, row(r), act));
+        }
+    });
+    let four = time(|| {
+        let mut out = [0.0f32; 4];
+        for r in (0..rows).step_by(4) {
+            F::dot_rows(
+                cpu,
+                &[row(r), row(r + 1), row(r + 2), row(r + 3)],
+                act,
+                &mut out,
+            );
+            std::hint::black_box(&out);
+        }
+    });
+    (one, four)
 }

@@ -40,7 +40,7 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     const BYTES: usize;
     /// An activation vector quantized for this format's dot products (one per vector and
     /// product, reused for every row).
-    type Activation: Send + Sync;
+    type Activation: Send + Sync + 'static;
 
     /// Decodes the block `block` (`BYTES` bytes) into `out` (`VALUES` values), as GGML's
     /// reference dequantization does.
@@ -56,6 +56,15 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     /// The dot product of one row of blocks (`row.len()` a whole number of blocks) with a
     /// quantized activation of the same length, with `cpu`'s instructions.
     fn dot(cpu: Cpu, row: &[u8], x: &Self::Activation) -> f32;
+
+    /// `out[i] = dot(cpu, rows[i], x)` for several rows (as many as `out` is long): a format
+    /// may read the activation once for all of them. By default, one [`BlockFormat::dot`]
+    /// a row.
+    fn dot_rows(cpu: Cpu, rows: &[&[u8]], x: &Self::Activation, out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(rows) {
+            *o = Self::dot(cpu, row, x);
+        }
+    }
 
     /// Checks one block read from a file (e.g. no NaN or infinite scale): `Err` says what is
     /// wrong.
@@ -200,19 +209,25 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
     fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
         let b = xs.len();
         assert!(out.len() >= rows.len() * b, "Quantized::row_dots: output");
-        let acts: Vec<F::Activation> = xs
-            .iter()
-            .map(|x| {
-                assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
-                F::quantize_activation(x)
-            })
-            .collect();
-        for (i, r) in rows.enumerate() {
-            let row = self.row(r);
-            for (j, act) in acts.iter().enumerate() {
-                out[i * b + j] = F::dot(self.cpu, row, act);
-            }
+        for x in xs {
+            assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
         }
+        with_activations::<F, _>(xs, |acts| {
+            // Four rows at a time, each activation read once for the four.
+            let mut dots = [0.0f32; ROWS_AT_ONCE];
+            for start in rows.clone().step_by(ROWS_AT_ONCE) {
+                let end = (start + ROWS_AT_ONCE).min(rows.end);
+                let group: [&[u8]; ROWS_AT_ONCE] =
+                    std::array::from_fn(|k| self.row((start + k).min(end - 1)));
+                let dots = &mut dots[..end - start];
+                for (j, act) in acts.iter().enumerate() {
+                    F::dot_rows(self.cpu, &group[..dots.len()], act, dots);
+                    for (k, d) in dots.iter().enumerate() {
+                        out[(start - rows.start + k) * b + j] = *d;
+                    }
+                }
+            }
+        });
     }
 
     #[track_caller]
@@ -243,4 +258,63 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// Rows [`Quantized::row_dots`] hands [`BlockFormat::dot_rows`] at once.
+const ROWS_AT_ONCE: usize = 4;
+
+/// Whether `a` and `b` hold the same bits (in runs of 32 compared without an early exit,
+/// which the compiler vectorizes).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.chunks(32).zip(b.chunks(32)).all(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .fold(true, |same, (a, b)| same & (a.to_bits() == b.to_bits()))
+        })
+}
+
+/// The format, vectors and activations (a `Vec<F::Activation>`) of this thread's latest
+/// [`Quantized::row_dots`] call.
+type Latest = Option<(std::any::TypeId, Vec<f32>, Box<dyn std::any::Any>)>;
+
+thread_local! {
+    static LATEST: std::cell::RefCell<Latest> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on `xs` quantized by `F`, reusing this thread's latest quantization when it was
+/// of the same values for the same format: a product's rows are dotted in many
+/// `row_dots` calls (one per task of a few rows) with the same vectors, and the vector is
+/// then quantized once per thread and product instead of once per call.
+fn with_activations<F: BlockFormat, R>(xs: &[&[f32]], f: impl FnOnce(&[F::Activation]) -> R) -> R {
+    let quantize =
+        || -> Vec<F::Activation> { xs.iter().map(|x| F::quantize_activation(x)).collect() };
+    LATEST.with(|latest| {
+        let Ok(mut latest) = latest.try_borrow_mut() else {
+            return f(&quantize());
+        };
+        let same = match &*latest {
+            Some((format, values, acts)) => {
+                *format == std::any::TypeId::of::<F>()
+                    && acts
+                        .downcast_ref::<Vec<F::Activation>>()
+                        .is_some_and(|acts| acts.len() == xs.len())
+                    && values.len() == xs.iter().map(|x| x.len()).sum::<usize>()
+                    && values
+                        .chunks(xs.first().map_or(1, |x| x.len().max(1)))
+                        .zip(xs)
+                        .all(|(v, x)| same_bits(v, x))
+            }
+            None => false,
+        };
+        if !same {
+            let values = xs.iter().flat_map(|x| x.iter().copied()).collect();
+            *latest = Some((std::any::TypeId::of::<F>(), values, Box::new(quantize())));
+        }
+        let acts = latest
+            .as_ref()
+            .and_then(|(_, _, acts)| acts.downcast_ref::<Vec<F::Activation>>())
+            .expect("stored above");
+        f(acts)
+    })
 }

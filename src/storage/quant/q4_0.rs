@@ -58,7 +58,7 @@ impl BlockFormat for Q4_0 {
     #[track_caller]
     fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
         assert!(
-            row.len() % BYTES == 0 && row.len() / BYTES * QK == x.len(),
+            row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
             "Q4_0::dot: {} bytes of blocks against {} values",
             row.len(),
             x.len()
@@ -77,6 +77,35 @@ impl BlockFormat for Q4_0 {
         }
         let _ = cpu;
         dot_portable(row, x)
+    }
+
+    #[track_caller]
+    fn dot_rows(cpu: Cpu, rows: &[&[u8]], x: &Q8Act, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let (Ok(four), true) = (<[&[u8]; 4]>::try_from(rows), out.len() >= 4) {
+            for row in four {
+                assert!(
+                    row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
+                    "Q4_0::dot_rows: {} bytes of blocks against {} values",
+                    row.len(),
+                    x.len()
+                );
+            }
+            if cpu.has_avx512_vnni() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI;
+                // the lengths match (checked above).
+                out[..4].copy_from_slice(&unsafe { x86::dots4_vnni(four, x) });
+                return;
+            }
+            if cpu.has_avx2() {
+                // SAFETY: the `Cpu` says this CPU has AVX2, FMA and F16C; the lengths match.
+                out[..4].copy_from_slice(&unsafe { x86::dots4_avx2(four, x) });
+                return;
+            }
+        }
+        for (o, row) in out.iter_mut().zip(rows) {
+            *o = Self::dot(cpu, row, x);
+        }
     }
 
     fn check_block(block: &[u8]) -> Result<(), String> {
@@ -113,41 +142,67 @@ mod x86 {
     use super::BYTES;
     use std::arch::x86_64::*;
 
-    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first).
+    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first): the
+    /// 16 bytes in both halves, the upper half shifted by 4, no lane crossing.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn nibbles(w: &[u8]) -> __m256i {
-        let bytes = load16(w[2..BYTES].try_into().expect("16"));
-        let m = _mm_set1_epi8(0x0f);
-        let lo = _mm_and_si128(bytes, m);
-        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m);
-        _mm256_set_m128i(hi, lo)
+        let both = _mm256_broadcastsi128_si256(load16(w[2..BYTES].try_into().expect("16")));
+        let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
     }
 
-    /// [`super::Q4_0::dot`] with AVX2: the nibbles less 8 as signed bytes, `maddubs` on their
-    /// magnitudes and the activation with their sign, two accumulators of f32 lanes.
+    /// A block's products `q · a` (nibbles unsigned) in eight i32 lanes, with AVX2's
+    /// `maddubs`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lanes_avx2(w: &[u8], a: &[i8]) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(nibbles(w), load32_i8(a));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    /// A block's products `q · a` in eight i32 lanes, with AVX-512 VNNI's `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn lanes_vnni(w: &[u8], a: &[i8]) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(w), load32_i8(a))
+    }
+
+    /// [`super::Q4_0::dot`] with AVX2: the products `q · a`, less `8 · Σa` per block for the
+    /// weights' `q − 8`.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
-        let eight = _mm256_set1_epi8(8);
-        sum_blocks::<BYTES>(row, x, |w, a, _| {
-            dot_i8(_mm256_sub_epi8(nibbles(w), eight), load32_i8(a))
-        })
+        sum_blocks::<BYTES, -8>(row, x, |w, a| lanes_avx2(w, a))
     }
 
-    /// [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on the unsigned
-    /// nibbles, started from `−8 · Σa` so each block's integer sum is exact.
+    /// Four rows' [`super::Q4_0::dot`] with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots4_avx2(rows: [&[u8]; 4], x: &Q8Act) -> [f32; 4] {
+        sum_blocks_rows::<BYTES, -8, 4>(rows, x, |w, a| lanes_avx2(w, a))
+    }
+
+    /// [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
-        sum_blocks::<BYTES>(row, x, |w, a, sum| {
-            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * sum));
-            _mm256_dpbusd_epi32(start, nibbles(w), load32_i8(a))
-        })
+        sum_blocks::<BYTES, -8>(row, x, |w, a| lanes_vnni(w, a))
+    }
+
+    /// Four rows' [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn dots4_vnni(rows: [&[u8]; 4], x: &Q8Act) -> [f32; 4] {
+        sum_blocks_rows::<BYTES, -8, 4>(rows, x, |w, a| lanes_vnni(w, a))
     }
 }
 

@@ -47,7 +47,7 @@ impl BlockFormat for Q8_0 {
     #[track_caller]
     fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
         assert!(
-            row.len() % BYTES == 0 && row.len() / BYTES * QK == x.len(),
+            row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
             "Q8_0::dot: {} bytes of blocks against {} values",
             row.len(),
             x.len()
@@ -67,6 +67,10 @@ impl BlockFormat for Q8_0 {
         let _ = cpu;
         dot_portable(row, x)
     }
+
+    // `dot_rows` is left to its default, one row at a time: four rows per pass streamed
+    // a matrix larger than the caches at a third of the speed on AMD Zen 4 (8 against
+    // 26 GB/s, 65536 × 768), as fast in cache.
 
     fn check_block(block: &[u8]) -> Result<(), String> {
         check_scale(block, Self::NAME)
@@ -94,35 +98,47 @@ fn dot_portable(row: &[u8], x: &Q8Act) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::q8_act::{avx2::*, Q8Act};
+    use super::super::q8_act::avx2::{dot_i8, load32, load32_i8, sum_blocks};
+    use super::super::q8_act::Q8Act;
     use super::BYTES;
     use std::arch::x86_64::*;
 
-    /// [`super::Q8_0::dot`] with AVX2: `maddubs` on `|w|` and the activation with `w`'s
-    /// sign, two accumulators of f32 lanes.
+    /// A block's products with the activation in eight i32 lanes, with AVX2: `maddubs` on
+    /// `|w|` and the activation with `w`'s sign.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lanes_avx2(w: &[u8], a: &[i8]) -> __m256i {
+        dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a))
+    }
+
+    /// A block's products with the activation in eight i32 lanes plus `128 · Σa`, with
+    /// AVX-512 VNNI: `vpdpbusd` on `w + 128` as unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn lanes_vnni(w: &[u8], a: &[i8]) -> __m256i {
+        let wu = _mm256_xor_si256(
+            load32(w[2..].try_into().expect("32")),
+            _mm256_set1_epi8(-128),
+        );
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, load32_i8(a))
+    }
+
+    /// [`super::Q8_0::dot`] with AVX2.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(row: &[u8], x: &Q8Act) -> f32 {
-        sum_blocks::<BYTES>(row, x, |w, a, _| {
-            dot_i8(load32(w[2..].try_into().expect("32")), load32_i8(a))
-        })
+        sum_blocks::<BYTES, 0>(row, x, |w, a| lanes_avx2(w, a))
     }
 
-    /// [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors: `vpdpbusd` on `w + 128`
-    /// as unsigned bytes, started from `−128 · Σa` so each block's integer sum is exact.
+    /// [`super::Q8_0::dot`] with AVX-512 VNNI on 256-bit vectors.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn dot_vnni(row: &[u8], x: &Q8Act) -> f32 {
-        let flip = _mm256_set1_epi8(-128);
-        sum_blocks::<BYTES>(row, x, |w, a, sum| {
-            let wu = _mm256_xor_si256(load32(w[2..].try_into().expect("32")), flip);
-            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-128 * sum));
-            _mm256_dpbusd_epi32(start, wu, load32_i8(a))
-        })
+        sum_blocks::<BYTES, -128>(row, x, |w, a| lanes_vnni(w, a))
     }
 }
 

@@ -47,7 +47,7 @@ impl Q8Act {
     #[track_caller]
     pub fn quantize_from(&mut self, cpu: Cpu, x: &[f32]) {
         assert!(
-            x.len() % Q8_ACT_BLOCK == 0,
+            x.len().is_multiple_of(Q8_ACT_BLOCK),
             "Q8Act::quantize: {} values are not a whole number of 32-value blocks",
             x.len()
         );
@@ -116,7 +116,8 @@ fn quantize_block(x: &[f32; Q8_ACT_BLOCK], q: &mut [i8]) -> (f32, i32) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut r = [0.0f32; Q8_ACT_BLOCK];
     for (r, &v) in r.iter_mut().zip(x) {
-        // Within ±127 before rounding (a NaN to −127).
+        // Within ±127 before rounding; `max` (not `clamp`) takes a NaN to −127.
+        #[allow(clippy::manual_clamp)]
         let v = (v * id).max(-127.0).min(127.0);
         *r = (v + ROUNDER) - ROUNDER;
     }
@@ -200,44 +201,114 @@ pub(crate) mod avx2 {
         (d, _mm_cvtsi128_si32(s))
     }
 
-    /// `Σ_b d_w(b) · d_x(b) · Σ lanes(b)` over the blocks of `row` (`B` bytes each, the f16
-    /// scale first), where `lanes(block, activation integers, their sum)` gives a block's
-    /// integer products summed into eight i32 lanes: four blocks per step into four f32
-    /// accumulators.
+    /// `Σ_b d_w(b) · d_x(b) · (Σ lanes(b) + OFFSET · Σa(b))` over the blocks of `row` (`B`
+    /// bytes each, the f16 scale first), where `lanes(block, activation integers)` gives a
+    /// block's integer products summed into eight i32 lanes and `Σa(b)` is the sum of the
+    /// activation's integers in block `b` (the offset takes out what an unsigned operand
+    /// adds: −128 for `w + 128`, −8 for nibbles `q` of weights `q − 8`). Four blocks per
+    /// step into four f32 accumulators; the offsets into a fifth, four blocks at a time.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn sum_blocks<const B: usize>(
+    pub(crate) fn sum_blocks<const B: usize, const OFFSET: i32>(
         row: &[u8],
         x: &Q8Act,
-        lanes: impl Fn(&[u8], &[i8], i32) -> __m256i,
+        lanes: impl Fn(&[u8], &[i8]) -> __m256i,
     ) -> f32 {
-        let step = |acc: __m256, w: &[u8], a: &[i8], dx: f32, sum: i32| {
-            let d = _mm256_set1_ps(scale(w) * dx);
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a, sum)), d, acc)
-        };
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = _mm_setzero_ps();
         let mut ws = row.chunks_exact(4 * B);
         let mut qs = x.qs.chunks_exact(4 * Q8_ACT_BLOCK);
         let mut ds = x.scales.chunks_exact(4);
         let mut ss = x.sums.chunks_exact(4);
         for (((w, a), d), s) in (&mut ws).zip(&mut qs).zip(&mut ds).zip(&mut ss) {
+            // The four f16 scales converted at once (through a general register: no merge
+            // into a vector register that may be an accumulator), times the activation's.
+            let bits = (0..4).fold(0u64, |bits, k| {
+                bits | u64::from(u16::from_le_bytes([w[k * B], w[k * B + 1]])) << (16 * k)
+            });
+            let dw = _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64));
+            let d4 = _mm_mul_ps(dw, _mm_setr_ps(d[0], d[1], d[2], d[3]));
+            if OFFSET != 0 {
+                let sums = _mm_setr_epi32(s[0], s[1], s[2], s[3]);
+                offsets = _mm_fmadd_ps(d4, _mm_cvtepi32_ps(sums), offsets);
+            }
+            let dd = _mm256_castps128_ps256(d4);
             for (k, acc) in acc.iter_mut().enumerate() {
                 let a = &a[k * Q8_ACT_BLOCK..(k + 1) * Q8_ACT_BLOCK];
-                *acc = step(*acc, &w[k * B..(k + 1) * B], a, d[k], s[k]);
+                let p = lanes(&w[k * B..(k + 1) * B], a);
+                let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(k as i32));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, *acc);
             }
         }
-        let rest = ws
+        let mut rest = 0.0f32;
+        let blocks = ws
             .remainder()
             .chunks_exact(B)
             .zip(qs.remainder().chunks_exact(Q8_ACT_BLOCK))
             .zip(ds.remainder().iter().zip(ss.remainder()));
-        for (k, ((w, a), (&d, &s))) in rest.enumerate() {
-            acc[k] = step(acc[k], w, a, d, s);
+        for (k, ((w, a), (&dx, &sum))) in blocks.enumerate() {
+            let d = scale(w) * dx;
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a)), _mm256_set1_ps(d), acc[k]);
+            rest += d * (OFFSET * sum) as f32;
         }
-        hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        let offsets = _mm_mul_ps(offsets, _mm_set1_ps(OFFSET as f32));
+        let all = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(_mm256_add_ps(all, _mm256_zextps128_ps256(offsets))) + rest
+    }
+
+    /// [`sum_blocks`] for `R` rows at once (each `x.len() / 32` blocks of `B` bytes): each
+    /// step of four blocks loads the activation once for all rows, one accumulator a row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn sum_blocks_rows<const B: usize, const OFFSET: i32, const R: usize>(
+        rows: [&[u8]; R],
+        x: &Q8Act,
+        lanes: impl Fn(&[u8], &[i8]) -> __m256i,
+    ) -> [f32; R] {
+        let n = x.scales.len();
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let mut rest = [0.0f32; R];
+        for q in 0..n / 4 {
+            let a = &x.qs[q * 4 * Q8_ACT_BLOCK..(q + 1) * 4 * Q8_ACT_BLOCK];
+            let d = &x.scales[q * 4..q * 4 + 4];
+            let s = &x.sums[q * 4..q * 4 + 4];
+            let dx = _mm_setr_ps(d[0], d[1], d[2], d[3]);
+            let sums = _mm_cvtepi32_ps(_mm_setr_epi32(s[0], s[1], s[2], s[3]));
+            for r in 0..R {
+                let w = &rows[r][q * 4 * B..(q + 1) * 4 * B];
+                let bits = (0..4).fold(0u64, |bits, k| {
+                    bits | u64::from(u16::from_le_bytes([w[k * B], w[k * B + 1]])) << (16 * k)
+                });
+                let d4 = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64)), dx);
+                if OFFSET != 0 {
+                    offsets[r] = _mm_fmadd_ps(d4, sums, offsets[r]);
+                }
+                let dd = _mm256_castps128_ps256(d4);
+                for k in 0..4 {
+                    let p = lanes(
+                        &w[k * B..(k + 1) * B],
+                        &a[k * Q8_ACT_BLOCK..(k + 1) * Q8_ACT_BLOCK],
+                    );
+                    let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(k as i32));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r]);
+                }
+            }
+        }
+        for b in n / 4 * 4..n {
+            let a = &x.qs[b * Q8_ACT_BLOCK..(b + 1) * Q8_ACT_BLOCK];
+            for r in 0..R {
+                let w = &rows[r][b * B..(b + 1) * B];
+                let d = scale(w) * x.scales[b];
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(w, a)), _mm256_set1_ps(d), acc[r]);
+                rest[r] += d * (OFFSET * x.sums[b]) as f32;
+            }
+        }
+        std::array::from_fn(|r| {
+            let offsets = _mm_mul_ps(offsets[r], _mm_set1_ps(OFFSET as f32));
+            hsum(_mm256_add_ps(acc[r], _mm256_zextps128_ps256(offsets))) + rest[r]
+        })
     }
 
     /// The f16 scale in a block's first two bytes as f32, by F16C.
