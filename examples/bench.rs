@@ -317,7 +317,7 @@ impl Cli {
         let storage = self.storage();
         let name = storage.map(|s| match s {
             args::Storage::Dense(d) => format!("{d:?}"),
-            args::Storage::Quantized(q) => format!("{q} (block projections)"),
+            args::Storage::Quantized(q) => format!("{q} (block projections and head)"),
         });
         let model = match (&self.model, storage) {
             (Some(path), None) => Model::load(path),
@@ -325,7 +325,8 @@ impl Cli {
             (Some(path), Some(args::Storage::Quantized(q))) => Model::load_quantized(path, q),
             (None, Some(args::Storage::Quantized(q))) => {
                 let format = q.format();
-                random_checkpoint(&self.shape(), DType::F32, 1)
+                // Quantized from f16, the rest kept in f16, as published checkpoints are.
+                random_checkpoint(&self.shape(), DType::F16, 1)
                     .and_then(|m| Model::from_source_quantized(&m, &Quantization::to(format)))
             }
             (None, Some(args::Storage::Dense(d))) => random_model(&self.shape(), d, 1),

@@ -37,15 +37,34 @@ struct Args {
 
 /// Max |Δ|, mean |Δ| and the share of rows whose largest logit is the same token.
 fn compare(a: &Array2<f32>, b: &Array2<f32>) -> (f32, f64, f64) {
-    let max = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    let mean = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / a.len() as f64;
+    let max = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    let mean = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .sum::<f64>()
+        / a.len() as f64;
     let argmax = |r: ArrayView1<f32>| {
         r.iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
             .0
     };
-    let same = a.rows().into_iter().zip(b.rows()).filter(|(x, y)| argmax(*x) == argmax(*y)).count();
+    let same = a
+        .rows()
+        .into_iter()
+        .zip(b.rows())
+        .filter(|(x, y)| argmax(*x) == argmax(*y))
+        .count();
     (max, mean, same as f64 / a.nrows() as f64)
 }
 
@@ -69,7 +88,12 @@ fn bits_per_byte(model: &Model, text: &[u8]) -> Result<f64, tokenshift::Error> {
         let l = model.forward(&inputs[start..end], &mut state, Logits::All)?;
         for (row, &t) in l.rows().into_iter().zip(&targets[start..end]) {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             total += lse - row[t as usize] as f64;
         }
     }
@@ -77,7 +101,9 @@ fn bits_per_byte(model: &Model, text: &[u8]) -> Result<f64, tokenshift::Error> {
 }
 
 /// The two settings measured: projections only (the default), and projections with the head.
-fn settings(ty: QuantType) -> Result<Vec<(&'static str, Quantization)>, Box<dyn std::error::Error>> {
+fn settings(
+    ty: QuantType,
+) -> Result<Vec<(&'static str, Quantization)>, Box<dyn std::error::Error>> {
     let format = ty.format();
     Ok(vec![
         ("projections", Quantization::to(format)),
@@ -90,13 +116,22 @@ fn settings(ty: QuantType) -> Result<Vec<(&'static str, Quantization)>, Box<dyn 
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let types = if args.types.is_empty() { QuantType::ALL.to_vec() } else { args.types };
+    let types = if args.types.is_empty() {
+        QuantType::ALL.to_vec()
+    } else {
+        args.types
+    };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
 
-    println!("| model | type | quantized | MB/token | max abs diff | mean abs diff | top-1 agreement |");
+    println!(
+        "| model | type | quantized | MB/token | max abs diff | mean abs diff | top-1 agreement |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for name in ["v4-a", "v5.0-a", "v5.1-a", "v5.2-a", "v6-a", "v7-a"] {
-        let path = root.join("tests/fixtures").join(name).join("model.safetensors");
+        let path = root
+            .join("tests/fixtures")
+            .join(name)
+            .join("model.safetensors");
         let reference = Model::load(&path)?;
         let ids = tokens(reference.config().vocab, 64);
         let want = logits(&reference, &ids)?;

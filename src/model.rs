@@ -153,11 +153,11 @@ impl Model {
         Self::from_source_with(source, dtype, &Quantization::none())
     }
 
-    /// Loads a checkpoint with the block projections (the matrices of
+    /// Loads a checkpoint with the block projections and the head (the matrices of
     /// [`QUANTIZED_BY_DEFAULT`](crate::weights::QUANTIZED_BY_DEFAULT)) quantized to `ty` from
     /// their stored values (f32, f16 or bf16). A matrix whose rows do not split into whole
     /// blocks (e.g. a channel mix's `value` of width 224 in a 256-value format) stays as
-    /// stored, and so do the head, the embedding, the low-rank factors and the vectors. A
+    /// stored, and so do the embedding, the low-rank factors and the vectors. A
     /// matrix the file already holds in blocks is used as it is.
     ///
     /// # Errors

@@ -109,7 +109,7 @@ fn validate(metadata: &Metadata, data_len: u64) -> Result<()> {
 
 impl SafeTensorsFile {
     /// Opens the file at `path`, maps it into memory and validates its header; tensors are
-    /// decoded (or used in place, see [`TensorSource::raw`]) on request.
+    /// decoded (or used in place, see [`TensorSource::raw`](super::TensorSource::raw)) on request.
     ///
     /// The header may be at most 100 MB and the file's length less 8; the tensors' byte
     /// ranges must cover the data section after it exactly, as [`SafeTensorsFile::from_bytes`]
