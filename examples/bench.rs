@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- [--model PATH | --layers 12 --embd 768
 //!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k]
 //!     [--quantize q8_0|q4_0|q4_k|q5_k|q6_k] [--threads N]
-//!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--vs-f32] [--json]
+//!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--vs-f32] [--vs-f16] [--json]
 //! cargo run --release --example bench -- --model PATH --memory
 //! cargo run --release --example bench -- [--layers ...] [--dtype ...] --write-model OUT
 //! ```
@@ -22,7 +22,8 @@
 //!     GEMM limit (FLOPs per token × tokens/s / GEMM FLOP/s). `--busy-core` adds (f): decode on
 //!     all threads and on one while another thread keeps a core busy. `--vs-f32` adds (g): decode
 //!     alternated with a random f32 model of the same shape, so that the speed-up of f16 or bf16
-//!     weights is measured at the same moments of the machine. The default shape is RWKV-6 0.1B
+//!     weights is measured at the same moments of the machine; `--vs-f16` adds (h), the same
+//!     against an f16 model, for the quantized types. The default shape is RWKV-6 0.1B
 //!     (12 × 768, head size 64, vocab 65536) with random weights.
 //!
 //! `--model` takes any checkpoint the crate reads (see `Model::load`) instead of the random
@@ -289,6 +290,10 @@ struct Cli {
     /// Add (g): decode alternated with a random f32 model of the same shape
     #[arg(long)]
     vs_f32: bool,
+    /// Add (h): decode alternated with a random f16 model of the same shape (the reference for
+    /// the quantized types)
+    #[arg(long)]
+    vs_f16: bool,
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
@@ -454,6 +459,17 @@ fn main() {
             None
         };
 
+        // The same against f16, the reference of the quantized types.
+        let vs_f16 = if cli.vs_f16 {
+            let f16_model = random_model(&config, DType::F16, 1).map_err(|e| e.to_string())?;
+            Some(alternated(
+                || decode_speed(&model, decode_n),
+                || decode_speed(&f16_model, decode_n),
+            )?)
+        } else {
+            None
+        };
+
         // The GEMM limit again after the model's runs: the machine is shared, so it is the
         // best of both measurements.
         let gemm = gemm.max(gemm_gflops());
@@ -469,7 +485,7 @@ fn main() {
                  \"gemm_gflops\": {:.1}, \"decode_tok_s\": {:.2}, \"decode_roofline_ratio\": {:.3}, \
                  \"prefill_tok_s\": {:.1}, \"prefill_roofline_ratio\": {:.3}, \
                  \"batch{}_tok_s\": {:.2}, \"decode_bytes_per_token\": {}, \
-                 \"prefill_flops_per_token\": {}{}{}}}",
+                 \"prefill_flops_per_token\": {}{}{}{}}}",
                 config.version, config.n_layer, config.n_embd, config.head_size, config.vocab,
                 dtype, threads, bandwidth, gemm, decode_tok_s, decode_ratio, prefill_tok_s,
                 prefill_ratio, batch, batch_tok_s, bytes_per_token, flops_per_token,
@@ -478,6 +494,9 @@ fn main() {
                 )),
                 vs_f32.map_or(String::new(), |(own, f32)| format!(
                     ", \"alternated_decode_tok_s\": {own:.2}, \"alternated_f32_decode_tok_s\": {f32:.2}"
+                )),
+                vs_f16.map_or(String::new(), |(own, f16)| format!(
+                    ", \"alternated_f16_own_decode_tok_s\": {own:.2}, \"alternated_f16_decode_tok_s\": {f16:.2}"
                 ))
             );
         } else {
@@ -507,6 +526,12 @@ fn main() {
                 println!(
                     "(g) decode alternated with an f32 model of the same shape: {own:.2} tok/s against {f32:.2} = {:.2}x",
                     own / f32
+                );
+            }
+            if let Some((own, f16)) = vs_f16 {
+                println!(
+                    "(h) decode alternated with an f16 model of the same shape: {own:.2} tok/s against {f16:.2} = {:.2}x",
+                    own / f16
                 );
             }
         }
