@@ -3,6 +3,9 @@
 //! integer dot-product kernels of every instruction set of this CPU against the portable code
 //! and a plain f64 dequantize-then-multiply reference.
 
+mod quant_support;
+use quant_support::Rng;
+
 use half::f16;
 use ndarray::Array2;
 use std::path::PathBuf;
@@ -22,29 +25,6 @@ fn read_f32(name: &str) -> Vec<f32> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect()
-}
-
-/// SplitMix64: reproducible test values without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    /// Roughly normal (sum of uniforms).
-    fn normal(&mut self) -> f32 {
-        (0..4).map(|_| self.uniform()).sum::<f32>() * 0.87
-    }
 }
 
 /// Where each format keeps its f16 scales (`d` first).

@@ -2,38 +2,14 @@
 //! (committed fixtures), every kernel this CPU runs against the portable one, and the dot
 //! products against a dequantize-then-multiply reference in f64.
 
+mod quant_support;
+use quant_support::Rng;
+
 use half::f16;
 use std::path::PathBuf;
 use tokenshift::ops::{Cpu, Matrix};
 use tokenshift::storage::quant::{BlockFormat, Q8Act, Q4_0, Q8_0};
 use tokenshift::storage::{Dense, Quantized, SharedBytes};
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    /// Roughly normal: a sum of uniforms.
-    fn normal(&mut self) -> f32 {
-        (0..4).map(|_| self.uniform()).sum::<f32>() * 0.87
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
