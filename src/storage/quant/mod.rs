@@ -234,15 +234,25 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
     fn pack_panel(&self, rows: Range<usize>, width: usize, dst: &mut [f32]) {
         assert!(rows.len() <= width, "Quantized::pack_panel: rows");
         assert_eq!(dst.len(), self.cols * width, "Quantized::pack_panel: panel");
-        let mut row = vec![0.0f32; self.cols];
-        for i in 0..width {
-            if i < rows.len() {
-                self.row_into(rows.start + i, &mut row);
-            } else {
-                row.fill(0.0);
+        assert!(
+            F::VALUES <= MAX_BLOCK_VALUES,
+            "Quantized: {} blocks",
+            F::NAME
+        );
+        // Each block decoded once into a buffer on the stack, then spread down its column.
+        let mut values = [0.0f32; MAX_BLOCK_VALUES];
+        let values = &mut values[..F::VALUES];
+        for (i, r) in rows.clone().enumerate() {
+            for (b, block) in self.row(r).chunks_exact(F::BYTES).enumerate() {
+                F::dequantize(block, values);
+                for (p, v) in values.iter().enumerate() {
+                    dst[(b * F::VALUES + p) * width + i] = *v;
+                }
             }
-            for (p, v) in row.iter().enumerate() {
-                dst[p * width + i] = *v;
+        }
+        for i in rows.len()..width {
+            for p in 0..self.cols {
+                dst[p * width + i] = 0.0;
             }
         }
     }
@@ -259,6 +269,9 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
         self
     }
 }
+
+/// The most values a block format holds (the K types' 256).
+const MAX_BLOCK_VALUES: usize = 256;
 
 /// Rows [`Quantized::row_dots`] hands [`BlockFormat::dot_rows`] at once.
 const ROWS_AT_ONCE: usize = 4;
@@ -317,4 +330,42 @@ fn with_activations<F: BlockFormat, R>(xs: &[&[f32]], f: impl FnOnce(&[F::Activa
             .expect("stored above");
         f(acts)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Linear;
+    use ndarray::Array2;
+
+    /// Prefill (more rows than the dot-product path takes) packs quantized rows into the GEMM's
+    /// panels: the product equals that of the dequantized f32 matrix, bit for bit, for widths
+    /// that leave a panel part-filled.
+    #[test]
+    fn prefill_panels_hold_the_dequantized_rows() {
+        fn check<F: BlockFormat>() {
+            let cols = 2 * F::VALUES;
+            for rows in [1, 7, 37] {
+                let values: Vec<f32> = (0..rows * cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+                    .collect();
+                let q = Quantized::<F>::quantize(&values, rows, cols);
+                let mut dequantized = Array2::zeros((rows, cols));
+                for (r, mut row) in dequantized.rows_mut().into_iter().enumerate() {
+                    q.row_into(r, row.as_slice_mut().unwrap());
+                }
+                let xs = Array2::from_shape_fn((40, cols), |(t, j)| {
+                    ((t * 5 + j) % 13) as f32 / 6.0 - 1.0
+                });
+                let got = Linear::new(q).forward(xs.view());
+                let want = Linear::from(dequantized).forward(xs.view());
+                assert_eq!(got, want, "{} {rows} × {cols}", F::NAME);
+            }
+        }
+        check::<Q8_0>();
+        check::<Q4_0>();
+        check::<Q4K>();
+        check::<Q5K>();
+        check::<Q6K>();
+    }
 }
