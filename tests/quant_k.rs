@@ -236,7 +236,7 @@ fn kernels_agree<F: BlockFormat<Activation = Q8KActivation> + Clone>() {
             }
         }
         for (j, x) in xs.iter().enumerate() {
-            let act = F::quantize_activation(x);
+            let act = F::quantize_activation(Cpu::detect(), x);
             let xq = act.dequantize();
             for r in 0..rows {
                 let mut w = vec![0.0; cols];

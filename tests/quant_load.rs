@@ -50,7 +50,7 @@ impl BlockFormat for TestQ8 {
         }
     }
 
-    fn quantize_activation(x: &[f32]) -> Vec<f32> {
+    fn quantize_activation(_: Cpu, x: &[f32]) -> Vec<f32> {
         x.to_vec()
     }
 

@@ -8,7 +8,7 @@ use quant_support::Rng;
 use half::f16;
 use std::path::PathBuf;
 use tokenshift::ops::{Cpu, Matrix};
-use tokenshift::storage::quant::{BlockFormat, Q8Act, Q4_0, Q8_0};
+use tokenshift::storage::quant::{BlockFormat, LanedQ8, Q8Act, Q4_0, Q8_0};
 use tokenshift::storage::{Dense, Quantized, SharedBytes};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -103,14 +103,14 @@ fn integer_activation(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// With scales of 1 every product is an integer below 2²⁴ (up to 1024 values), exact in f32
 /// in any order: every kernel gives the exact integer dot product.
-fn integer_parts_exact<F: BlockFormat<Activation = Q8Act>>() {
+fn integer_parts_exact<F: BlockFormat<Activation = LanedQ8>>() {
     let mut rng = Rng(7);
     for blocks in [1, 2, 3, 5, 8, 17, 32] {
         for _ in 0..4 {
             let row = random_blocks::<F>(&mut rng, blocks, 1.0);
             let x = integer_activation(&mut rng, blocks * 32);
-            let act = F::quantize_activation(&x);
-            assert!(act.scales().iter().all(|&d| d == 1.0));
+            let act = F::quantize_activation(Cpu::detect(), &x);
+            assert!(act.q8.scales().iter().all(|&d| d == 1.0));
             let mut w = vec![0.0f32; blocks * 32];
             for (b, o) in row.chunks_exact(F::BYTES).zip(w.chunks_exact_mut(32)) {
                 F::dequantize(b, o);
@@ -126,7 +126,7 @@ fn integer_parts_exact<F: BlockFormat<Activation = Q8Act>>() {
             .map(|_| random_blocks::<F>(&mut rng, blocks, 1.0))
             .collect();
         let x = integer_activation(&mut rng, blocks * 32);
-        let act = F::quantize_activation(&x);
+        let act = F::quantize_activation(Cpu::detect(), &x);
         let exact: Vec<f32> = rows
             .iter()
             .map(|row| {
@@ -140,17 +140,17 @@ fn integer_parts_exact<F: BlockFormat<Activation = Q8Act>>() {
                     .sum::<i64>() as f32
             })
             .collect();
-        let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+        let all = rows.concat();
         for cpu in Cpu::detect().variants() {
             let mut got = [0.0f32; 4];
-            F::dot_rows(cpu, &refs, &act, &mut got);
+            F::dot_rows(cpu, &all, rows[0].len(), &act, &mut got, 1);
             assert_eq!(&got[..], &exact[..], "{} {cpu:?}, {blocks} blocks", F::NAME);
         }
     }
     // Extremes: weights at their most negative and largest, activations at ±127.
     let mut x = vec![127.0f32; 64];
     x[33..].iter_mut().for_each(|v| *v = -127.0);
-    let act = F::quantize_activation(&x);
+    let act = F::quantize_activation(Cpu::detect(), &x);
     for fill in [0x00u8, 0xff, 0x80, 0x7f] {
         let mut row = vec![fill; 2 * F::BYTES];
         for b in row.chunks_exact_mut(F::BYTES) {
@@ -187,7 +187,7 @@ fn q4_0_integer_parts_exact() {
 /// kernel within f32 rounding of the portable one and of an f64 product of the dequantized
 /// weights with the quantized activation, and within the activation's quantization error of
 /// the f64 product with the vector itself.
-fn against_reference<F: BlockFormat<Activation = Q8Act> + Clone>() {
+fn against_reference<F: BlockFormat<Activation = LanedQ8> + Clone>() {
     let mut rng = Rng(11);
     for blocks in [1, 2, 3, 7, 24, 33, 96, 128] {
         let n = blocks * 32;
@@ -385,7 +385,6 @@ fn measure_streaming() {
         );
         let q8 = Quantized::<Q8_0>::quantize(&values, rows, cols);
         let q4 = Quantized::<Q4_0>::quantize(&values, rows, cols);
-        let act = Q8Act::quantize(&x);
         let t_act = time(|| {
             std::hint::black_box(Q8Act::quantize(std::hint::black_box(&x)));
         });
@@ -404,8 +403,8 @@ fn measure_streaming() {
         }
         // The kernels alone, the activation quantized once: one row a call, and four.
         for cpu in Cpu::detect().variants() {
-            let k8 = kernel_times::<Q8_0>(cpu, q8.blocks(), rows, cols, &act);
-            let k4 = kernel_times::<Q4_0>(cpu, q4.blocks(), rows, cols, &act);
+            let k8 = kernel_times::<Q8_0>(cpu, q8.blocks(), rows, cols, &x);
+            let k4 = kernel_times::<Q4_0>(cpu, q4.blocks(), rows, cols, &x);
             println!(
                 "  kernels {cpu:?}: q8_0 {:.1} / {:.1} GB/s, q4_0 {:.1} / {:.1} GB/s (1 / 4 rows a call)",
                 q8.size_bytes() as f64 / k8.0 / 1e9,
@@ -419,13 +418,14 @@ fn measure_streaming() {
 
 /// Seconds for all rows of `blocks` through [`BlockFormat::dot`] and through
 /// [`BlockFormat::dot_rows`] four rows at a time.
-fn kernel_times<F: BlockFormat<Activation = Q8Act>>(
+fn kernel_times<F: BlockFormat<Activation = LanedQ8>>(
     cpu: Cpu,
     blocks: &[u8],
     rows: usize,
     cols: usize,
-    act: &Q8Act,
+    x: &[f32],
 ) -> (f64, f64) {
+    let act = &F::quantize_activation(cpu, x);
     let n = cols / F::VALUES * F::BYTES;
     let row = |r: usize| &blocks[r * n..(r + 1) * n];
     let one = time(|| {
@@ -436,12 +436,7 @@ fn kernel_times<F: BlockFormat<Activation = Q8Act>>(
     let four = time(|| {
         let mut out = [0.0f32; 4];
         for r in (0..rows).step_by(4) {
-            F::dot_rows(
-                cpu,
-                &[row(r), row(r + 1), row(r + 2), row(r + 3)],
-                act,
-                &mut out,
-            );
+            F::dot_rows(cpu, &blocks[r * n..(r + 4) * n], n, act, &mut out, 1);
             std::hint::black_box(&out);
         }
     });

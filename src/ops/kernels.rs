@@ -745,17 +745,14 @@ mod tests {
                 for b in [1, 2, 3, 4, 5, 8, 9, MAX_VECTORS] {
                     let views: Vec<&[f32]> = xs16[..b].iter().map(Vec::as_slice).collect();
                     let mut results = Vec::new();
-                    for (i, cpu) in Cpu::detect().variants().into_iter().enumerate() {
+                    for cpu in Cpu::detect().variants() {
                         let mut out = vec![0.0f32; rows * b];
                         T::row_dots(cpu, &block, &views, &mut out);
-                        results.push((
-                            ["row_dots", "row_dots narrowed", "row_dots portable"][i],
-                            out,
-                        ));
+                        results.push((format!("row_dots {cpu:?}"), out));
                     }
                     let mut plain = vec![0.0f32; rows * b];
                     row_dots_plain(&block, &views, rows, &mut plain);
-                    results.push(("plain", plain));
+                    results.push(("plain".to_string(), plain));
                     for &(name, kernel) in kernels {
                         let mut out = vec![0.0f32; rows * b];
                         // SAFETY: `kernels` lists only what this CPU runs; shapes as
@@ -767,7 +764,7 @@ mod tests {
                             T::dots(Cpu::detect(), &shifted(rows - 1), &views, &mut one);
                             assert_eq!(out[rows - 1], one[0], "avx2 n={n} rows={rows}");
                         }
-                        results.push((name, out));
+                        results.push((name.to_string(), out));
                     }
                     for r in 0..rows {
                         for j in 0..b {

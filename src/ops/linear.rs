@@ -10,7 +10,7 @@
 //!   product.
 
 use super::gemm;
-use super::matrix::Matrix;
+use super::matrix::{Matrix, Prepared};
 use super::simd::Cpu;
 use super::PARALLEL_MIN_WORK;
 use ndarray::linalg::general_mat_mul;
@@ -107,7 +107,7 @@ impl Linear {
     }
 
     /// `out[(r − rows.start) · B + j] = W[r] · xs[j]` for the rows `r` of `rows`, `x` holding
-    /// `B` rows of `inp` values.
+    /// `B` rows of `inp` values; `prepared` as [`Matrix::row_dots_prepared`] takes it.
     ///
     /// # Panics
     /// If `B` is above [`SMALL_BATCH`] or `out` is too short.
@@ -116,9 +116,10 @@ impl Linear {
         x: &[f32],
         inp: usize,
         rows: std::ops::Range<usize>,
+        prepared: &mut Prepared,
         out: &mut [f32],
     ) {
-        dot_rows(&*self.w, x, inp, rows, out)
+        dot_rows(&*self.w, x, inp, rows, prepared, out)
     }
 
     /// `y = W x`.
@@ -175,10 +176,10 @@ fn streamed(w: &dyn Matrix, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>, par
     let x = xs.as_slice().expect("standard layout");
     let rows_per_task = out.div_ceil(64).max(8);
     let parallel = parallel && out * inp * t >= PARALLEL_MIN_WORK;
-    let task = |(i, mut block): (usize, ArrayViewMut2<f32>)| {
+    let task = |prepared: &mut Prepared, (i, mut block): (usize, ArrayViewMut2<f32>)| {
         let start = i * rows_per_task;
         if let Some(y) = block.as_slice_mut() {
-            dot_rows(w, x, inp, start..start + y.len() / t, y);
+            dot_rows(w, x, inp, start..start + y.len() / t, prepared, y);
             return;
         }
         // Strided output: through a small buffer, `SUB_ROWS` rows at a time.
@@ -186,25 +187,39 @@ fn streamed(w: &dyn Matrix, xs: ArrayView2<f32>, mut yt: ArrayViewMut2<f32>, par
         for sub in (0..block.nrows()).step_by(SUB_ROWS) {
             let end = (sub + SUB_ROWS).min(block.nrows());
             let part = &mut buf[..(end - sub) * t];
-            dot_rows(w, x, inp, start + sub..start + end, part);
+            dot_rows(w, x, inp, start + sub..start + end, prepared, part);
             let part = ArrayView2::from_shape((end - sub, t), &*part).expect("sized above");
             block.slice_mut(s![sub..end, ..]).assign(&part);
         }
     };
     let blocks = yt.axis_chunks_iter_mut(Axis(0), rows_per_task);
     if parallel {
-        blocks.into_par_iter().enumerate().for_each(task);
+        blocks
+            .into_par_iter()
+            .enumerate()
+            .for_each_init(Prepared::new, task);
     } else {
-        blocks.enumerate().for_each(task);
+        let mut prepared = Prepared::new();
+        blocks
+            .enumerate()
+            .for_each(|item| task(&mut prepared, item));
     }
 }
 
 /// `out[(r − rows.start) · B + j] = W[r] · xs[j]` for the rows `r` of `rows`: `x` holds `B`
-/// rows of `inp` values, each weight row is read once for all of them.
+/// rows of `inp` values, each weight row is read once for all of them; `prepared` as
+/// [`Matrix::row_dots_prepared`] takes it.
 ///
 /// # Panics
 /// If `B` is above [`SMALL_BATCH`] or `out` is too short.
-fn dot_rows(w: &dyn Matrix, x: &[f32], inp: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+fn dot_rows(
+    w: &dyn Matrix,
+    x: &[f32],
+    inp: usize,
+    rows: std::ops::Range<usize>,
+    prepared: &mut Prepared,
+    out: &mut [f32],
+) {
     let b = x.len() / inp.max(1);
     let mut xs: [&[f32]; SMALL_BATCH] = [&[]; SMALL_BATCH];
     for (slot, row) in xs.iter_mut().zip(x.chunks_exact(inp.max(1))) {
@@ -215,7 +230,7 @@ fn dot_rows(w: &dyn Matrix, x: &[f32], inp: usize, rows: std::ops::Range<usize>,
         out[..rows.len() * b].fill(0.0);
         return;
     }
-    w.row_dots(rows.clone(), &xs[..b], &mut out[..rows.len() * b]);
+    w.row_dots_prepared(rows.clone(), &xs[..b], prepared, &mut out[..rows.len() * b]);
 }
 
 /// `ys = xs Wᵀ` as matrix-matrix products over blocks of output columns, two blocks per rayon

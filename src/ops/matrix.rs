@@ -37,10 +37,30 @@ pub trait Matrix: Send + Sync + std::fmt::Debug {
     /// `B = xs.len()` vectors of `in` values each (at most 16): every row read once for all
     /// vectors.
     ///
+    /// A product's rows are usually dotted in many calls (a few rows each, on several
+    /// threads) with the same vectors: `prepared` holds what the storage made of the vectors
+    /// for its kernels (a quantized copy, say) from one call to the next on a thread. The
+    /// caller [`clear`](Prepared::clear)s it when the vectors change.
+    ///
     /// # Panics
     /// If `rows` is out of range, a vector has the wrong length, there are more than 16 of
     /// them, or `out` is shorter than `rows.len() · B`.
-    fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]);
+    fn row_dots_prepared(
+        &self,
+        rows: Range<usize>,
+        xs: &[&[f32]],
+        prepared: &mut Prepared,
+        out: &mut [f32],
+    );
+
+    /// [`Matrix::row_dots_prepared`] for one call alone.
+    ///
+    /// # Panics
+    /// As [`Matrix::row_dots_prepared`].
+    #[track_caller]
+    fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+        self.row_dots_prepared(rows, xs, &mut Prepared::new(), out)
+    }
 
     /// `dst[p · width + i] = W[rows.start + i][p]` for every `p < in` and `i < rows.len()`, and
     /// zero for `rows.len() ≤ i < width`: a block of rows transposed into one panel of the
@@ -57,4 +77,54 @@ pub trait Matrix: Send + Sync + std::fmt::Debug {
 
     /// The storage itself, to look at its concrete type.
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What a storage made of a product's input vectors for its kernels (e.g. the vectors
+/// quantized to 8-bit blocks), kept between the [`Matrix::row_dots_prepared`] calls of one
+/// product on one thread so that it is made once per thread and product rather than once per
+/// call. Empty until a storage needs it; a dense storage never does.
+#[derive(Default)]
+pub struct Prepared {
+    value: Option<Box<dyn std::any::Any + Send>>,
+    current: bool,
+}
+
+impl Prepared {
+    /// Nothing prepared yet.
+    pub fn new() -> Prepared {
+        Prepared::default()
+    }
+
+    /// Marks what is held as made from other vectors: the next call prepares anew (reusing
+    /// the memory).
+    pub fn clear(&mut self) {
+        self.current = false;
+    }
+
+    /// The vectors' prepared form of type `T`: `make` fills it (a `T` kept from earlier
+    /// calls, or a new one) unless it was made since the last [`Prepared::clear`].
+    pub fn get_or_make<T: Default + Send + 'static>(&mut self, make: impl FnOnce(&mut T)) -> &T {
+        if !self.value.as_ref().is_some_and(|v| v.is::<T>()) {
+            self.value = Some(Box::new(T::default()));
+            self.current = false;
+        }
+        let value = self
+            .value
+            .as_mut()
+            .and_then(|v| v.downcast_mut::<T>())
+            .expect("a T, stored above");
+        if !self.current {
+            make(value);
+        }
+        self.current = true;
+        value
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
 }

@@ -35,7 +35,7 @@ pub use activation::{relu_squared, sigmoid, silu};
 pub use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_inplace};
 pub use kernels::wkv_step;
 pub use linear::Linear;
-pub use matrix::Matrix;
+pub use matrix::{Matrix, Prepared};
 pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
 pub use simd::{Cpu, Element};
 pub use team::{with_team, Team, TeamBuffers};

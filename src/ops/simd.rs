@@ -13,12 +13,13 @@ pub struct Cpu {
     avx2: bool,
     avx512: bool,
     avx512_vnni: bool,
+    avx512_vbmi: bool,
     avx512_min_vectors: usize,
 }
 
 impl Cpu {
-    /// What this CPU has: AVX2 with FMA and F16C, AVX-512F, AVX-512 VNNI with BW and VL
-    /// (x86-64 only), detected once.
+    /// What this CPU has: AVX2 with FMA and F16C, AVX-512F, AVX-512 VNNI with BW and VL, and
+    /// AVX-512 VBMI (x86-64 only), detected once.
     pub fn detect() -> Cpu {
         static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
         *CPU.get_or_init(|| {
@@ -32,10 +33,12 @@ impl Cpu {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni");
+                let avx512_vbmi = avx512_vnni && is_x86_feature_detected!("avx512vbmi");
                 Cpu {
                     avx2,
                     avx512,
                     avx512_vnni,
+                    avx512_vbmi,
                     avx512_min_vectors: avx512_min_vectors(),
                 }
             }
@@ -52,6 +55,7 @@ impl Cpu {
             avx2: false,
             avx512: false,
             avx512_vnni: false,
+            avx512_vbmi: false,
             avx512_min_vectors: 1,
         }
     }
@@ -61,6 +65,16 @@ impl Cpu {
         Cpu {
             avx512: false,
             avx512_vnni: false,
+            avx512_vbmi: false,
+            ..self
+        }
+    }
+
+    /// This one without the 512-bit integer kernels of the quantized formats (their 256-bit
+    /// VNNI kernels, where it has them).
+    pub fn without_avx512_vbmi(self) -> Cpu {
+        Cpu {
+            avx512_vbmi: false,
             ..self
         }
     }
@@ -81,6 +95,12 @@ impl Cpu {
         self.avx512_vnni
     }
 
+    /// Whether the quantized formats' 512-bit integer kernels run: AVX-512 VNNI (with F, BW
+    /// and VL) and VBMI, whose byte permutes gather a vector's worth of blocks.
+    pub fn has_avx512_vbmi(self) -> bool {
+        self.avx512_vbmi
+    }
+
     /// Vectors from which a product of rows takes the AVX-512 kernels (measured:
     /// five on AMD Zen 4, one elsewhere).
     pub fn avx512_min_vectors(self) -> usize {
@@ -91,6 +111,9 @@ impl Cpu {
     /// runs against the portable loops.
     pub fn variants(self) -> Vec<Cpu> {
         let mut all = vec![self];
+        if self.avx512_vbmi {
+            all.push(self.without_avx512_vbmi());
+        }
         if self.avx512 {
             all.push(self.without_avx512());
         }

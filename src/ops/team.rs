@@ -31,6 +31,7 @@
 
 use super::aligned;
 use super::linear::Linear;
+use super::matrix::Prepared;
 use ndarray::{Array1, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -78,8 +79,9 @@ struct Parts {
     next: Vec<AtomicU64>,
     /// One private scratch per helper.
     helpers: Vec<Mutex<HelperScratch>>,
-    /// The lead's copy of the inputs, on a cache line like the helpers'.
-    lead_x: Mutex<Array1<f32>>,
+    /// The lead's copy of the inputs, on a cache line like the helpers', and what the
+    /// weights' storages made of them.
+    lead: Mutex<LeadScratch>,
     sizes: TeamSizes,
 }
 
@@ -95,8 +97,15 @@ struct HelperScratch {
     /// The helper's copy of the inputs, starting on a cache line (so that the
     /// kernels' loads of it do not straddle two).
     x: Array1<f32>,
+    /// What each product's storage made of its inputs ([`Prepared`]), cleared per job.
+    prepared: [Prepared; MAX_JOINT],
     /// One finished chunk, `[CHUNK_ROWS, rows]`.
     y: Vec<f32>,
+}
+
+struct LeadScratch {
+    x: Array1<f32>,
+    prepared: [Prepared; MAX_JOINT],
 }
 
 impl TeamBuffers {
@@ -140,11 +149,15 @@ impl TeamBuffers {
                 .map(|_| {
                     Mutex::new(HelperScratch {
                         x: aligned::zeros(max_in * rows),
+                        prepared: Default::default(),
                         y: vec![0.0; CHUNK_ROWS * rows],
                     })
                 })
                 .collect(),
-            lead_x: Mutex::new(aligned::zeros(max_in * rows)),
+            lead: Mutex::new(LeadScratch {
+                x: aligned::zeros(max_in * rows),
+                prepared: Default::default(),
+            }),
             sizes,
         };
         TeamBuffers {
@@ -514,10 +527,17 @@ impl<'w> Job<'w> {
     }
 
     /// `out[(r − rows.start) · B + j]` for the rows `rows` of `part`, from the job's inputs
-    /// `x`.
-    fn compute(&self, part: &Part<'w>, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    /// `x` and what the part's storage made of them (`prepared`, this thread's for the part).
+    fn compute(
+        &self,
+        part: &Part<'w>,
+        x: &[f32],
+        rows: Range<usize>,
+        prepared: &mut Prepared,
+        out: &mut [f32],
+    ) {
         let x = &x[part.x_at..part.x_at + self.rows * part.inp];
-        part.w.dot_rows(x, part.inp, rows, out);
+        part.w.dot_rows(x, part.inp, rows, prepared, out);
     }
 
     /// Where `part`'s rows `rows` sit in the shared output.
@@ -626,17 +646,19 @@ impl<'w> Shared<'w> {
         }
         self.seq.store(2 * e, Ordering::Release);
 
-        let mut lead_x = lock(&self.buffers.lead_x);
-        let x = &mut lead_x.as_slice_mut().expect("contiguous")[..job.x_len];
+        let mut lead = lock(&self.buffers.lead);
+        let LeadScratch { x, prepared } = &mut *lead;
+        let x = &mut x.as_slice_mut().expect("contiguous")[..job.x_len];
         for (o, &v) in x.iter_mut().zip(inputs()) {
             *o = v;
         }
+        prepared.iter_mut().for_each(Prepared::clear);
         let x = &*x;
         let rows = job.rows;
-        let chunk_of = |c: usize, entries: &mut [Entry<'_, 'w>]| {
+        let mut chunk_of = |c: usize, entries: &mut [Entry<'_, 'w>]| {
             let (i, part, r) = job.locate(c);
             let y = &mut entries[i].y[r.start * rows..r.end * rows];
-            job.compute(&part, x, r, y);
+            job.compute(&part, x, r, &mut prepared[i], y);
         };
         while let Some(c) = self.claim(0, e, n) {
             self.buffers.chunks[c].store(tag(e, TAKEN), Ordering::Relaxed);
@@ -674,7 +696,7 @@ impl<'w> Shared<'w> {
     /// A helper's loop: wait for a job, copy its input, take chunks until none is left.
     fn help(&self, slot: &Mutex<HelperScratch>, me: usize) {
         let mut scratch = lock(slot);
-        let HelperScratch { x, y } = &mut *scratch;
+        let HelperScratch { x, prepared, y } = &mut *scratch;
         let x = x.as_slice_mut().expect("contiguous");
         let mut seen = 0;
         let mut idle = 0u32;
@@ -705,10 +727,11 @@ impl<'w> Shared<'w> {
                 continue; // The lead moved on while the input was copied.
             }
             seen = e;
+            prepared.iter_mut().for_each(Prepared::clear);
             while let Some(c) = self.claim(me, e, job.chunks) {
-                let (_, part, r) = job.locate(c);
+                let (i, part, r) = job.locate(c);
                 let done = &mut y[..r.len() * job.rows];
-                job.compute(&part, x, r.clone(), done);
+                job.compute(&part, x, r.clone(), &mut prepared[i], done);
                 let status = &self.buffers.chunks[c];
                 let now = status.load(Ordering::Relaxed);
                 if now >> 2 >= e

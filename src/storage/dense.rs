@@ -3,7 +3,7 @@
 use super::SharedBytes;
 use crate::ops::gemm::Transpose;
 use crate::ops::kernels::Dot;
-use crate::ops::{aligned, Cpu, Element, Linear, Matrix};
+use crate::ops::{aligned, Cpu, Element, Linear, Matrix, Prepared};
 use ndarray::{Array2, ArrayView2};
 use std::ops::Range;
 
@@ -113,7 +113,13 @@ impl<T: Element + Dot + Transpose> Matrix for Dense<T> {
     }
 
     #[track_caller]
-    fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+    fn row_dots_prepared(
+        &self,
+        rows: Range<usize>,
+        xs: &[&[f32]],
+        _: &mut Prepared,
+        out: &mut [f32],
+    ) {
         let n = rows.len() * xs.len();
         assert!(out.len() >= n, "Dense::row_dots: output length");
         T::row_dots(self.cpu, self.row_values(rows), xs, &mut out[..n]);

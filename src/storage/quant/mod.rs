@@ -6,18 +6,20 @@
 //! ([`BlockFormat::Activation`], as llama.cpp does: 8-bit blocks, integer dot products).
 //! [`Quantized`] holds rows of blocks and implements [`Matrix`] over any format.
 
+mod lanes;
 mod q4_0;
 mod q8_0;
 mod q8_act;
 mod types;
 
+pub use lanes::LanedQ8;
 pub use q4_0::Q4_0;
 pub use q8_0::Q8_0;
 pub use q8_act::{Q8Act, Q8_ACT_BLOCK};
 pub use types::{quantized_matrix, QuantFormat, QuantSource, QuantType};
 
 use super::SharedBytes;
-use crate::ops::{Cpu, Matrix};
+use crate::ops::{Cpu, Matrix, Prepared};
 use std::ops::Range;
 
 mod q4_k;
@@ -40,7 +42,7 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     const BYTES: usize;
     /// An activation vector quantized for this format's dot products (one per vector and
     /// product, reused for every row).
-    type Activation: Send + Sync + 'static;
+    type Activation: Default + Send + Sync + 'static;
 
     /// Decodes the block `block` (`BYTES` bytes) into `out` (`VALUES` values), as GGML's
     /// reference dequantization does.
@@ -50,20 +52,37 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
     /// quantization does.
     fn quantize(values: &[f32], block: &mut [u8]);
 
-    /// `x` (a whole number of blocks long) quantized for [`BlockFormat::dot`].
-    fn quantize_activation(x: &[f32]) -> Self::Activation;
+    /// `x` (a whole number of blocks long) quantized for [`BlockFormat::dot`] with `cpu`'s
+    /// kernels.
+    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Self::Activation;
+
+    /// [`BlockFormat::quantize_activation`] into `act`, which a format may reuse the memory
+    /// of.
+    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Self::Activation) {
+        *act = Self::quantize_activation(cpu, x);
+    }
 
     /// The dot product of one row of blocks (`row.len()` a whole number of blocks) with a
     /// quantized activation of the same length, with `cpu`'s instructions.
     fn dot(cpu: Cpu, row: &[u8], x: &Self::Activation) -> f32;
 
-    /// `out[i] = dot(cpu, rows[i], x)` for several rows (as many as `out` is long): a format
-    /// may read the activation once for all of them. By default, one [`BlockFormat::dot`]
-    /// a row.
-    fn dot_rows(cpu: Cpu, rows: &[&[u8]], x: &Self::Activation, out: &mut [f32]) {
-        for (o, row) in out.iter_mut().zip(rows) {
-            *o = Self::dot(cpu, row, x);
-        }
+    /// `out[i · stride] = dot(cpu, row i, x)` for each row of `rows` (consecutive rows of
+    /// `row_bytes` bytes, the activation's length in blocks): a format may read the
+    /// activation once for several rows. By default, one [`BlockFormat::dot`] a row.
+    ///
+    /// # Panics
+    /// If `rows` is not whole rows, a row is not as long as the activation, or `out` is too
+    /// short.
+    #[track_caller]
+    fn dot_rows(
+        cpu: Cpu,
+        rows: &[u8],
+        row_bytes: usize,
+        x: &Self::Activation,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        for_rows(rows, row_bytes, out, stride, |row| Self::dot(cpu, row, x));
     }
 
     /// Checks one block read from a file (e.g. no NaN or infinite scale): `Err` says what is
@@ -206,28 +225,34 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
     }
 
     #[track_caller]
-    fn row_dots(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+    fn row_dots_prepared(
+        &self,
+        rows: Range<usize>,
+        xs: &[&[f32]],
+        prepared: &mut Prepared,
+        out: &mut [f32],
+    ) {
         let b = xs.len();
+        assert!(
+            rows.end <= self.rows,
+            "Quantized::row_dots: rows {rows:?} of {}",
+            self.rows
+        );
         assert!(out.len() >= rows.len() * b, "Quantized::row_dots: output");
         for x in xs {
             assert_eq!(x.len(), self.cols, "Quantized::row_dots: vector length");
         }
-        with_activations::<F, _>(xs, |acts| {
-            // Four rows at a time, each activation read once for the four.
-            let mut dots = [0.0f32; ROWS_AT_ONCE];
-            for start in rows.clone().step_by(ROWS_AT_ONCE) {
-                let end = (start + ROWS_AT_ONCE).min(rows.end);
-                let group: [&[u8]; ROWS_AT_ONCE] =
-                    std::array::from_fn(|k| self.row((start + k).min(end - 1)));
-                let dots = &mut dots[..end - start];
-                for (j, act) in acts.iter().enumerate() {
-                    F::dot_rows(self.cpu, &group[..dots.len()], act, dots);
-                    for (k, d) in dots.iter().enumerate() {
-                        out[(start - rows.start + k) * b + j] = *d;
-                    }
-                }
+        let acts = prepared.get_or_make(|acts: &mut Vec<F::Activation>| {
+            acts.resize_with(xs.len(), Default::default);
+            for (act, x) in acts.iter_mut().zip(xs) {
+                F::quantize_activation_into(self.cpu, x, act);
             }
         });
+        let n = self.row_bytes();
+        let blocks = &self.bytes.as_slice()[rows.start * n..rows.end * n];
+        for (j, act) in acts.iter().enumerate() {
+            F::dot_rows(self.cpu, blocks, n, act, &mut out[j..], b);
+        }
     }
 
     #[track_caller]
@@ -273,63 +298,73 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
 /// The most values a block format holds (the K types' 256).
 const MAX_BLOCK_VALUES: usize = 256;
 
-/// Rows [`Quantized::row_dots`] hands [`BlockFormat::dot_rows`] at once.
-const ROWS_AT_ONCE: usize = 4;
-
-/// Whether `a` and `b` hold the same bits (in runs of 32 compared without an early exit,
-/// which the compiler vectorizes).
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len()
-        && a.chunks(32).zip(b.chunks(32)).all(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .fold(true, |same, (a, b)| same & (a.to_bits() == b.to_bits()))
-        })
+/// `out[i · stride] = dot(row i)` for the rows of `rows` (`row_bytes` each; none if
+/// `row_bytes` is 0).
+///
+/// # Panics
+/// If `rows` is not whole rows or `out` is too short.
+#[inline(always)]
+#[track_caller]
+pub(crate) fn for_rows(
+    rows: &[u8],
+    row_bytes: usize,
+    out: &mut [f32],
+    stride: usize,
+    mut dot: impl FnMut(&[u8]) -> f32,
+) {
+    if row_bytes == 0 {
+        return;
+    }
+    assert!(
+        rows.len().is_multiple_of(row_bytes),
+        "{} bytes are not whole rows of {row_bytes}",
+        rows.len()
+    );
+    let count = rows.len() / row_bytes;
+    assert!(
+        count == 0 || out.len() > (count - 1) * stride,
+        "dot_rows: output"
+    );
+    for (i, row) in rows.chunks_exact(row_bytes).enumerate() {
+        out[i * stride] = dot(row);
+    }
 }
 
-/// The format, vectors and activations (a `Vec<F::Activation>`) of this thread's latest
-/// [`Quantized::row_dots`] call.
-type Latest = Option<(std::any::TypeId, Vec<f32>, Box<dyn std::any::Any>)>;
-
-thread_local! {
-    static LATEST: std::cell::RefCell<Latest> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` on `xs` quantized by `F`, reusing this thread's latest quantization when it was
-/// of the same values for the same format: a product's rows are dotted in many
-/// `row_dots` calls (one per task of a few rows) with the same vectors, and the vector is
-/// then quantized once per thread and product instead of once per call.
-fn with_activations<F: BlockFormat, R>(xs: &[&[f32]], f: impl FnOnce(&[F::Activation]) -> R) -> R {
-    let quantize =
-        || -> Vec<F::Activation> { xs.iter().map(|x| F::quantize_activation(x)).collect() };
-    LATEST.with(|latest| {
-        let Ok(mut latest) = latest.try_borrow_mut() else {
-            return f(&quantize());
-        };
-        let same = match &*latest {
-            Some((format, values, acts)) => {
-                *format == std::any::TypeId::of::<F>()
-                    && acts
-                        .downcast_ref::<Vec<F::Activation>>()
-                        .is_some_and(|acts| acts.len() == xs.len())
-                    && values.len() == xs.iter().map(|x| x.len()).sum::<usize>()
-                    && values
-                        .chunks(xs.first().map_or(1, |x| x.len().max(1)))
-                        .zip(xs)
-                        .all(|(v, x)| same_bits(v, x))
-            }
-            None => false,
-        };
-        if !same {
-            let values = xs.iter().flat_map(|x| x.iter().copied()).collect();
-            *latest = Some((std::any::TypeId::of::<F>(), values, Box::new(quantize())));
+/// [`for_rows`] four rows at a time through `four`, the rest through `one`.
+///
+/// # Panics
+/// If `rows` is not whole rows or `out` is too short.
+#[inline(always)]
+#[track_caller]
+pub(crate) fn for_rows_by_four(
+    rows: &[u8],
+    row_bytes: usize,
+    out: &mut [f32],
+    stride: usize,
+    mut four: impl FnMut([&[u8]; 4]) -> [f32; 4],
+    one: impl FnMut(&[u8]) -> f32,
+) {
+    if row_bytes == 0 {
+        return;
+    }
+    let whole = rows.len() / (4 * row_bytes) * 4 * row_bytes;
+    let (fours, rest) = rows.split_at(whole);
+    let done = whole / row_bytes;
+    assert!(
+        done == 0 || out.len() > (done - 1) * stride,
+        "dot_rows: output"
+    );
+    for (g, group) in fours.chunks_exact(4 * row_bytes).enumerate() {
+        let dots = four(std::array::from_fn(|k| {
+            &group[k * row_bytes..(k + 1) * row_bytes]
+        }));
+        for (k, d) in dots.into_iter().enumerate() {
+            out[(4 * g + k) * stride] = d;
         }
-        let acts = latest
-            .as_ref()
-            .and_then(|(_, _, acts)| acts.downcast_ref::<Vec<F::Activation>>())
-            .expect("stored above");
-        f(acts)
-    })
+    }
+    if !rest.is_empty() {
+        for_rows(rest, row_bytes, &mut out[done * stride..], stride, one);
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! bytes of 4-bit `q`: the low nibbles are weights 0..16, the high nibbles weights 16..32;
 //! each weight is `d · (q − 8)`.
 
+use super::lanes::{LaneLayout, LanedQ8};
 use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
-use super::BlockFormat;
+use super::{for_rows, BlockFormat};
 use crate::ops::Cpu;
 
 /// GGUF's `Q4_0` block format (ggml type 2): 32 weights as an f16 scale and 32 nibbles.
@@ -19,7 +20,7 @@ impl BlockFormat for Q4_0 {
     const NAME: &'static str = "q4_0";
     const VALUES: usize = QK;
     const BYTES: usize = BYTES;
-    type Activation = Q8Act;
+    type Activation = LanedQ8;
 
     fn dequantize(block: &[u8], out: &mut [f32]) {
         let d = f16_at(block).to_f32();
@@ -51,18 +52,29 @@ impl BlockFormat for Q4_0 {
         }
     }
 
-    fn quantize_activation(x: &[f32]) -> Q8Act {
-        Q8Act::quantize(x)
+    fn quantize_activation(cpu: Cpu, x: &[f32]) -> LanedQ8 {
+        LanedQ8::quantize::<Self>(cpu, x)
+    }
+
+    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut LanedQ8) {
+        act.quantize_from::<Self>(cpu, x);
     }
 
     #[track_caller]
-    fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
+    fn dot(cpu: Cpu, row: &[u8], x: &LanedQ8) -> f32 {
         assert!(
             row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
             "Q4_0::dot: {} bytes of blocks against {} values",
             row.len(),
             x.len()
         );
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx512_vbmi() {
+            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+            // F16C; the lengths match (checked above).
+            return unsafe { x86::dots_vbmi([row], x) }[0];
+        }
+        let x = &x.q8;
         #[cfg(target_arch = "x86_64")]
         {
             if cpu.has_avx512_vnni() {
@@ -80,37 +92,47 @@ impl BlockFormat for Q4_0 {
     }
 
     #[track_caller]
-    fn dot_rows(cpu: Cpu, rows: &[&[u8]], x: &Q8Act, out: &mut [f32]) {
+    fn dot_rows(
+        cpu: Cpu,
+        rows: &[u8],
+        row_bytes: usize,
+        x: &LanedQ8,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        assert!(
+            row_bytes.is_multiple_of(BYTES) && row_bytes / BYTES * QK == x.len(),
+            "Q4_0::dot_rows: rows of {row_bytes} bytes against {} values",
+            x.len()
+        );
         #[cfg(target_arch = "x86_64")]
-        if let (Ok(four), true) = (<[&[u8]; 4]>::try_from(rows), out.len() >= 4) {
-            for row in four {
-                assert!(
-                    row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
-                    "Q4_0::dot_rows: {} bytes of blocks against {} values",
-                    row.len(),
-                    x.len()
-                );
+        {
+            if cpu.has_avx512_vbmi() {
+                // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+                // F16C; the rows are as long as the activation (checked above).
+                return unsafe { x86::rows_vbmi(rows, row_bytes, x, out, stride) };
             }
             if cpu.has_avx512_vnni() {
                 // SAFETY: the `Cpu` says this CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI;
                 // the lengths match (checked above).
-                out[..4].copy_from_slice(&unsafe { x86::dots4_vnni(four, x) });
-                return;
+                return unsafe { x86::rows_vnni(rows, row_bytes, &x.q8, out, stride) };
             }
             if cpu.has_avx2() {
                 // SAFETY: the `Cpu` says this CPU has AVX2, FMA and F16C; the lengths match.
-                out[..4].copy_from_slice(&unsafe { x86::dots4_avx2(four, x) });
-                return;
+                return unsafe { x86::rows_avx2(rows, row_bytes, &x.q8, out, stride) };
             }
         }
-        for (o, row) in out.iter_mut().zip(rows) {
-            *o = Self::dot(cpu, row, x);
-        }
+        for_rows(rows, row_bytes, out, stride, |row| dot_portable(row, &x.q8));
     }
 
     fn check_block(block: &[u8]) -> Result<(), String> {
         check_scale(block, Self::NAME)
     }
+}
+
+impl LaneLayout for Q4_0 {
+    const GROUP_BLOCKS: usize = 4;
+    const OFFSET: i32 = -8;
 }
 
 /// The integer dot product of one block with 32 activation integers.
@@ -129,18 +151,69 @@ fn block_dot(block: &[u8], a: &[i8]) -> i32 {
 
 /// [`Q4_0::dot`] in plain Rust: each block's integer sum times `d_w · d_x`, added in f32.
 fn dot_portable(row: &[u8], x: &Q8Act) -> f32 {
-    row.chunks_exact(BYTES)
-        .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
-        .zip(x.scales())
+    dot_blocks_portable(row, x, 0)
+}
+
+/// The portable dot of `row`'s blocks from block `first` on with the activation's.
+fn dot_blocks_portable(row: &[u8], x: &Q8Act, first: usize) -> f32 {
+    row[first * BYTES..]
+        .chunks_exact(BYTES)
+        .zip(x.qs()[first * Q8_ACT_BLOCK..].chunks_exact(Q8_ACT_BLOCK))
+        .zip(&x.scales()[first..])
         .map(|((w, a), &dx)| f16_at(w).to_f32() * dx * block_dot(w, a) as f32)
         .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::for_rows_by_four;
+    use super::super::lanes::{avx512, LaneLayout, LanedQ8};
     use super::super::q8_act::{avx2::*, Q8Act};
-    use super::BYTES;
+    use super::{BYTES, Q4_0};
     use std::arch::x86_64::*;
+
+    /// Gathers a group's 64 bytes of nibbles, block after block.
+    const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 16);
+    /// Gathers a group's scales, one per lane.
+    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 4);
+
+    impl avx512::Unpack for Q4_0 {
+        const GROUP_BYTES: usize = Q4_0::GROUP_BLOCKS * BYTES;
+
+        /// The low nibbles (each block's weights 0..16) in the first vector, the high ones
+        /// (16..32) in the second.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+        unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i) {
+            let head = avx512::load64(group[..64].try_into().expect("64 bytes"));
+            let tail = avx512::load_tail(&group[64..Self::GROUP_BYTES]);
+            let packed = _mm512_permutex2var_epi8(head, avx512::indices(&NIBBLES), tail);
+            let low = _mm512_set1_epi8(0x0f);
+            let lo = _mm512_and_si512(packed, low);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+            let scales = _mm512_permutexvar_epi8(avx512::indices(&SCALES), head);
+            ([lo, hi], _mm512_castsi512_si256(scales))
+        }
+    }
+
+    /// `R` rows' [`super::Q4_0::dot`] with the 512-bit kernels: whole groups of four blocks,
+    /// then the rest in plain Rust.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
+    /// `x.len() / 32` blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
+        // SAFETY: as this function's.
+        let mut dots = unsafe { avx512::dots::<Q4_0, R>(rows, &x.lanes) };
+        let done = x.lanes.groups() * Q4_0::GROUP_BLOCKS;
+        if done < x.q8.scales().len() {
+            for (d, row) in dots.iter_mut().zip(rows) {
+                *d += super::dot_blocks_portable(row, &x.q8, done);
+            }
+        }
+        dots
+    }
 
     /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first): the
     /// 16 bytes in both halves, the upper half shifted by 4, no lane crossing.
@@ -178,13 +251,26 @@ mod x86 {
         sum_blocks::<BYTES, -8>(row, x, |w, a| lanes_avx2(w, a))
     }
 
-    /// Four rows' [`super::Q4_0::dot`] with AVX2.
+    /// [`super::Q4_0::dot_rows`] with AVX2, four rows at a time.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C.
+    /// The CPU must have AVX2, FMA and F16C; the rows are as long as the activation.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dots4_avx2(rows: [&[u8]; 4], x: &Q8Act) -> [f32; 4] {
-        sum_blocks_rows::<BYTES, -8, 4>(rows, x, |w, a| lanes_avx2(w, a))
+    pub(super) unsafe fn rows_avx2(
+        rows: &[u8],
+        row_bytes: usize,
+        x: &Q8Act,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        for_rows_by_four(
+            rows,
+            row_bytes,
+            out,
+            stride,
+            |four| sum_blocks_rows::<BYTES, -8, 4>(four, x, |w, a| lanes_avx2(w, a)),
+            |row| sum_blocks::<BYTES, -8>(row, x, |w, a| lanes_avx2(w, a)),
+        )
     }
 
     /// [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors.
@@ -196,13 +282,51 @@ mod x86 {
         sum_blocks::<BYTES, -8>(row, x, |w, a| lanes_vnni(w, a))
     }
 
-    /// Four rows' [`super::Q4_0::dot`] with AVX-512 VNNI on 256-bit vectors.
+    /// [`super::Q4_0::dot_rows`] with AVX-512 VNNI on 256-bit vectors, four rows at a time.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+    /// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI; the rows are as
+    /// long as the activation.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn dots4_vnni(rows: [&[u8]; 4], x: &Q8Act) -> [f32; 4] {
-        sum_blocks_rows::<BYTES, -8, 4>(rows, x, |w, a| lanes_vnni(w, a))
+    pub(super) unsafe fn rows_vnni(
+        rows: &[u8],
+        row_bytes: usize,
+        x: &Q8Act,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        for_rows_by_four(
+            rows,
+            row_bytes,
+            out,
+            stride,
+            |four| sum_blocks_rows::<BYTES, -8, 4>(four, x, |w, a| lanes_vnni(w, a)),
+            |row| sum_blocks::<BYTES, -8>(row, x, |w, a| lanes_vnni(w, a)),
+        )
+    }
+
+    /// [`super::Q4_0::dot_rows`] with the 512-bit kernels, four rows at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; the rows are
+    /// as long as the activation.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn rows_vbmi(
+        rows: &[u8],
+        row_bytes: usize,
+        x: &LanedQ8,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        // SAFETY (both): as this function's.
+        for_rows_by_four(
+            rows,
+            row_bytes,
+            out,
+            stride,
+            |four| unsafe { dots_vbmi(four, x) },
+            |row| unsafe { dots_vbmi([row], x) }[0],
+        )
     }
 }
 

@@ -260,7 +260,7 @@ impl BlockFormat for Q4K {
         }
     }
 
-    fn quantize_activation(x: &[f32]) -> Q8KActivation {
+    fn quantize_activation(_: Cpu, x: &[f32]) -> Q8KActivation {
         Q8KActivation::quantize(x)
     }
 

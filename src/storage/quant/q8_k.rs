@@ -19,7 +19,7 @@ pub struct Q8KBlock {
 }
 
 /// An activation vector as Q8_K blocks, one per 256 values.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Q8KActivation {
     /// The blocks, in order.
     pub blocks: Vec<Q8KBlock>,
