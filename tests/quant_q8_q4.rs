@@ -8,7 +8,7 @@ use quant_support::Rng;
 use half::f16;
 use std::path::PathBuf;
 use tokenshift::ops::{Cpu, Matrix};
-use tokenshift::storage::quant::{BlockFormat, LanedQ8, Q8Act, Q4_0, Q8_0};
+use tokenshift::storage::quant::{BlockFormat, Q8Act, Q4_0, Q8_0};
 use tokenshift::storage::{Dense, Quantized, SharedBytes};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -103,14 +103,14 @@ fn integer_activation(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// With scales of 1 every product is an integer below 2²⁴ (up to 1024 values), exact in f32
 /// in any order: every kernel gives the exact integer dot product.
-fn integer_parts_exact<F: BlockFormat<Activation = LanedQ8>>() {
+fn integer_parts_exact<F: BlockFormat>() {
     let mut rng = Rng(7);
     for blocks in [1, 2, 3, 5, 8, 17, 32] {
         for _ in 0..4 {
             let row = random_blocks::<F>(&mut rng, blocks, 1.0);
             let x = integer_activation(&mut rng, blocks * 32);
             let act = F::quantize_activation(Cpu::detect(), &x);
-            assert!(act.q8.scales().iter().all(|&d| d == 1.0));
+            assert!(Q8Act::quantize(&x).scales().iter().all(|&d| d == 1.0));
             let mut w = vec![0.0f32; blocks * 32];
             for (b, o) in row.chunks_exact(F::BYTES).zip(w.chunks_exact_mut(32)) {
                 F::dequantize(b, o);
@@ -187,7 +187,7 @@ fn q4_0_integer_parts_exact() {
 /// kernel within f32 rounding of the portable one and of an f64 product of the dequantized
 /// weights with the quantized activation, and within the activation's quantization error of
 /// the f64 product with the vector itself.
-fn against_reference<F: BlockFormat<Activation = LanedQ8> + Clone>() {
+fn against_reference<F: BlockFormat + Clone>() {
     let mut rng = Rng(11);
     for blocks in [1, 2, 3, 7, 24, 33, 96, 128] {
         let n = blocks * 32;
@@ -418,7 +418,7 @@ fn measure_streaming() {
 
 /// Seconds for all rows of `blocks` through [`BlockFormat::dot`] and through
 /// [`BlockFormat::dot_rows`] four rows at a time.
-fn kernel_times<F: BlockFormat<Activation = LanedQ8>>(
+fn kernel_times<F: BlockFormat>(
     cpu: Cpu,
     blocks: &[u8],
     rows: usize,

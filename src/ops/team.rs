@@ -38,8 +38,24 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Output rows per chunk: the unit a thread takes.
+/// Output rows per chunk at least: the unit a thread takes.
 pub const CHUNK_ROWS: usize = 16;
+
+/// Output rows per chunk at most.
+const MAX_CHUNK_ROWS: usize = 256;
+
+/// Weight bytes a chunk reads, about (between [`CHUNK_ROWS`] and [`MAX_CHUNK_ROWS`] rows):
+/// every chunk costs the threads a few atomic operations on shared cache lines, so a chunk
+/// is sized by what it reads, not by its rows, and a 4-bit matrix gets chunks of more rows
+/// than an f32 one.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// Rows per chunk of a product with `w`.
+fn rows_per_chunk(w: &Linear) -> usize {
+    let (out, _) = w.dim();
+    let row_bytes = w.size_bytes() / out.max(1);
+    (CHUNK_BYTES / row_bytes.max(1)).clamp(CHUNK_ROWS, MAX_CHUNK_ROWS)
+}
 
 /// Input rows (sequences) one product serves at most.
 pub const MAX_ROWS: usize = super::linear::SMALL_BATCH;
@@ -75,8 +91,9 @@ struct Parts {
     /// One status word per output chunk.
     chunks: Vec<AtomicU64>,
     /// Per participant (the lead, then each helper), `e << 32 | k`: the next chunk `k` of its
-    /// segment of product `e`.
-    next: Vec<AtomicU64>,
+    /// segment of product `e`, each on a cache line of its own (a participant takes its
+    /// chunks without moving the others' counters between cores).
+    next: Vec<OwnLine>,
     /// One private scratch per helper.
     helpers: Vec<Mutex<HelperScratch>>,
     /// The lead's copy of the inputs, on a cache line like the helpers', and what the
@@ -84,6 +101,10 @@ struct Parts {
     lead: Mutex<LeadScratch>,
     sizes: TeamSizes,
 }
+
+/// An atomic alone on its cache line.
+#[repr(align(64))]
+struct OwnLine(AtomicU64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TeamSizes {
@@ -99,7 +120,7 @@ struct HelperScratch {
     x: Array1<f32>,
     /// What each product's storage made of its inputs ([`Prepared`]), cleared per job.
     prepared: [Prepared; MAX_JOINT],
-    /// One finished chunk, `[CHUNK_ROWS, rows]`.
+    /// One finished chunk, `[chunk rows, rows]` (at most [`MAX_CHUNK_ROWS`]).
     y: Vec<f32>,
 }
 
@@ -144,13 +165,13 @@ impl TeamBuffers {
             chunks: (0..max_out.div_ceil(CHUNK_ROWS) + MAX_JOINT)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            next: (0..=helpers).map(|_| AtomicU64::new(0)).collect(),
+            next: (0..=helpers).map(|_| OwnLine(AtomicU64::new(0))).collect(),
             helpers: (0..helpers)
                 .map(|_| {
                     Mutex::new(HelperScratch {
                         x: aligned::zeros(max_in * rows),
                         prepared: Default::default(),
-                        y: vec![0.0; CHUNK_ROWS * rows],
+                        y: vec![0.0; MAX_CHUNK_ROWS * rows],
                     })
                 })
                 .collect(),
@@ -470,6 +491,8 @@ struct Part<'w> {
     x_at: usize,
     y_at: usize,
     first_chunk: usize,
+    /// Output rows per chunk.
+    chunk_rows: usize,
 }
 
 /// The job being run: up to [`MAX_JOINT`] products over the same number of input rows, their
@@ -497,6 +520,7 @@ impl<'w> Job<'w> {
         };
         for (slot, e) in job.parts.iter_mut().zip(entries) {
             let (out, inp) = e.w.dim();
+            let chunk_rows = rows_per_chunk(e.w);
             *slot = Some(Part {
                 w: e.w,
                 out,
@@ -504,10 +528,11 @@ impl<'w> Job<'w> {
                 x_at: job.x_len,
                 y_at: job.y_len,
                 first_chunk: job.chunks,
+                chunk_rows,
             });
             job.x_len += rows * inp;
             job.y_len += out * rows;
-            job.chunks += out.div_ceil(CHUNK_ROWS);
+            job.chunks += out.div_ceil(chunk_rows);
         }
         job
     }
@@ -523,7 +548,9 @@ impl<'w> Job<'w> {
             .last()
             .map(|(i, p)| (i, *p))
             .expect("chunk within the job");
-        (i, part, chunk_rows(c - part.first_chunk, part.out))
+        let rows = part.chunk_rows;
+        let c = c - part.first_chunk;
+        (i, part, c * rows..((c + 1) * rows).min(part.out))
     }
 
     /// `out[(r − rows.start) · B + j]` for the rows `rows` of `part`, from the job's inputs
@@ -620,7 +647,7 @@ impl<'w> Shared<'w> {
     fn claim(&self, me: usize, e: u64, n: usize) -> Option<usize> {
         (0..self.team_size).find_map(|i| {
             let p = (me + i) % self.team_size;
-            let v = self.buffers.next[p].fetch_add(1, Ordering::Relaxed);
+            let v = self.buffers.next[p].0.fetch_add(1, Ordering::Relaxed);
             let c = (v & u64::from(u32::MAX)) as usize;
             (v >> 32 == low32(e) && c < self.segment(p, n).end).then_some(c)
         })
@@ -639,7 +666,7 @@ impl<'w> Shared<'w> {
         }
         let n = job.chunks;
         for (p, next) in self.buffers.next[..self.team_size].iter().enumerate() {
-            next.store(
+            next.0.store(
                 low32(e) << 32 | self.segment(p, n).start as u64,
                 Ordering::Relaxed,
             );
@@ -756,10 +783,6 @@ impl<'w> Shared<'w> {
     }
 }
 
-fn chunk_rows(c: usize, out: usize) -> Range<usize> {
-    c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -832,7 +855,15 @@ mod tests {
     /// of chunks, which exercises the lead's sweep.
     #[test]
     fn team_products_equal_serial_products() {
-        let layers = every_type(&[(1, 5), (15, 16), (16, 33), (17, 64), (100, 48), (768, 96)]);
+        let layers = every_type(&[
+            (1, 5),
+            (15, 16),
+            (16, 33),
+            (17, 64),
+            (100, 48),
+            (768, 96),
+            (2048, 64),
+        ]);
         for threads in [2, 4, 8] {
             let pool = pool(threads);
             pool.install(|| {

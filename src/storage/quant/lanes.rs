@@ -1,13 +1,13 @@
-//! The 512-bit integer kernels of the 32-value formats ([`Q8_0`](super::Q8_0),
-//! [`Q4_0`](super::Q4_0)) on AVX-512 VNNI with VBMI.
+//! The 512-bit integer kernels of the 32-value block formats on AVX-512 VNNI with VBMI, used
+//! by [`Q4_0`](super::Q4_0). ([`Q8_0`](super::Q8_0) measured faster on its 256-bit kernels.)
 //!
-//! A group of blocks of one row is read with one or two loads, and VBMI's byte permutes gather
-//! its weights into one or two 64-byte vectors and its f16 scales into one per 32-bit lane. The
+//! A group of blocks of one row is read with two loads, and VBMI's byte permutes gather its
+//! weights into one or two 64-byte vectors and its f16 scales into one per 32-bit lane. The
 //! activation is laid out once per product ([`Q8Lanes`]) to match: the same integers in the
 //! order of the weight vectors, and per lane the block's scale and the correction for the
 //! unsigned weight operand of `vpdpbusd` (`OFFSET` times the sum of the lane's activation
-//! integers), which starts the lane's integer sum. A group then costs two or three byte
-//! operations, one or two `vpdpbusd`, a conversion and one multiply-add per row: about half
+//! integers), which starts the lane's integer sum. A group then costs a few byte operations,
+//! one or two `vpdpbusd`, two conversions, a multiply and a multiply-add per row: about half
 //! the instructions of the 256-bit kernels, which pay a broadcast and a conversion per block.
 
 use super::q8_act::{Q8Act, Q8_ACT_BLOCK};
@@ -142,9 +142,9 @@ pub(crate) mod avx512 {
     }
 
     /// How far ahead of the rows being read the kernels prefetch, at least: a whole number
-    /// of the rows' span. On one AMD Zen 4 core, streaming 65536 × 768 matrices, 3 KiB (the
-    /// next four rows of Q8_0, the next eight of Q4_0) read Q8_0 at 22.6 GB/s and Q4_0 at
-    /// 21.3, against 6.4 and 14.4 without prefetching and 14.1 and 20.4 at 28 KiB.
+    /// of the rows' span. On one AMD Zen 4 core, streaming a 65536 × 768 matrix, 3 KiB (the
+    /// next eight rows of Q4_0) read it at 21.3 GB/s, against 14.4 without prefetching and
+    /// 20.4 at 28 KiB.
     const PREFETCH_BYTES: usize = 3 << 10;
 
     /// `out[r] = Σ row r's blocks · the activation` for the `R` rows `rows` (each `blocks`

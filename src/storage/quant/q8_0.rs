@@ -1,9 +1,8 @@
 //! GGUF's `Q8_0` blocks: 32 weights in 34 bytes, an f16 scale `d` (little-endian) then 32
 //! signed bytes `q`; each weight is `d · q`.
 
-use super::lanes::{LaneLayout, LanedQ8};
 use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
-use super::{for_rows, BlockFormat};
+use super::BlockFormat;
 use crate::ops::Cpu;
 
 /// GGUF's `Q8_0` block format (ggml type 8): 32 weights as an f16 scale and 32 `i8`.
@@ -19,7 +18,7 @@ impl BlockFormat for Q8_0 {
     const NAME: &'static str = "q8_0";
     const VALUES: usize = QK;
     const BYTES: usize = BYTES;
-    type Activation = LanedQ8;
+    type Activation = Q8Act;
 
     fn dequantize(block: &[u8], out: &mut [f32]) {
         let d = f16_at(block).to_f32();
@@ -41,29 +40,24 @@ impl BlockFormat for Q8_0 {
         }
     }
 
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> LanedQ8 {
-        LanedQ8::quantize::<Self>(cpu, x)
+    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Q8Act {
+        let mut act = Q8Act::default();
+        act.quantize_from(cpu, x);
+        act
     }
 
-    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut LanedQ8) {
-        act.quantize_from::<Self>(cpu, x);
+    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Q8Act) {
+        act.quantize_from(cpu, x);
     }
 
     #[track_caller]
-    fn dot(cpu: Cpu, row: &[u8], x: &LanedQ8) -> f32 {
+    fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
         assert!(
             row.len().is_multiple_of(BYTES) && row.len() / BYTES * QK == x.len(),
             "Q8_0::dot: {} bytes of blocks against {} values",
             row.len(),
             x.len()
         );
-        #[cfg(target_arch = "x86_64")]
-        if cpu.has_avx512_vbmi() {
-            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
-            // F16C; the lengths match (checked above).
-            return unsafe { x86::dots_vbmi([row], x) }[0];
-        }
-        let x = &x.q8;
         #[cfg(target_arch = "x86_64")]
         {
             if cpu.has_avx512_vnni() {
@@ -80,40 +74,15 @@ impl BlockFormat for Q8_0 {
         dot_portable(row, x)
     }
 
-    #[track_caller]
-    fn dot_rows(
-        cpu: Cpu,
-        rows: &[u8],
-        row_bytes: usize,
-        x: &LanedQ8,
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        assert!(
-            row_bytes.is_multiple_of(BYTES) && row_bytes / BYTES * QK == x.len(),
-            "Q8_0::dot_rows: rows of {row_bytes} bytes against {} values",
-            x.len()
-        );
-        #[cfg(target_arch = "x86_64")]
-        if cpu.has_avx512_vbmi() {
-            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
-            // F16C; the rows are as long as the activation (checked above).
-            return unsafe { x86::rows_vbmi(rows, row_bytes, x, out, stride) };
-        }
-        // The 256-bit kernels one row at a time: four rows per pass streamed a matrix larger
-        // than the caches at a third of the speed on AMD Zen 4 (8 against 26 GB/s, 65536 ×
-        // 768), as fast in cache.
-        for_rows(rows, row_bytes, out, stride, |row| Self::dot(cpu, row, x));
-    }
+    // `dot_rows` is left to its default, one row at a time through the 256-bit kernels. On
+    // AMD Zen 4, four rows per pass streamed a matrix larger than the caches at a third of
+    // the speed (8 against 26 GB/s, 65536 × 768), and the 512-bit kernels of Q4_0's kind
+    // (`lanes`: two blocks gathered by byte permutes per vector) decoded a 0.1B model at
+    // 157-160 tok/s against 173-180 with these (2 threads, alternated).
 
     fn check_block(block: &[u8]) -> Result<(), String> {
         check_scale(block, Self::NAME)
     }
-}
-
-impl LaneLayout for Q8_0 {
-    const GROUP_BLOCKS: usize = 2;
-    const OFFSET: i32 = -128;
 }
 
 /// The integer dot product of one block with 32 activation integers.
@@ -128,87 +97,19 @@ fn block_dot(block: &[u8], a: &[i8]) -> i32 {
 
 /// [`Q8_0::dot`] in plain Rust: each block's integer sum times `d_w · d_x`, added in f32.
 fn dot_portable(row: &[u8], x: &Q8Act) -> f32 {
-    dot_blocks_portable(row, x, 0)
-}
-
-/// The portable dot of `row`'s blocks from block `first` on with the activation's.
-fn dot_blocks_portable(row: &[u8], x: &Q8Act, first: usize) -> f32 {
-    row[first * BYTES..]
-        .chunks_exact(BYTES)
-        .zip(x.qs()[first * Q8_ACT_BLOCK..].chunks_exact(Q8_ACT_BLOCK))
-        .zip(&x.scales()[first..])
+    row.chunks_exact(BYTES)
+        .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
+        .zip(x.scales())
         .map(|((w, a), &dx)| f16_at(w).to_f32() * dx * block_dot(w, a) as f32)
         .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::lanes::{avx512, LaneLayout, LanedQ8};
     use super::super::q8_act::avx2::{dot_i8, load32, load32_i8, sum_blocks};
     use super::super::q8_act::Q8Act;
-    use super::{BYTES, Q8_0};
+    use super::BYTES;
     use std::arch::x86_64::*;
-
-    /// Gathers a group's 64 weights, block after block.
-    const WEIGHTS: [u8; 64] = avx512::weight_indices(BYTES, 32);
-    /// Gathers a group's scales, one per lane.
-    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 8);
-
-    impl avx512::Unpack for Q8_0 {
-        const GROUP_BYTES: usize = Q8_0::GROUP_BLOCKS * BYTES;
-
-        /// The weights plus 128 as unsigned bytes.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-        unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i) {
-            let head = avx512::load64(group[..64].try_into().expect("64 bytes"));
-            let tail = avx512::load_tail(&group[64..Self::GROUP_BYTES]);
-            let w = _mm512_permutex2var_epi8(head, avx512::indices(&WEIGHTS), tail);
-            let w = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
-            let scales = _mm512_permutexvar_epi8(avx512::indices(&SCALES), head);
-            ([w, _mm512_setzero_si512()], _mm512_castsi512_si256(scales))
-        }
-    }
-
-    /// [`super::Q8_0::dot_rows`] with the 512-bit kernels.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; the rows are
-    /// as long as the activation.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    pub(super) unsafe fn rows_vbmi(
-        rows: &[u8],
-        row_bytes: usize,
-        x: &LanedQ8,
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        // One row at a time: four rows side by side decoded a 0.1B model 12 % slower on
-        // AMD Zen 4 (2 threads), where they were 40 % faster for Q4_0.
-        // SAFETY: as this function's.
-        super::super::for_rows(rows, row_bytes, out, stride, |row| unsafe {
-            dots_vbmi([row], x)[0]
-        })
-    }
-
-    /// `R` rows' [`super::Q8_0::dot`] with the 512-bit kernels: whole pairs of blocks, then
-    /// the rest in plain Rust.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
-    /// `x.len() / 32` blocks.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
-        // SAFETY: as this function's.
-        let mut dots = unsafe { avx512::dots::<Q8_0, R>(rows, &x.lanes) };
-        let done = x.lanes.groups() * Q8_0::GROUP_BLOCKS;
-        if done < x.q8.scales().len() {
-            for (d, row) in dots.iter_mut().zip(rows) {
-                *d += super::dot_blocks_portable(row, &x.q8, done);
-            }
-        }
-        dots
-    }
 
     /// A block's products with the activation in eight i32 lanes, with AVX2: `maddubs` on
     /// `|w|` and the activation with `w`'s sign.
