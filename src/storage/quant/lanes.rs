@@ -147,21 +147,21 @@ pub(crate) mod avx512 {
     /// 20.4 at 28 KiB.
     const PREFETCH_BYTES: usize = 3 << 10;
 
-    /// `out[r] = Σ row r's blocks · the activation` for the `R` rows `rows` (each `blocks`
-    /// blocks of `B` bytes, blocks past `lanes`' whole groups left to `tail`), `R` rows of
-    /// consecutive memory with `stride` bytes from one to the next.
+    /// `out[r][v]` = row `r`'s whole groups of blocks · activation `v`, for the `R` rows
+    /// `rows` (consecutive in memory) and the `V` activations `lanes` laid out for them:
+    /// each group of each row is unpacked once for all the activations.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, and F16C; each row holds
-    /// `lanes.groups()` whole groups.
+    /// every activation's `groups()` whole groups.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    pub(crate) unsafe fn dots<L: Unpack, const R: usize>(
+    pub(crate) unsafe fn dots<L: Unpack, const R: usize, const V: usize>(
         rows: [&[u8]; R],
-        lanes: &Q8Lanes,
-    ) -> [f32; R] {
-        let groups = lanes.groups();
-        let mut acc = [_mm512_setzero_ps(); R];
+        lanes: [&Q8Lanes; V],
+    ) -> [[f32; V]; R] {
+        let groups = lanes[0].groups();
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
         // The rows are consecutive in memory: the bytes as far ahead of them as they are long
         // (or a multiple of that) are read next, at `R` groups a step, prefetched a step at a
         // time. (The hardware prefetcher alone follows four rows read side by side poorly.)
@@ -170,41 +170,46 @@ pub(crate) mod avx512 {
         let base = rows[0].as_ptr().wrapping_add(ahead);
         let step = R * L::GROUP_BYTES;
         for g in 0..groups {
-            let qs = &lanes.qs[g * L::VECTORS * 64..(g + 1) * L::VECTORS * 64];
-            let lane = g * LANES..(g + 1) * LANES;
-            // SAFETY: 64 readable values at each pointer (sliced above).
-            let (a, corrections, dx) = unsafe {
-                let a: [__m512i; 2] = std::array::from_fn(|v| {
-                    if v < L::VECTORS {
-                        _mm512_loadu_si512(qs[v * 64..].as_ptr() as *const __m512i)
-                    } else {
-                        _mm512_setzero_si512()
-                    }
-                });
-                let c = _mm512_loadu_si512(lanes.corrections[lane.clone()].as_ptr() as *const _);
-                let d = _mm512_loadu_ps(lanes.scales[lane].as_ptr());
-                (a, c, d)
-            };
             // A prefetch never faults, whatever the address.
             let mut line = (g * step).next_multiple_of(64);
             while line < (g + 1) * step {
                 _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line) as *const i8);
                 line += 64;
             }
-            for r in 0..R {
+            let weights: [([__m512i; 2], __m512); R] = std::array::from_fn(|r| {
                 let at = g * L::GROUP_BYTES;
-                let group = &rows[r][at..at + L::GROUP_BYTES];
-                // SAFETY: the CPU has what `unpack` needs; `group` is one group.
-                let (w, scales) = unsafe { L::unpack(group) };
-                let mut sum = _mm512_dpbusd_epi32(corrections, w[0], a[0]);
-                if L::VECTORS > 1 {
-                    sum = _mm512_dpbusd_epi32(sum, w[1], a[1]);
+                // SAFETY: the CPU has what `unpack` needs; the slice is one group.
+                let (w, scales) = unsafe { L::unpack(&rows[r][at..at + L::GROUP_BYTES]) };
+                (w, _mm512_cvtph_ps(scales))
+            });
+            for (v, lanes) in lanes.iter().enumerate() {
+                let qs = &lanes.qs[g * L::VECTORS * 64..(g + 1) * L::VECTORS * 64];
+                let lane = g * LANES..(g + 1) * LANES;
+                // SAFETY: 64 readable values at each pointer (sliced above).
+                let (a, corrections, dx) = unsafe {
+                    let a: [__m512i; 2] = std::array::from_fn(|k| {
+                        if k < L::VECTORS {
+                            _mm512_loadu_si512(qs[k * 64..].as_ptr() as *const __m512i)
+                        } else {
+                            _mm512_setzero_si512()
+                        }
+                    });
+                    let c =
+                        _mm512_loadu_si512(lanes.corrections[lane.clone()].as_ptr() as *const _);
+                    let d = _mm512_loadu_ps(lanes.scales[lane].as_ptr());
+                    (a, c, d)
+                };
+                for (acc, (w, dw)) in acc.iter_mut().zip(&weights) {
+                    let mut sum = _mm512_dpbusd_epi32(corrections, w[0], a[0]);
+                    if L::VECTORS > 1 {
+                        sum = _mm512_dpbusd_epi32(sum, w[1], a[1]);
+                    }
+                    let d = _mm512_mul_ps(*dw, dx);
+                    acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[v]);
                 }
-                let d = _mm512_mul_ps(_mm512_cvtph_ps(scales), dx);
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[r]);
             }
         }
-        acc.map(|a| _mm512_reduce_add_ps(a))
+        acc.map(|a| a.map(|a| _mm512_reduce_add_ps(a)))
     }
 
     /// `N` bytes at `p` as the low bytes of a vector (the rest zero).

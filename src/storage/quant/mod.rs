@@ -85,6 +85,23 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
         for_rows(rows, row_bytes, out, stride, |row| Self::dot(cpu, row, x));
     }
 
+    /// `out[i · B + j] = dot(cpu, row i, xs[j])` for each row of `rows` (as
+    /// [`BlockFormat::dot_rows`]) and each of the `B` activations `xs`: a format may unpack
+    /// each block once for all of them. By default, [`BlockFormat::dot_rows`] for each.
+    ///
+    /// # Panics
+    /// As [`BlockFormat::dot_rows`].
+    #[track_caller]
+    fn dot_rows_many(
+        cpu: Cpu,
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[Self::Activation],
+        out: &mut [f32],
+    ) {
+        dot_rows_each::<Self>(cpu, rows, row_bytes, xs, out);
+    }
+
     /// Checks one block read from a file (e.g. no NaN or infinite scale): `Err` says what is
     /// wrong.
     fn check_block(block: &[u8]) -> Result<(), String>;
@@ -250,9 +267,7 @@ impl<F: BlockFormat> Matrix for Quantized<F> {
         });
         let n = self.row_bytes();
         let blocks = &self.bytes.as_slice()[rows.start * n..rows.end * n];
-        for (j, act) in acts.iter().enumerate() {
-            F::dot_rows(self.cpu, blocks, n, act, &mut out[j..], b);
-        }
+        F::dot_rows_many(self.cpu, blocks, n, acts, &mut out[..rows.len() * b]);
     }
 
     #[track_caller]
@@ -327,6 +342,23 @@ pub(crate) fn for_rows(
     );
     for (i, row) in rows.chunks_exact(row_bytes).enumerate() {
         out[i * stride] = dot(row);
+    }
+}
+
+/// [`BlockFormat::dot_rows_many`] as one [`BlockFormat::dot_rows`] for each activation.
+#[track_caller]
+pub(crate) fn dot_rows_each<F: BlockFormat + ?Sized>(
+    cpu: Cpu,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: &[F::Activation],
+    out: &mut [f32],
+) {
+    if rows.is_empty() {
+        return;
+    }
+    for (j, x) in xs.iter().enumerate() {
+        F::dot_rows(cpu, rows, row_bytes, x, &mut out[j..], xs.len());
     }
 }
 

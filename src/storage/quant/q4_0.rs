@@ -4,7 +4,7 @@
 
 use super::lanes::{LaneLayout, LanedQ8};
 use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
-use super::{for_rows, BlockFormat};
+use super::{dot_rows_each, for_rows, BlockFormat};
 use crate::ops::Cpu;
 
 /// GGUF's `Q4_0` block format (ggml type 2): 32 weights as an f16 scale and 32 nibbles.
@@ -72,7 +72,7 @@ impl BlockFormat for Q4_0 {
         if cpu.has_avx512_vbmi() {
             // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
             // F16C; the lengths match (checked above).
-            return unsafe { x86::dots_vbmi([row], x) }[0];
+            return unsafe { x86::dots_vbmi([row], [x]) }[0][0];
         }
         let x = &x.q8;
         #[cfg(target_arch = "x86_64")]
@@ -123,6 +123,31 @@ impl BlockFormat for Q4_0 {
             }
         }
         for_rows(rows, row_bytes, out, stride, |row| dot_portable(row, &x.q8));
+    }
+
+    #[track_caller]
+    fn dot_rows_many(cpu: Cpu, rows: &[u8], row_bytes: usize, xs: &[LanedQ8], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx512_vbmi() && row_bytes > 0 {
+            for x in xs {
+                assert!(
+                    row_bytes.is_multiple_of(BYTES) && row_bytes / BYTES * QK == x.len(),
+                    "Q4_0::dot_rows_many: rows of {row_bytes} bytes against {} values",
+                    x.len()
+                );
+            }
+            assert!(
+                rows.len().is_multiple_of(row_bytes)
+                    && out.len() >= rows.len() / row_bytes * xs.len(),
+                "Q4_0::dot_rows_many: {} bytes of rows, {} outputs",
+                rows.len(),
+                out.len()
+            );
+            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+            // F16C; the shapes are as checked above.
+            return unsafe { x86::rows_many_vbmi(rows, row_bytes, xs, out) };
+        }
+        dot_rows_each::<Self>(cpu, rows, row_bytes, xs, out);
     }
 
     fn check_block(block: &[u8]) -> Result<(), String> {
@@ -196,23 +221,89 @@ mod x86 {
         }
     }
 
-    /// `R` rows' [`super::Q4_0::dot`] with the 512-bit kernels: whole groups of four blocks,
-    /// then the rest in plain Rust.
+    /// `R` rows' [`super::Q4_0::dot`] with `V` activations, with the 512-bit kernels: whole
+    /// groups of four blocks, then the rest in plain Rust.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
-    /// `x.len() / 32` blocks.
+    /// as long as every activation.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
+    pub(super) unsafe fn dots_vbmi<const R: usize, const V: usize>(
+        rows: [&[u8]; R],
+        xs: [&LanedQ8; V],
+    ) -> [[f32; V]; R] {
         // SAFETY: as this function's.
-        let mut dots = unsafe { avx512::dots::<Q4_0, R>(rows, &x.lanes) };
-        let done = x.lanes.groups() * Q4_0::GROUP_BLOCKS;
-        if done < x.q8.scales().len() {
-            for (d, row) in dots.iter_mut().zip(rows) {
-                *d += super::dot_blocks_portable(row, &x.q8, done);
+        let mut dots = unsafe { avx512::dots::<Q4_0, R, V>(rows, xs.map(|x| &x.lanes)) };
+        for (v, x) in xs.iter().enumerate() {
+            let done = x.lanes.groups() * Q4_0::GROUP_BLOCKS;
+            if done < x.q8.scales().len() {
+                for (d, row) in dots.iter_mut().zip(rows) {
+                    d[v] += super::dot_blocks_portable(row, &x.q8, done);
+                }
             }
         }
         dots
+    }
+
+    /// `out[i · b + j]` = row `i` of `rows` · activation `j` of the `b = V` activations
+    /// `xs` from the `j0`-th on, with the 512-bit kernels, four rows at a time.
+    ///
+    /// # Safety
+    /// As [`dots_vbmi`]'s.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    unsafe fn rows_times<const V: usize>(
+        rows: &[u8],
+        row_bytes: usize,
+        xs: [&LanedQ8; V],
+        out: &mut [f32],
+        b: usize,
+        j0: usize,
+    ) {
+        let count = rows.len() / row_bytes;
+        let row = |i: usize| &rows[i * row_bytes..(i + 1) * row_bytes];
+        let mut i = 0;
+        while i < count {
+            if i + 4 <= count {
+                // SAFETY: as this function's.
+                let dots = unsafe { dots_vbmi::<4, V>(std::array::from_fn(|k| row(i + k)), xs) };
+                for (k, d) in dots.iter().enumerate() {
+                    out[(i + k) * b + j0..][..V].copy_from_slice(d);
+                }
+                i += 4;
+            } else {
+                // SAFETY: as this function's.
+                let dots = unsafe { dots_vbmi::<1, V>([row(i)], xs) };
+                out[i * b + j0..][..V].copy_from_slice(&dots[0]);
+                i += 1;
+            }
+        }
+    }
+
+    /// [`super::Q4_0::dot_rows_many`] with the 512-bit kernels: two activations at a time,
+    /// each group of weights unpacked once for both.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; the rows are
+    /// whole rows of `row_bytes` (not 0), as long as every activation.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn rows_many_vbmi(
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[LanedQ8],
+        out: &mut [f32],
+    ) {
+        let b = xs.len();
+        let pairs = xs.chunks_exact(2);
+        let last = pairs.remainder().first();
+        for (p, pair) in pairs.enumerate() {
+            // SAFETY: as this function's.
+            unsafe { rows_times(rows, row_bytes, [&pair[0], &pair[1]], out, b, 2 * p) };
+        }
+        if let Some(x) = last {
+            // SAFETY: as this function's.
+            unsafe { rows_times(rows, row_bytes, [x], out, b, b - 1) };
+        }
     }
 
     /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first): the
@@ -324,8 +415,8 @@ mod x86 {
             row_bytes,
             out,
             stride,
-            |four| unsafe { dots_vbmi(four, x) },
-            |row| unsafe { dots_vbmi([row], x) }[0],
+            |four| unsafe { dots_vbmi(four, [x]) }.map(|d| d[0]),
+            |row| unsafe { dots_vbmi([row], [x]) }[0][0],
         )
     }
 }
