@@ -142,14 +142,11 @@ mod x86 {
     use super::BYTES;
     use std::arch::x86_64::*;
 
-    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first): the
-    /// 16 bytes in both halves, the upper half shifted by 4, no lane crossing.
+    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn nibbles(w: &[u8]) -> __m256i {
-        let both = _mm256_broadcastsi128_si256(load16(w[2..BYTES].try_into().expect("16")));
-        let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
+    fn block_nibbles(w: &[u8]) -> __m256i {
+        nibbles(w[2..BYTES].try_into().expect("16"))
     }
 
     /// A block's products `q · a` (nibbles unsigned) in eight i32 lanes, with AVX2's
@@ -157,7 +154,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn lanes_avx2(w: &[u8], a: &[i8]) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(nibbles(w), load32_i8(a));
+        let pairs = _mm256_maddubs_epi16(block_nibbles(w), load32_i8(a));
         _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 
@@ -165,7 +162,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn lanes_vnni(w: &[u8], a: &[i8]) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(w), load32_i8(a))
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), block_nibbles(w), load32_i8(a))
     }
 
     /// [`super::Q4_0::dot`] with AVX2: the products `q · a`, less `8 · Σa` per block for the

@@ -356,6 +356,16 @@ pub(crate) mod avx2 {
         unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
     }
 
+    /// The 32 nibbles of `p` as bytes `0..16`, the low nibbles first (bytes 0..16), then the
+    /// high ones: `p` in both halves, the upper half shifted by 4, no lane crossing.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn nibbles(p: &[u8; 16]) -> __m256i {
+        let both = _mm256_broadcastsi128_si256(load16(p));
+        let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
+    }
+
     /// 16 bytes at `p` as a vector.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
