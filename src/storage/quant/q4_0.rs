@@ -2,7 +2,7 @@
 //! bytes of 4-bit `q`: the low nibbles are weights 0..16, the high nibbles weights 16..32;
 //! each weight is `d · (q − 8)`.
 
-use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
+use super::q8_act::{check_scale, f16_at, symmetric_scale, Q8Act, Q8_ACT_BLOCK};
 use super::BlockFormat;
 use crate::ops::Cpu;
 
@@ -34,16 +34,7 @@ impl BlockFormat for Q4_0 {
     /// such), `d = max / −8`, `q = min(15, trunc(x · (1/d) + 8.5))`, `d` stored as f16.
     fn quantize(values: &[f32], block: &mut [u8]) {
         let values = &values[..QK];
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in values {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        block[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        let id = symmetric_scale(values, 8.0, block);
         let q = |v: f32| ((v * id + 8.5) as u8).min(15);
         let (lo, hi) = values.split_at(QK / 2);
         for ((b, &l), &h) in block[2..BYTES].iter_mut().zip(lo).zip(hi) {

@@ -8,7 +8,7 @@
 //! `j`: weight `j` in the low nibble, weight `16 + j` in the high one). This module reads and
 //! writes that layout and runs the integer dot products for both formats.
 
-use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
+use super::q8_act::{check_scale, f16_at, symmetric_scale, Q8Act, Q8_ACT_BLOCK};
 use super::BlockFormat;
 use crate::ops::Cpu;
 
@@ -41,16 +41,7 @@ impl BlockFormat for Q5_0 {
     /// `d = max / −16`, `q = min(31, trunc(x · (1/d) + 16.5))`, `d` stored as f16.
     fn quantize(values: &[f32], block: &mut [u8]) {
         let values: &[f32; QK] = values[..QK].try_into().expect("32 values");
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in values {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let d = max / -16.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        block[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        let id = symmetric_scale(values, 16.0, block);
         pack(
             &values.map(|v| ((v * id + 16.5) as u8).min(31)),
             &mut block[2..BYTES],

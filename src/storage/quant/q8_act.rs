@@ -135,6 +135,27 @@ pub(crate) fn f16_at(block: &[u8]) -> half::f16 {
     half::f16::from_bits(u16::from_le_bytes([block[0], block[1]]))
 }
 
+/// The scale of ggml's symmetric reference quantizers (`Q4_0`, `Q5_0`): `max` the value of
+/// largest magnitude (the first such), `d = max / −levels` (so `max` gets the lowest integer),
+/// `d` stored as f16 in the block's first two bytes. Returns `1/d` in f32 (0 where `d` is 0).
+#[inline]
+pub(crate) fn symmetric_scale(values: &[f32], levels: f32, block: &mut [u8]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in values {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -levels;
+    block[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
 /// Checks a block's f16 scale (its first two bytes) is a number: `Err` names it.
 pub(crate) fn check_scale(block: &[u8], name: &str) -> Result<(), String> {
     if block.len() < 2 {
