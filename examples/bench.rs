@@ -3,8 +3,8 @@
 //! ```text
 //! cargo run --release --example bench -- --help
 //! cargo run --release --example bench -- [--model PATH | --layers 12 --embd 768
-//!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k]
-//!     [--quantize q8_0|q4_0|q4_k|q5_k|q6_k] [--threads N]
+//!     --head-size 64 --vocab 65536 --version 6] [--dtype f32|f16|bf16|q8_0|q4_0|q5_0|q5_1|q4_k|q5_k|q6_k]
+//!     [--quantize q8_0|q4_0|q5_0|q5_1|q4_k|q5_k|q6_k] [--threads N]
 //!     [--prefill 512] [--batch 8] [--decode-tokens 32] [--busy-core] [--vs-f32] [--vs-f16] [--json]
 //! cargo run --release --example bench -- --model PATH --memory
 //! cargo run --release --example bench -- [--layers ...] [--dtype ...] --write-model OUT
@@ -256,8 +256,8 @@ struct Cli {
     /// RWKV version of the random model: 4, 5.0, 5.1, 5.2, 6 or 7
     #[arg(long, value_name = "V", default_value = "6")]
     version: Version,
-    /// Storage type of the matrices: f32, f16, bf16, or a block format (q8_0, q4_0, q4_k,
-    /// q5_k, q6_k: the block projections quantized at load, as --quantize). Of the random model
+    /// Storage type of the matrices: f32, f16, bf16, or a block format (q8_0, q4_0, q5_0,
+    /// q5_1, q4_k, q5_k, q6_k: the block projections quantized at load, as --quantize). Of the random model
     /// (default f32), or the type a --model is converted to at load (default: as stored)
     #[arg(long, value_name = "TYPE")]
     dtype: Option<args::Storage>,

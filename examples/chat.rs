@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example chat -- --help
-//! cargo run --release --example chat -- [--model PATH] [--quantize q8_0|q4_0|q4_k|q5_k|q6_k] [--vocab FILE|world|bytes]
+//! cargo run --release --example chat -- [--model PATH] [--quantize q8_0|q4_0|q5_0|q5_1|q4_k|q5_k|q6_k] [--vocab FILE|world|bytes]
 //!     [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
 //!     [--state-in S.safetensors] [--state-out S.safetensors]
 //! printf 'Hello\nWho are you?\n' | cargo run --release --example chat -- --model M.safetensors
@@ -66,9 +66,10 @@ struct Cli {
     /// assets/models/kjv-rwkv6.safetensors, not a chat model]
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL, hide_default_value = true)]
     model: String,
-    /// Quantize the block projections to this block format at load: q8_0, q4_0, q4_k, q5_k or
-    /// q6_k (the head, the embedding and matrices not a whole number of blocks wide stay as
-    /// stored)
+    /// Quantize the block projections and the head to this block format at load: q8_0, q4_0,
+    /// q5_0, q5_1, q4_k, q5_k or q6_k (the embedding stays as stored; a matrix not a whole
+    /// number of 256-value blocks wide takes a K type's fallback, q5_0, q5_1 or q8_0, and one
+    /// not whole 32-value blocks wide stays as stored)
     #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
     quantize: Option<tokenshift::storage::quant::QuantType>,
     /// Tokenizer: `bytes` (byte level, id = byte + 1), `world` (the shipped World vocabulary)

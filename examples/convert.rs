@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example convert -- INPUT OUTPUT [--dtype f32|f16|bf16]
-//!     [--quantize q8_0|q4_0|q4_k|q5_k|q6_k]
+//!     [--quantize q8_0|q4_0|q5_0|q5_1|q4_k|q5_k|q6_k]
 //! cargo run --release --example convert -- rwkv.pth rwkv-f16.safetensors --dtype f16
 //! cargo run --release --example convert -- rwkv.pth rwkv-q8_0.safetensors --quantize q8_0
 //! ```
@@ -59,8 +59,10 @@ struct Cli {
     /// Type of every floating tensor in the output [default: as stored]
     #[arg(long, value_enum)]
     dtype: Option<args::Dtype>,
-    /// Store the block projections quantized to this block format: q8_0, q4_0, q4_k, q5_k or
-    /// q6_k
+    /// Store the block projections and the head quantized to this block format: q8_0, q4_0,
+    /// q5_0, q5_1, q4_k, q5_k or q6_k (a matrix not a whole number of 256-value blocks wide
+    /// takes a K type's fallback, q5_0, q5_1 or q8_0; one not whole 32-value blocks wide is
+    /// stored as it is)
     #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
     quantize: Option<tokenshift::storage::quant::QuantType>,
     /// No progress bar

@@ -35,9 +35,10 @@ struct Cli {
     /// (the container is detected from the file)
     #[arg(long, value_name = "PATH")]
     model: String,
-    /// Quantize the block projections to this block format at load: q8_0, q4_0, q4_k, q5_k or
-    /// q6_k (the head, the embedding and matrices not a whole number of blocks wide stay as
-    /// stored)
+    /// Quantize the block projections and the head to this block format at load: q8_0, q4_0,
+    /// q5_0, q5_1, q4_k, q5_k or q6_k (the embedding stays as stored; a matrix not a whole
+    /// number of 256-value blocks wide takes a K type's fallback, q5_0, q5_1 or q8_0, and one
+    /// not whole 32-value blocks wide stays as stored)
     #[arg(long, value_name = "TYPE", value_parser = args::parse_quant)]
     quantize: Option<tokenshift::storage::quant::QuantType>,
     /// Comma-separated token ids to run

@@ -13,9 +13,10 @@
 //!   f16;
 //! - on the shipped trained model: held-out bits per byte (Genesis 50), against f16.
 //!
-//! Matrices whose input width is not a whole number of blocks stay as stored (the K types'
-//! 256-value blocks do not divide the shipped model's widths of 192 and 672), and the output
-//! says how many bytes per token each model reads.
+//! A matrix whose input width is not a whole number of 256-value blocks takes a K type's
+//! fallback (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0: the shipped model's widths of 192 and 672,
+//! the fixtures' 64), one not a whole number of 32-value blocks stays as stored, and the
+//! output says how many bytes per token each model reads.
 
 use clap::Parser;
 use ndarray::{Array2, ArrayView1};

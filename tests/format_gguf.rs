@@ -482,8 +482,8 @@ fn unsupported_models_give_named_errors() {
             "`general.architecture` is missing",
         ),
         (
-            // A block format the crate does not run (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K are run,
-            // tests/quant_load.rs).
+            // A block format the crate does not run (Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and
+            // Q6_K are run, tests/quant_load.rs).
             "quantized",
             retyped("blk.0.time_mix_key.weight", 3),
             "`blocks.0.att.key.weight` is stored as Q4_1 (GGUF tensor `blk.0.time_mix_key.weight`)",

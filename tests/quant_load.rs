@@ -465,3 +465,133 @@ fn gguf_package_q8_0_file_loads() {
     eprintln!("gguf Q8_0 file against quantized at load: max |Δlogit| {diff:.2e}");
     assert!(diff < 1e-2, "{diff}");
 }
+
+/// As llama.cpp does, a K type quantizes a matrix whose rows are not whole 256-value blocks to
+/// its 32-value fallback (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0): an RWKV-6 of width 256 has
+/// channel-mix rows of 896 values (3.5 · 256) in `ffn.value`, every other projection and the
+/// head are whole 256-value blocks. At load, and in a file `convert --quantize` writes
+/// (`tensor_target`), which loads to the same matrices and logits.
+#[test]
+fn k_types_fall_back_where_rows_are_not_whole_blocks() {
+    use tokenshift::storage::quant::QuantType;
+    use tokenshift::synthetic::random_checkpoint;
+    use tokenshift::{Config, DType, Version};
+    let config = Config::standard(Version::V6, 1, 256, 64, 300);
+    assert_eq!(config.dim_ffn, 896);
+    let source = random_checkpoint(&config, DType::F32, 3).unwrap();
+    let types = |m: &Model| {
+        let ffn = &m.blocks()[0].ffn;
+        (ffn.key.matrix().type_name(), ffn.value.matrix().type_name())
+    };
+    for (ty, fallback) in [
+        (QuantType::Q4_K, "q5_0"),
+        (QuantType::Q5_K, "q5_1"),
+        (QuantType::Q6_K, "q8_0"),
+    ] {
+        let quant = Quantization::to(ty.format());
+        let model = Model::from_source_quantized(&source, &quant).unwrap();
+        assert_eq!(types(&model), (ty.name(), fallback), "{ty}");
+
+        let out = std::env::temp_dir().join(format!(
+            "tokenshift-fallback-{}-{ty}.safetensors",
+            std::process::id()
+        ));
+        write_quantized_safetensors(&source, &out, None, &|name, shape| {
+            quant.tensor_target(name, shape)
+        })
+        .unwrap();
+        let written = SafeTensorsFile::open(&out).unwrap();
+        let checkpoint = Checkpoint::open(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        let meta = written.metadata();
+        assert_eq!(meta["tokenshift.quant.blocks.0.ffn.value.weight"], fallback);
+        assert_eq!(meta["tokenshift.quant.blocks.0.ffn.key.weight"], ty.name());
+        assert_eq!(meta["tokenshift.quant.head.weight"], ty.name());
+        let loaded = Model::from_source(checkpoint.source()).unwrap();
+        assert_eq!(types(&loaded), (ty.name(), fallback), "{ty}");
+        assert_eq!(logits(&loaded, &TOKENS), logits(&model, &TOKENS), "{ty}");
+    }
+    // A 32-value type has no fallback: 896 is whole Q8_0 blocks, and so stays Q8_0.
+    let q8 = Model::from_source_quantized(&source, &Quantization::to(QuantType::Q8_0.format()));
+    assert_eq!(types(&q8.unwrap()), ("q8_0", "q8_0"));
+}
+
+/// `F`'s blocks dotted in f32 after dequantizing them (no quantized activation): the
+/// reference of `F`'s own kernels in a whole model.
+#[derive(Debug)]
+struct Dequantized<F>(std::marker::PhantomData<F>);
+
+impl<F: BlockFormat> BlockFormat for Dequantized<F> {
+    const NAME: &'static str = F::NAME;
+    const VALUES: usize = F::VALUES;
+    const BYTES: usize = F::BYTES;
+    type Activation = Vec<f32>;
+
+    fn dequantize(block: &[u8], out: &mut [f32]) {
+        F::dequantize(block, out)
+    }
+
+    fn quantize(values: &[f32], block: &mut [u8]) {
+        F::quantize(values, block)
+    }
+
+    fn quantize_activation(_: Cpu, x: &[f32]) -> Vec<f32> {
+        x.to_vec()
+    }
+
+    fn dot(_cpu: Cpu, row: &[u8], x: &Vec<f32>) -> f32 {
+        let mut values = vec![0f32; F::VALUES];
+        let mut sum = 0f64;
+        for (block, xs) in row.chunks_exact(F::BYTES).zip(x.chunks_exact(F::VALUES)) {
+            F::dequantize(block, &mut values);
+            sum += values
+                .iter()
+                .zip(xs)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>();
+        }
+        sum as f32
+    }
+
+    fn check_block(block: &[u8]) -> Result<(), String> {
+        F::check_block(block)
+    }
+}
+
+/// GGUF files whose projections are Q5_0 or Q5_1 (ggml types 6 and 7) load them in place with
+/// the crate's formats: logits close to those of the same blocks dotted in f32 (the
+/// difference is the activation's 8-bit quantization, as for Q8_0), and further from the f32
+/// file's.
+#[test]
+fn gguf_q5_projections_load_in_place() {
+    use tokenshift::storage::quant::{QuantType, Q5_0, Q5_1, Q8_0};
+    let f32_file = Checkpoint::open(fixtures_dir().join("formats/gguf/v6-a.f32.gguf")).unwrap();
+    let want = logits(&Model::from_source(f32_file.source()).unwrap(), &TOKENS);
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (ty, exact) in [
+        (QuantType::Q8_0, QuantFormat::of::<Dequantized<Q8_0>>()),
+        (QuantType::Q5_0, QuantFormat::of::<Dequantized<Q5_0>>()),
+        (QuantType::Q5_1, QuantFormat::of::<Dequantized<Q5_1>>()),
+    ] {
+        let bytes = quantized_gguf(ty.ggml().id(), &|v| ty.format().encode(v).unwrap());
+        let gguf = Checkpoint::from_bytes(bytes).unwrap();
+        let key = gguf.source().blocks("blocks.1.att.key.weight").unwrap();
+        assert_eq!(
+            (key.format.as_str(), &key.shape[..]),
+            (ty.name(), &[64, 64][..])
+        );
+        let model = Model::from_source(gguf.source()).unwrap();
+        assert_eq!(model.blocks()[1].ffn.key.matrix().type_name(), ty.name());
+        let reference = Quantization::none().reading(exact);
+        let reference = Model::from_source_quantized(gguf.source(), &reference).unwrap();
+        let got = logits(&model, &TOKENS);
+        let kernels = max_abs(&got, &logits(&reference, &TOKENS));
+        let rounding = max_abs(&got, &want);
+        eprintln!(
+            "{ty} GGUF: max |Δlogit| {kernels:.2e} against its blocks in f32, {rounding:.2e} \
+             against the f32 file (largest {scale:.2})"
+        );
+        assert!(kernels > 0.0 && kernels < 0.05 * scale, "{ty}: {kernels}");
+        assert!(rounding < 0.15 * scale, "{ty}: {rounding}");
+    }
+}

@@ -1,6 +1,6 @@
-//! GGUF's Q8_0 and Q4_0 blocks: quantize and dequantize bit for bit as the `gguf` package
-//! (committed fixtures), every kernel this CPU runs against the portable one, and the dot
-//! products against a dequantize-then-multiply reference in f64.
+//! GGUF's 32-value blocks (Q8_0, Q4_0, Q5_0, Q5_1): quantize and dequantize bit for bit as
+//! the `gguf` package (committed fixtures), every kernel this CPU runs against the portable
+//! one, and the dot products against a dequantize-then-multiply reference in f64.
 
 mod quant_support;
 use quant_support::Rng;
@@ -8,7 +8,7 @@ use quant_support::Rng;
 use half::f16;
 use std::path::PathBuf;
 use tokenshift::ops::{Cpu, Matrix};
-use tokenshift::storage::quant::{BlockFormat, Q8Act, Q4_0, Q8_0};
+use tokenshift::storage::quant::{BlockFormat, Q8Act, Q4_0, Q5_0, Q5_1, Q8_0};
 use tokenshift::storage::{Dense, Quantized, SharedBytes};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -76,17 +76,40 @@ fn q4_0_matches_gguf() {
     matches_gguf::<Q4_0>("q4_0");
 }
 
-/// Random blocks of `F` with every integer pattern and a finite f16 scale of about `scale`
-/// (1.0 exactly when `scale` is 1).
+#[test]
+fn q5_0_matches_gguf() {
+    matches_gguf::<Q5_0>("q5_0");
+}
+
+#[test]
+fn q5_1_matches_gguf() {
+    matches_gguf::<Q5_1>("q5_1");
+}
+
+/// Where a block of `F` keeps its f16 scales: `d` first, and Q5_1's minimum `m` after it.
+fn scale_offsets<F: BlockFormat>() -> &'static [usize] {
+    if F::NAME == "q5_1" {
+        &[0, 2]
+    } else {
+        &[0]
+    }
+}
+
+/// Random blocks of `F` with every integer pattern and finite f16 scales of about `scale`
+/// (1.0 exactly when `scale` is 1; a minimum of either sign).
 fn random_blocks<F: BlockFormat>(rng: &mut Rng, blocks: usize, scale: f32) -> Vec<u8> {
     let mut b = rng.bytes(blocks * F::BYTES);
     for block in b.chunks_exact_mut(F::BYTES) {
-        let d = if scale == 1.0 {
-            1.0
-        } else {
-            scale * (0.5 + rng.uniform().abs())
-        };
-        block[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        for (k, &at) in scale_offsets::<F>().iter().enumerate() {
+            let d = if scale == 1.0 {
+                1.0
+            } else if k == 0 {
+                scale * (0.5 + rng.uniform().abs())
+            } else {
+                scale * 8.0 * rng.uniform()
+            };
+            block[at..at + 2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        }
     }
     b
 }
@@ -154,7 +177,9 @@ fn integer_parts_exact<F: BlockFormat>() {
     for fill in [0x00u8, 0xff, 0x80, 0x7f] {
         let mut row = vec![fill; 2 * F::BYTES];
         for b in row.chunks_exact_mut(F::BYTES) {
-            b[..2].copy_from_slice(&0x3c00u16.to_le_bytes());
+            for &at in scale_offsets::<F>() {
+                b[at..at + 2].copy_from_slice(&0x3c00u16.to_le_bytes());
+            }
         }
         let mut w = vec![0.0f32; 64];
         for (b, o) in row.chunks_exact(F::BYTES).zip(w.chunks_exact_mut(32)) {
@@ -180,6 +205,16 @@ fn q8_0_integer_parts_exact() {
 #[test]
 fn q4_0_integer_parts_exact() {
     integer_parts_exact::<Q4_0>();
+}
+
+#[test]
+fn q5_0_integer_parts_exact() {
+    integer_parts_exact::<Q5_0>();
+}
+
+#[test]
+fn q5_1_integer_parts_exact() {
+    integer_parts_exact::<Q5_1>();
 }
 
 /// Dot products of random rows of `F` (random blocks and blocks quantized from normal
@@ -257,6 +292,16 @@ fn q4_0_dots_against_reference() {
     against_reference::<Q4_0>();
 }
 
+#[test]
+fn q5_0_dots_against_reference() {
+    against_reference::<Q5_0>();
+}
+
+#[test]
+fn q5_1_dots_against_reference() {
+    against_reference::<Q5_1>();
+}
+
 /// A vector changed in place between calls (same address, new values) and products of two
 /// formats with the same vector: each call's results are those of its own values.
 #[test]
@@ -326,6 +371,26 @@ fn bad_scales_in_a_file_are_errors() {
         e.contains("block 0 of row 0") && e.contains("infinite"),
         "{e}"
     );
+    let mut bytes = vec![0u8; 6 * 22];
+    bytes[5 * 22..5 * 22 + 2].copy_from_slice(&0xfc00u16.to_le_bytes());
+    let e = Quantized::<Q5_0>::from_bytes(SharedBytes::from_vec(bytes), 3, 64).unwrap_err();
+    assert!(
+        e.contains("block 1 of row 2") && e.contains("q5_0 block scale d is infinite"),
+        "{e}"
+    );
+    // Q5_1: its scale d and its minimum m.
+    for (at, what) in [
+        (0, "q5_1 block scale d is NaN"),
+        (2, "q5_1 block scale m is NaN"),
+    ] {
+        let mut bytes = vec![0u8; 4 * 24];
+        bytes[2 * 24 + at..2 * 24 + at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        let e = Quantized::<Q5_1>::from_bytes(SharedBytes::from_vec(bytes), 2, 64).unwrap_err();
+        assert!(e.contains("block 0 of row 1") && e.contains(what), "{e}");
+    }
+    // A wrong byte count names the format.
+    let e = Quantized::<Q5_1>::from_bytes(SharedBytes::from_vec(vec![0; 47]), 1, 64).unwrap_err();
+    assert!(e.contains("q5_1 blocks"), "{e}");
 }
 
 /// Seconds per call of `f`, the best of several timed runs.

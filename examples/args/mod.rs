@@ -35,7 +35,8 @@ impl From<Dtype> for DType {
     }
 }
 
-/// `--quantize`'s value: a block format (`q8_0`, `q4_0`, `q4_k`, `q5_k`, `q6_k`).
+/// `--quantize`'s value: a block format (`q8_0`, `q4_0`, `q5_0`, `q5_1`, `q4_k`, `q5_k`,
+/// `q6_k`).
 pub fn parse_quant(s: &str) -> Result<QuantType, String> {
     s.parse()
 }
@@ -68,7 +69,10 @@ impl FromStr for Storage {
             "f16" => Ok(Storage::Dense(DType::F16)),
             "bf16" => Ok(Storage::Dense(DType::Bf16)),
             _ => s.parse().map(Storage::Quantized).map_err(|_| {
-                format!("unknown storage type `{s}`: expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k")
+                format!(
+                    "unknown storage type `{s}`: expected f32, f16, bf16, q8_0, q4_0, q5_0, \
+                     q5_1, q4_k, q5_k or q6_k"
+                )
             }),
         }
     }

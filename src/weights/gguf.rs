@@ -2,12 +2,12 @@
 //! key/value pairs and tensor descriptions, then the tensor data, aligned.
 //!
 //! [`GgufFile::parse`] reads the header into a [`TensorTable`] over the file's bytes (tensors of
-//! type F32, F16 and BF16 are used in place; so are Q8_0, Q4_0, Q4_K, Q5_K and Q6_K, as blocks
-//! (see [`TensorSource::blocks`](super::TensorSource::blocks)); every other GGML type is listed
-//! under its name so a loader can name it in an error). Every count, length and offset is checked against the
-//! file's length before anything is allocated, so arbitrary bytes give an error, never a panic
-//! or a huge allocation. [`GgufFile::into_rwkv`] maps llama.cpp's `rwkv6` and `rwkv7` tensors
-//! back to BlinkDL names and layouts (see [`GgufRwkv`]).
+//! type F32, F16 and BF16 are used in place; so are Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and
+//! Q6_K, as blocks (see [`TensorSource::blocks`](super::TensorSource::blocks)); every other GGML
+//! type is listed under its name so a loader can name it in an error). Every count, length and
+//! offset is checked against the file's length before anything is allocated, so arbitrary bytes
+//! give an error, never a panic or a huge allocation. [`GgufFile::into_rwkv`] maps llama.cpp's
+//! `rwkv6` and `rwkv7` tensors back to BlinkDL names and layouts (see [`GgufRwkv`]).
 
 mod rwkv;
 

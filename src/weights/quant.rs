@@ -8,9 +8,18 @@
 //! A BlinkDL-named safetensors file in which each quantized matrix `[out, in]` is a `U8`
 //! tensor `[out, in / VALUES · BYTES]` (its rows of blocks, bit for bit as GGUF stores them),
 //! and the header's `__metadata__` names the format: key `tokenshift.quant.<tensor name>`,
-//! value `q8_0`, `q4_0`, `q4_k`, `q5_k` or `q6_k`. Every other tensor is stored as usual. The
-//! reader ([`SafeTensorsFile`](super::SafeTensorsFile)) sees such a tensor as `[out, in]` in
-//! that format and the loaders use its blocks in place from the memory map.
+//! value `q8_0`, `q4_0`, `q5_0`, `q5_1`, `q4_k`, `q5_k` or `q6_k`. Every other tensor is stored
+//! as usual. The reader ([`SafeTensorsFile`](super::SafeTensorsFile)) sees such a tensor as
+//! `[out, in]` in that format and the loaders use its blocks in place from the memory map.
+//!
+//! # Matrices narrower than a format's blocks
+//!
+//! A matrix whose rows do not split into the requested format's blocks is quantized to the
+//! format's fallback, as llama.cpp's `llama_tensor_get_type` does: Q4_K → Q5_0, Q5_K → Q5_1,
+//! Q6_K → Q8_0 for rows that are whole 32-value blocks (the shipped model's widths 192 and
+//! 672, the 0.1B shape's channel-mix value at 2688), and kept as stored otherwise. The rule
+//! is [`QuantType::fallback`], applied by [`Quantization::target`] for both a load and
+//! `convert --quantize`.
 
 use super::{DType, Tensor, TensorSource};
 use crate::error::{Error, Result};
@@ -117,11 +126,15 @@ impl Quantization {
         self.format
     }
 
-    /// The format a matrix of `role` with rows of `cols` values is quantized to: `None` if
-    /// this role is kept as stored or the rows do not split into whole blocks.
+    /// The format a matrix of `role` with rows of `cols` values is quantized to: the format,
+    /// or where its rows do not split into the format's blocks the format's fallback
+    /// ([`QuantFormat::for_width`]: as llama.cpp, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0 for
+    /// rows that are whole 32-value blocks but not whole 256-value ones); `None` if this role
+    /// is kept as stored or the rows do not split into either format's blocks.
     pub fn target(&self, role: MatrixRole, cols: usize) -> Option<QuantFormat> {
         self.format
-            .filter(|f| self.roles.contains(&role) && cols > 0 && f.fits(cols))
+            .filter(|_| self.roles.contains(&role) && cols > 0)
+            .and_then(|f| f.for_width(cols))
     }
 
     /// The format the checkpoint tensor `name` of shape `shape` is quantized to (see

@@ -1,7 +1,8 @@
-"""Writes the Q8_0 and Q4_0 fixtures of tests/quant_q8_q4.rs with the `gguf` package's numpy
-quantizer and dequantizer (gguf.quants), which the tests compare with the crate's bit for bit.
+"""Writes the fixtures of the 32-value block formats (Q8_0, Q4_0, Q5_0, Q5_1) for
+tests/quant_q8_q4.rs with the `gguf` package's numpy quantizer and dequantizer (gguf.quants),
+which the tests compare with the crate's bit for bit.
 
-For each format F in q8_0, q4_0 (files in tests/fixtures/quant/):
+For each format F in q8_0, q4_0, q5_0, q5_1 (files in tests/fixtures/quant/):
   F_x.f32    512 f32 values (16 blocks of 32), little-endian: the rows quantized
   F.blocks   gguf.quants.quantize(x, F): the blocks as GGUF stores them
   F_deq.f32  gguf.quants.dequantize(blocks, F): 512 f32, little-endian
@@ -32,7 +33,7 @@ def rows(seed: int) -> np.ndarray:
     ties[0] = 127.0
     blocks.append(ties)
     # Largest magnitude negative, and its magnitude again with the other sign later on
-    # (the first of them sets Q4_0's d).
+    # (the first of them sets Q4_0's and Q5_0's d).
     b = rng.standard_normal(BLOCK)
     b[5], b[20] = -4.0, 4.0
     blocks.append(b)
@@ -49,7 +50,12 @@ def rows(seed: int) -> np.ndarray:
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     for seed, (name, qtype) in enumerate(
-        [("q8_0", GGMLQuantizationType.Q8_0), ("q4_0", GGMLQuantizationType.Q4_0)]
+        [
+            ("q8_0", GGMLQuantizationType.Q8_0),
+            ("q4_0", GGMLQuantizationType.Q4_0),
+            ("q5_0", GGMLQuantizationType.Q5_0),
+            ("q5_1", GGMLQuantizationType.Q5_1),
+        ]
     ):
         x = rows(1000 + seed)
         blocks = quants.quantize(x.reshape(1, -1), qtype)

@@ -8,12 +8,16 @@
 
 mod lanes;
 mod q4_0;
+mod q5_0;
+mod q5_1;
 mod q8_0;
 mod q8_act;
 mod types;
 
 pub use lanes::LanedQ8;
 pub use q4_0::Q4_0;
+pub use q5_0::Q5_0;
+pub use q5_1::Q5_1;
 pub use q8_0::Q8_0;
 pub use q8_act::{Q8Act, Q8_ACT_BLOCK};
 pub use types::{quantized_matrix, QuantFormat, QuantSource, QuantType};
@@ -431,6 +435,8 @@ mod tests {
         }
         check::<Q8_0>();
         check::<Q4_0>();
+        check::<Q5_0>();
+        check::<Q5_1>();
         check::<Q4K>();
         check::<Q5K>();
         check::<Q6K>();

@@ -3,7 +3,7 @@
 //! each weight is `d · (q − 8)`.
 
 use super::lanes::{LaneLayout, LanedQ8};
-use super::q8_act::{check_scale, f16_at, Q8Act, Q8_ACT_BLOCK};
+use super::q8_act::{check_scale, f16_at, symmetric_scale, Q8Act, Q8_ACT_BLOCK};
 use super::{dot_rows_each, for_rows, BlockFormat};
 use crate::ops::Cpu;
 
@@ -35,16 +35,7 @@ impl BlockFormat for Q4_0 {
     /// such), `d = max / −8`, `q = min(15, trunc(x · (1/d) + 8.5))`, `d` stored as f16.
     fn quantize(values: &[f32], block: &mut [u8]) {
         let values = &values[..QK];
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in values {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        block[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        let id = symmetric_scale(values, 8.0, block);
         let q = |v: f32| ((v * id + 8.5) as u8).min(15);
         let (lo, hi) = values.split_at(QK / 2);
         for ((b, &l), &h) in block[2..BYTES].iter_mut().zip(lo).zip(hi) {
@@ -306,14 +297,11 @@ mod x86 {
         }
     }
 
-    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first): the
-    /// 16 bytes in both halves, the upper half shifted by 4, no lane crossing.
+    /// A block's 32 nibbles as bytes `0..16` in the weights' order (low nibbles first).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn nibbles(w: &[u8]) -> __m256i {
-        let both = _mm256_broadcastsi128_si256(load16(w[2..BYTES].try_into().expect("16")));
-        let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
+    fn block_nibbles(w: &[u8]) -> __m256i {
+        nibbles(w[2..BYTES].try_into().expect("16"))
     }
 
     /// A block's products `q · a` (nibbles unsigned) in eight i32 lanes, with AVX2's
@@ -321,7 +309,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn lanes_avx2(w: &[u8], a: &[i8]) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(nibbles(w), load32_i8(a));
+        let pairs = _mm256_maddubs_epi16(block_nibbles(w), load32_i8(a));
         _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 
@@ -329,7 +317,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn lanes_vnni(w: &[u8], a: &[i8]) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(w), load32_i8(a))
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), block_nibbles(w), load32_i8(a))
     }
 
     /// [`super::Q4_0::dot`] with AVX2: the products `q · a`, less `8 · Σa` per block for the

@@ -135,6 +135,27 @@ pub(crate) fn f16_at(block: &[u8]) -> half::f16 {
     half::f16::from_bits(u16::from_le_bytes([block[0], block[1]]))
 }
 
+/// The scale of ggml's symmetric reference quantizers (`Q4_0`, `Q5_0`): `max` the value of
+/// largest magnitude (the first such), `d = max / −levels` (so `max` gets the lowest integer),
+/// `d` stored as f16 in the block's first two bytes. Returns `1/d` in f32 (0 where `d` is 0).
+#[inline]
+pub(crate) fn symmetric_scale(values: &[f32], levels: f32, block: &mut [u8]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in values {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -levels;
+    block[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
 /// Checks a block's f16 scale (its first two bytes) is a number: `Err` names it.
 pub(crate) fn check_scale(block: &[u8], name: &str) -> Result<(), String> {
     if block.len() < 2 {
@@ -354,6 +375,16 @@ pub(crate) mod avx2 {
         let p: &[i8; 32] = p.try_into().expect("32 bytes");
         // SAFETY: `p` is 32 readable bytes; loadu has no alignment need.
         unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
+    }
+
+    /// The 32 nibbles of `p` as bytes `0..16`, the low nibbles first (bytes 0..16), then the
+    /// high ones: `p` in both halves, the upper half shifted by 4, no lane crossing.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn nibbles(p: &[u8; 16]) -> __m256i {
+        let both = _mm256_broadcastsi128_si256(load16(p));
+        let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
     }
 
     /// 16 bytes at `p` as a vector.

@@ -1,5 +1,5 @@
 //! Which block format a matrix is stored in, as the loaders, the examples and the files name
-//! it: [`QuantType`] (the crate's five GGUF formats), and [`QuantFormat`], a format's
+//! it: [`QuantType`] (the crate's seven GGUF formats), and [`QuantFormat`], a format's
 //! constructors behind plain function pointers so that a loader picks one at run time (from a
 //! GGUF type, a safetensors header, a command-line flag) without naming the type.
 //!
@@ -21,6 +21,11 @@ pub enum QuantType {
     Q8_0,
     /// `q4_0`: blocks of 32 values, one f16 scale and 32 four-bit values (18 bytes).
     Q4_0,
+    /// `q5_0`: blocks of 32 values, one f16 scale and 32 five-bit values (22 bytes).
+    Q5_0,
+    /// `q5_1`: blocks of 32 values, an f16 scale, an f16 minimum and 32 five-bit values (24
+    /// bytes).
+    Q5_1,
     /// `q4_k`: super-blocks of 256 values in eight sub-blocks with 6-bit scales and minimums,
     /// four-bit values (144 bytes).
     Q4_K,
@@ -33,19 +38,24 @@ pub enum QuantType {
 
 impl QuantType {
     /// Every type, in the order of this enum.
-    pub const ALL: [QuantType; 5] = [
+    pub const ALL: [QuantType; 7] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
         QuantType::Q4_K,
         QuantType::Q5_K,
         QuantType::Q6_K,
     ];
 
-    /// The name as the crate writes it: `q8_0`, `q4_0`, `q4_k`, `q5_k`, `q6_k`.
+    /// The name as the crate writes it: `q8_0`, `q4_0`, `q5_0`, `q5_1`, `q4_k`, `q5_k`,
+    /// `q6_k`.
     pub fn name(self) -> &'static str {
         match self {
             QuantType::Q8_0 => "q8_0",
             QuantType::Q4_0 => "q4_0",
+            QuantType::Q5_0 => "q5_0",
+            QuantType::Q5_1 => "q5_1",
             QuantType::Q4_K => "q4_k",
             QuantType::Q5_K => "q5_k",
             QuantType::Q6_K => "q6_k",
@@ -57,6 +67,8 @@ impl QuantType {
         match self {
             QuantType::Q8_0 => GgmlType::Q8_0,
             QuantType::Q4_0 => GgmlType::Q4_0,
+            QuantType::Q5_0 => GgmlType::Q5_0,
+            QuantType::Q5_1 => GgmlType::Q5_1,
             QuantType::Q4_K => GgmlType::Q4_K,
             QuantType::Q5_K => GgmlType::Q5_K,
             QuantType::Q6_K => GgmlType::Q6_K,
@@ -78,14 +90,35 @@ impl QuantType {
         self.ggml().block_bytes()
     }
 
-    /// The format's constructors (see [`QuantFormat`]).
-    pub fn format(self) -> QuantFormat {
+    /// The type a matrix is quantized to instead of this one when its rows do not split
+    /// into this type's blocks, as llama.cpp's `llama_tensor_get_type` chooses: Q4_K → Q5_0,
+    /// Q5_K → Q5_1, Q6_K → Q8_0 (32-value blocks of at least as many bits per weight); `None`
+    /// for the 32-value types. A matrix that does not split into the fallback's blocks either
+    /// is kept as stored.
+    pub fn fallback(self) -> Option<QuantType> {
         match self {
+            QuantType::Q4_K => Some(QuantType::Q5_0),
+            QuantType::Q5_K => Some(QuantType::Q5_1),
+            QuantType::Q6_K => Some(QuantType::Q8_0),
+            QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q5_1 => None,
+        }
+    }
+
+    /// The format's constructors (see [`QuantFormat`]), with the type's
+    /// [`fallback`](QuantType::fallback).
+    pub fn format(self) -> QuantFormat {
+        let format = match self {
             QuantType::Q8_0 => QuantFormat::of::<super::Q8_0>(),
             QuantType::Q4_0 => QuantFormat::of::<super::Q4_0>(),
+            QuantType::Q5_0 => QuantFormat::of::<super::Q5_0>(),
+            QuantType::Q5_1 => QuantFormat::of::<super::Q5_1>(),
             QuantType::Q4_K => QuantFormat::of::<super::Q4K>(),
             QuantType::Q5_K => QuantFormat::of::<super::Q5K>(),
             QuantType::Q6_K => QuantFormat::of::<super::Q6K>(),
+        };
+        QuantFormat {
+            fallback: self.fallback(),
+            ..format
         }
     }
 }
@@ -99,13 +132,17 @@ impl std::fmt::Display for QuantType {
 impl std::str::FromStr for QuantType {
     type Err = String;
 
-    /// `q8_0`, `q4_0`, `q4_k`, `q5_k` or `q6_k`, in either case (GGML writes `Q8_0`).
+    /// `q8_0`, `q4_0`, `q5_0`, `q5_1`, `q4_k`, `q5_k` or `q6_k`, in either case (GGML
+    /// writes `Q8_0`).
     fn from_str(s: &str) -> Result<Self, String> {
         QuantType::ALL
             .into_iter()
             .find(|q| q.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown block format `{s}`: expected q8_0, q4_0, q4_k, q5_k or q6_k")
+                format!(
+                    "unknown block format `{s}`: expected q8_0, q4_0, q5_0, q5_1, q4_k, q5_k \
+                     or q6_k"
+                )
             })
     }
 }
@@ -123,7 +160,8 @@ pub enum QuantSource<'a> {
 type Build = fn(QuantSource, usize, usize) -> Result<Arc<dyn Matrix>, String>;
 
 /// A block format's constructors, chosen at run time: [`QuantFormat::of`] a [`BlockFormat`]
-/// type, or [`QuantType::format`].
+/// type, or [`QuantType::format`] (which also carries the type's fallback for matrices whose
+/// rows do not split into its blocks, [`QuantFormat::for_width`]).
 #[derive(Clone, Copy)]
 pub struct QuantFormat {
     name: &'static str,
@@ -132,6 +170,7 @@ pub struct QuantFormat {
     build: Build,
     dequantize: fn(&[u8], &mut [f32]),
     encode: fn(&[f32], &mut [u8]),
+    fallback: Option<QuantType>,
 }
 
 impl std::fmt::Debug for QuantFormat {
@@ -200,6 +239,7 @@ impl QuantFormat {
             build: build_as::<F>,
             dequantize: dequantize_as::<F>,
             encode: encode_as::<F>,
+            fallback: None,
         }
     }
 
@@ -221,6 +261,18 @@ impl QuantFormat {
     /// Whether a matrix with rows of `cols` values splits into whole blocks.
     pub fn fits(&self, cols: usize) -> bool {
         cols.is_multiple_of(self.values)
+    }
+
+    /// The format a matrix with rows of `cols` values is quantized to: this one if the rows
+    /// split into its blocks, else its fallback (see [`QuantType::fallback`]) if they split
+    /// into that one's, else `None` (the matrix is kept as stored).
+    pub fn for_width(&self, cols: usize) -> Option<QuantFormat> {
+        if self.fits(cols) {
+            return Some(*self);
+        }
+        self.fallback
+            .map(QuantType::format)
+            .filter(|f| f.fits(cols))
     }
 
     /// Bytes of a `[rows, cols]` matrix (`None` if `cols` does not split into whole blocks or
@@ -316,6 +368,43 @@ mod tests {
         assert!("q4_1".parse::<QuantType>().is_err());
         assert_eq!(QuantType::from_ggml(GgmlType::Q4_1), None);
         assert_eq!(QuantType::Q6_K.block_bytes(), 210);
+        assert_eq!(QuantType::Q5_0.block_bytes(), 22);
+        assert_eq!(QuantType::Q5_1.block_bytes(), 24);
+        assert!("Q5_1".parse::<QuantType>().is_ok());
+        let e = "q3_k".parse::<QuantType>().unwrap_err();
+        assert!(e.contains("q5_0, q5_1"), "{e}");
         assert_eq!(QuantType::Q8_0.block_values(), 32);
+    }
+
+    /// llama.cpp's fallbacks: a K type's 32-value stand-in where the rows are not whole
+    /// 256-value blocks, nothing where they are not whole 32-value blocks either.
+    #[test]
+    fn fallbacks_cover_narrow_rows() {
+        let name = |ty: QuantType, cols: usize| ty.format().for_width(cols).map(|f| f.name());
+        for (ty, narrow) in [
+            (QuantType::Q4_K, "q5_0"),
+            (QuantType::Q5_K, "q5_1"),
+            (QuantType::Q6_K, "q8_0"),
+        ] {
+            assert_eq!(name(ty, 512), Some(ty.name()));
+            assert_eq!(name(ty, 672), Some(narrow));
+            assert_eq!(name(ty, 2688), Some(narrow));
+            assert_eq!(name(ty, 48), None);
+            assert_eq!(ty.fallback().map(|f| f.name()), Some(narrow));
+        }
+        for ty in [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+        ] {
+            assert_eq!(ty.fallback(), None);
+            assert_eq!(name(ty, 672), Some(ty.name()));
+            assert_eq!(name(ty, 48), None);
+        }
+        // A format built from its block type alone has no fallback.
+        assert!(QuantFormat::of::<super::super::Q4K>()
+            .for_width(672)
+            .is_none());
     }
 }

@@ -18,8 +18,8 @@
 //!
 //! The decays (`time_decay`, `w0`) and `time_faaaa` are stored as BlinkDL stores them.
 //!
-//! A matrix stored in one of the crate's block formats (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) that is
-//! only renamed is used in place as blocks. One that is transposed or rescaled (the low-rank
+//! A matrix stored in one of the crate's block formats (Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K,
+//! Q6_K) that is only renamed is used in place as blocks. One that is transposed or rescaled (the low-rank
 //! factors, RWKV-6's rescaled `att.output`/`ffn.value`) is decoded to f32, transformed, and
 //! kept in f32: re-quantizing a transposed matrix would round it a second time along other
 //! blocks, and these matrices are small (the low-rank factors) or few; a load that quantizes
