@@ -176,17 +176,14 @@ pub(crate) mod avx512 {
                 _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line) as *const i8);
                 line += 64;
             }
-            let weights: [([__m512i; 2], __m512); R] = std::array::from_fn(|r| {
-                let at = g * L::GROUP_BYTES;
-                // SAFETY: the CPU has what `unpack` needs; the slice is one group.
-                let (w, scales) = unsafe { L::unpack(&rows[r][at..at + L::GROUP_BYTES]) };
-                (w, _mm512_cvtph_ps(scales))
-            });
-            for (v, lanes) in lanes.iter().enumerate() {
+            // The group's activations, each loaded once (the loads are invariant in the loop
+            // over the rows below).
+            let acts: [([__m512i; 2], __m512i, __m512); V] = std::array::from_fn(|v| {
+                let lanes = lanes[v];
                 let qs = &lanes.qs[g * L::VECTORS * 64..(g + 1) * L::VECTORS * 64];
                 let lane = g * LANES..(g + 1) * LANES;
                 // SAFETY: 64 readable values at each pointer (sliced above).
-                let (a, corrections, dx) = unsafe {
+                unsafe {
                     let a: [__m512i; 2] = std::array::from_fn(|k| {
                         if k < L::VECTORS {
                             _mm512_loadu_si512(qs[k * 64..].as_ptr() as *const __m512i)
@@ -198,14 +195,20 @@ pub(crate) mod avx512 {
                         _mm512_loadu_si512(lanes.corrections[lane.clone()].as_ptr() as *const _);
                     let d = _mm512_loadu_ps(lanes.scales[lane].as_ptr());
                     (a, c, d)
-                };
-                for (acc, (w, dw)) in acc.iter_mut().zip(&weights) {
-                    let mut sum = _mm512_dpbusd_epi32(corrections, w[0], a[0]);
+                }
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = g * L::GROUP_BYTES;
+                // SAFETY: the CPU has what `unpack` needs; the slice is one group.
+                let (w, scales) = unsafe { L::unpack(&rows[r][at..at + L::GROUP_BYTES]) };
+                let dw = _mm512_cvtph_ps(scales);
+                for ((a, corrections, dx), acc) in acts.iter().zip(acc.iter_mut()) {
+                    let mut sum = _mm512_dpbusd_epi32(*corrections, w[0], a[0]);
                     if L::VECTORS > 1 {
                         sum = _mm512_dpbusd_epi32(sum, w[1], a[1]);
                     }
-                    let d = _mm512_mul_ps(*dw, dx);
-                    acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[v]);
+                    let d = _mm512_mul_ps(dw, *dx);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, *acc);
                 }
             }
         }
