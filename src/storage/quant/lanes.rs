@@ -1,5 +1,6 @@
 //! The 512-bit integer kernels of the 32-value block formats on AVX-512 VNNI with VBMI, used
-//! by [`Q4_0`](super::Q4_0). ([`Q8_0`](super::Q8_0) measured faster on its 256-bit kernels.)
+//! by [`Q4_0`](super::Q4_0) and [`Q5_0`](super::Q5_0). ([`Q8_0`](super::Q8_0) measured faster
+//! on its 256-bit kernels.)
 //!
 //! A group of blocks of one row is read with two loads, and VBMI's byte permutes gather its
 //! weights into one or two 64-byte vectors and its f16 scales into one per 32-bit lane. The
@@ -250,13 +251,17 @@ pub(crate) mod avx512 {
     }
 
     /// The byte-permute indices that gather the weights of a group of blocks (`block_bytes`
-    /// each, the 2-byte scale first) from two vectors: byte `i` takes byte `i % per_block` of
-    /// the block's `block_bytes − 2` weight bytes, of block `i / per_block`.
-    pub(crate) const fn weight_indices(block_bytes: usize, per_block: usize) -> [u8; 64] {
+    /// each, the weight bytes after the first `skip`) from two vectors: byte `i` takes weight
+    /// byte `i % per_block` of block `i / per_block`.
+    pub(crate) const fn weight_indices(
+        block_bytes: usize,
+        skip: usize,
+        per_block: usize,
+    ) -> [u8; 64] {
         let mut idx = [0u8; 64];
         let mut i = 0;
         while i < 64 {
-            idx[i] = ((i / per_block) * block_bytes + 2 + i % per_block) as u8;
+            idx[i] = ((i / per_block) * block_bytes + skip + i % per_block) as u8;
             i += 1;
         }
         idx

@@ -190,7 +190,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Gathers a group's 64 bytes of nibbles, block after block.
-    const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 16);
+    const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 2, 16);
     /// Gathers a group's scales, one per lane.
     const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 4);
 

@@ -8,6 +8,7 @@
 //! `j`: weight `j` in the low nibble, weight `16 + j` in the high one). This module reads and
 //! writes that layout and runs the integer dot products for both formats.
 
+use super::lanes::{LaneLayout, LanedQ8};
 use super::q8_act::{check_scale, f16_at, symmetric_scale, Q8Act, Q8_ACT_BLOCK};
 use super::{for_rows_by_four, BlockFormat};
 use crate::ops::Cpu;
@@ -28,7 +29,7 @@ impl BlockFormat for Q5_0 {
     const NAME: &'static str = "q5_0";
     const VALUES: usize = QK;
     const BYTES: usize = BYTES;
-    type Activation = Q8Act;
+    type Activation = LanedQ8;
 
     fn dequantize(block: &[u8], out: &mut [f32]) {
         let d = f16_at(block).to_f32();
@@ -48,19 +49,24 @@ impl BlockFormat for Q5_0 {
         );
     }
 
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Q8Act {
-        let mut act = Q8Act::default();
-        act.quantize_from(cpu, x);
-        act
+    fn quantize_activation(cpu: Cpu, x: &[f32]) -> LanedQ8 {
+        LanedQ8::quantize::<Self>(cpu, x)
     }
 
-    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Q8Act) {
-        act.quantize_from(cpu, x);
+    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut LanedQ8) {
+        act.quantize_from::<Self>(cpu, x);
     }
 
     #[track_caller]
-    fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
-        dot::<BYTES, -16>(cpu, row, x)
+    fn dot(cpu: Cpu, row: &[u8], x: &LanedQ8) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx512_vbmi() {
+            check_lengths::<BYTES>(row, &x.q8);
+            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+            // F16C; the lengths match (checked above).
+            return unsafe { x86::dots_vbmi([row], x) }[0];
+        }
+        dot::<BYTES, -16>(cpu, row, &x.q8)
     }
 
     #[track_caller]
@@ -68,10 +74,29 @@ impl BlockFormat for Q5_0 {
         cpu: Cpu,
         rows: &[u8],
         row_bytes: usize,
-        x: &Q8Act,
+        x: &LanedQ8,
         out: &mut [f32],
         stride: usize,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx512_vbmi() {
+            assert!(
+                row_bytes.is_multiple_of(BYTES) && row_bytes / BYTES * QK == x.len(),
+                "Q5_0::dot_rows: rows of {row_bytes} bytes against {} values",
+                x.len()
+            );
+            // SAFETY (both): the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA
+            // and F16C; the rows are as long as the activation (checked above).
+            return for_rows_by_four(
+                rows,
+                row_bytes,
+                out,
+                stride,
+                |four| unsafe { x86::dots_vbmi(four, x) },
+                |row| unsafe { x86::dots_vbmi([row], x) }[0],
+            );
+        }
+        let x = &x.q8;
         for_rows_by_four(
             rows,
             row_bytes,
@@ -79,15 +104,20 @@ impl BlockFormat for Q5_0 {
             stride,
             |four| {
                 dots4::<BYTES, -16>(cpu, &four, x)
-                    .unwrap_or_else(|| four.map(|row| Self::dot(cpu, row, x)))
+                    .unwrap_or_else(|| four.map(|row| dot::<BYTES, -16>(cpu, row, x)))
             },
-            |row| Self::dot(cpu, row, x),
+            |row| dot::<BYTES, -16>(cpu, row, x),
         )
     }
 
     fn check_block(block: &[u8]) -> Result<(), String> {
         check_scale(block, Self::NAME)
     }
+}
+
+impl LaneLayout for Q5_0 {
+    const GROUP_BLOCKS: usize = 4;
+    const OFFSET: i32 = -16;
 }
 
 /// The 32 five-bit integers of `bits` (a block's `qh` then `qs`, [`BITS_BYTES`] bytes), in
@@ -184,9 +214,19 @@ fn check_lengths<const B: usize>(row: &[u8], x: &Q8Act) {
 
 /// [`dot`] in plain Rust: each block's integer sum times `d_w · d_x`, added in f32.
 fn dot_portable<const B: usize, const OFFSET: i32>(row: &[u8], x: &Q8Act) -> f32 {
-    row.chunks_exact(B)
-        .zip(x.qs().chunks_exact(Q8_ACT_BLOCK))
-        .zip(x.scales())
+    dot_blocks_portable::<B, OFFSET>(row, x, 0)
+}
+
+/// [`dot_portable`] of the blocks from block `first` on.
+fn dot_blocks_portable<const B: usize, const OFFSET: i32>(
+    row: &[u8],
+    x: &Q8Act,
+    first: usize,
+) -> f32 {
+    row[first * B..]
+        .chunks_exact(B)
+        .zip(x.qs()[first * Q8_ACT_BLOCK..].chunks_exact(Q8_ACT_BLOCK))
+        .zip(&x.scales()[first..])
         .map(|((w, a), &dx)| {
             let sum: i32 = unpack(&w[B - BITS_BYTES..])
                 .iter()
@@ -200,9 +240,68 @@ fn dot_portable<const B: usize, const OFFSET: i32>(row: &[u8], x: &Q8Act) -> f32
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::lanes::{avx512, LaneLayout, LanedQ8};
     use super::super::q8_act::{avx2::*, Q8Act};
-    use super::BITS_BYTES;
+    use super::{BITS_BYTES, BYTES, Q5_0};
     use std::arch::x86_64::*;
+
+    /// Gathers a group's 64 bytes of `qs`, block after block.
+    const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 6, 16);
+    /// Gathers a group's scales, one per lane (from both vectors: the fourth block's scale
+    /// is past the first 64 bytes).
+    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 4);
+
+    impl avx512::Unpack for Q5_0 {
+        const GROUP_BYTES: usize = Q5_0::GROUP_BLOCKS * BYTES;
+
+        /// The low nibbles (each block's weights 0..16) in the first vector, the high ones
+        /// (16..32) in the second, each with its fifth bit from `qh` added as 16.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+        unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i) {
+            let head = avx512::load64(group[..64].try_into().expect("64 bytes"));
+            let tail = avx512::load_tail(&group[64..Self::GROUP_BYTES]);
+            let packed = _mm512_permutex2var_epi8(head, avx512::indices(&NIBBLES), tail);
+            let low = _mm512_set1_epi8(0x0f);
+            let lo = _mm512_and_si512(packed, low);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+            // Bit i of block k's qh is the fifth bit of its weight i: weights 0..16 are bytes
+            // 16 k.. of the first vector, weights 16..32 those of the second.
+            let (mut first, mut second) = (0u64, 0u64);
+            for k in 0..Q5_0::GROUP_BLOCKS {
+                let at = k * BYTES + 2;
+                let qh = u32::from_le_bytes(group[at..at + 4].try_into().expect("4 bytes"));
+                first |= u64::from(qh & 0xffff) << (16 * k);
+                second |= u64::from(qh >> 16) << (16 * k);
+            }
+            let sixteen = _mm512_set1_epi8(16);
+            let lo = _mm512_mask_add_epi8(lo, first, lo, sixteen);
+            let hi = _mm512_mask_add_epi8(hi, second, hi, sixteen);
+            let scales = _mm512_permutex2var_epi8(head, avx512::indices(&SCALES), tail);
+            ([lo, hi], _mm512_castsi512_si256(scales))
+        }
+    }
+
+    /// `R` rows' [`super::Q5_0::dot`] with the 512-bit kernels: whole groups of four blocks,
+    /// then the rest in plain Rust.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
+    /// as long as the activation.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
+        // SAFETY: as this function's.
+        let dots = unsafe { avx512::dots::<Q5_0, R, 1>(rows, [&x.lanes]) };
+        let done = x.lanes.groups() * Q5_0::GROUP_BLOCKS;
+        std::array::from_fn(|r| {
+            let rest = if done < x.q8.scales().len() {
+                super::dot_blocks_portable::<BYTES, -16>(rows[r], &x.q8, done)
+            } else {
+                0.0
+            };
+            dots[r][0] + rest
+        })
+    }
 
     /// The five-bit integers of a `B`-byte block (in its last [`BITS_BYTES`] bytes) as 32
     /// bytes in the weights' order: the nibbles of `qs`, and bit `i` of `qh` spread to byte
