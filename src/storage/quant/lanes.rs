@@ -229,6 +229,25 @@ pub(crate) mod avx512 {
         unsafe { _mm512_maskz_loadu_epi8(mask, p.as_ptr() as *const i8) }
     }
 
+    /// A group of blocks of 4-bit values read as two vectors (its first 64 bytes, then the
+    /// rest of its `group.len()` ≤ 128 bytes), and its 64 bytes of 4-bit values, gathered by
+    /// the permute indices `nibbles`, split into the low nibbles (weights 0..16 of each
+    /// block) and the high ones (weights 16..32).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) fn split_nibbles(
+        group: &[u8],
+        nibbles: &'static [u8; 64],
+    ) -> ([__m512i; 2], [__m512i; 2]) {
+        let head = load64(group[..64].try_into().expect("64 bytes"));
+        let tail = load_tail(&group[64..]);
+        let packed = _mm512_permutex2var_epi8(head, indices(nibbles), tail);
+        let low = _mm512_set1_epi8(0x0f);
+        let lo = _mm512_and_si512(packed, low);
+        let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+        ([head, tail], [lo, hi])
+    }
+
     /// 64 bytes at `p` as a vector.
     #[inline]
     #[target_feature(enable = "avx512f")]

@@ -259,12 +259,8 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
         unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i) {
-            let head = avx512::load64(group[..64].try_into().expect("64 bytes"));
-            let tail = avx512::load_tail(&group[64..Self::GROUP_BYTES]);
-            let packed = _mm512_permutex2var_epi8(head, avx512::indices(&NIBBLES), tail);
-            let low = _mm512_set1_epi8(0x0f);
-            let lo = _mm512_and_si512(packed, low);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+            let ([head, tail], [lo, hi]) =
+                avx512::split_nibbles(&group[..Self::GROUP_BYTES], &NIBBLES);
             // Bit i of block k's qh is the fifth bit of its weight i: weights 0..16 are bytes
             // 16 k.. of the first vector, weights 16..32 those of the second.
             let (mut first, mut second) = (0u64, 0u64);
