@@ -1,6 +1,6 @@
 //! The 512-bit integer kernels of the 32-value block formats on AVX-512 VNNI with VBMI, used
-//! by [`Q4_0`](super::Q4_0) and [`Q5_0`](super::Q5_0). ([`Q8_0`](super::Q8_0) measured faster
-//! on its 256-bit kernels.)
+//! by [`Q4_0`](super::Q4_0), [`Q5_0`](super::Q5_0) and [`Q5_1`](super::Q5_1).
+//! ([`Q8_0`](super::Q8_0) measured faster on its 256-bit kernels.)
 //!
 //! A group of blocks of one row is read with two loads, and VBMI's byte permutes gather its
 //! weights into one or two 64-byte vectors and its f16 scales into one per 32-bit lane. The
@@ -27,6 +27,9 @@ pub(crate) trait LaneLayout {
     /// What the unsigned weight operand adds to each weight: the lanes' sums are corrected by
     /// `OFFSET · Σa` (−128 for `q + 128`, −8 for the nibbles `q` of weights `q − 8`).
     const OFFSET: i32;
+    /// Whether each block also has a minimum `m` added to its weights (`d · q + m`): the
+    /// activation then keeps, per lane, its block scale times the sum of the lane's integers.
+    const MINS: bool = false;
 }
 
 /// A [`Q8Act`]'s integers laid out for the 512-bit kernels of the format `L`: per group of
@@ -38,6 +41,8 @@ pub struct Q8Lanes {
     qs: Vec<i8>,
     corrections: Vec<i32>,
     scales: Vec<f32>,
+    /// Per lane, for formats with minimums: its block's scale times the sum of its integers.
+    sums: Vec<f32>,
 }
 
 impl Q8Lanes {
@@ -50,6 +55,7 @@ impl Q8Lanes {
         self.qs.clear();
         self.corrections.clear();
         self.scales.clear();
+        self.sums.clear();
         for (blocks, scales) in act
             .qs()
             .chunks_exact(group_values)
@@ -72,8 +78,12 @@ impl Q8Lanes {
             self.corrections
                 .extend((0..LANES).map(|lane| L::OFFSET * lane_sum(lane)));
             let lanes_per_block = LANES / L::GROUP_BLOCKS;
-            self.scales
-                .extend((0..LANES).map(|lane| scales[lane / lanes_per_block]));
+            let scale = |lane: usize| scales[lane / lanes_per_block];
+            self.scales.extend((0..LANES).map(scale));
+            if L::MINS {
+                self.sums
+                    .extend((0..LANES).map(|lane| scale(lane) * lane_sum(lane) as f32));
+            }
         }
     }
 
@@ -129,17 +139,36 @@ pub(crate) mod avx512 {
     use super::{LaneLayout, Q8Lanes, LANES};
     use std::arch::x86_64::*;
 
+    /// A group of blocks of one row as [`Unpack::unpack`] gives it.
+    pub(crate) struct Unpacked {
+        /// The weights as unsigned bytes, in `VECTORS` vectors.
+        pub weights: [__m512i; 2],
+        /// Each lane's block scale, f16.
+        pub scales: __m256i,
+        /// Each lane's block minimum, f16 (where the format has them).
+        pub mins: __m256i,
+    }
+
+    /// One activation's group as the kernels read it.
+    struct Activation {
+        a: [__m512i; 2],
+        corrections: __m512i,
+        scales: __m512,
+        sums: __m512,
+    }
+
     /// A format's groups of blocks as the kernels read them.
     pub(crate) trait Unpack: LaneLayout {
         /// Bytes of a group: `GROUP_BLOCKS` blocks.
         const GROUP_BYTES: usize;
 
         /// The weights of the group `group` (`GROUP_BYTES` bytes) as unsigned bytes in
-        /// `VECTORS` vectors (the others zero), and each lane's f16 block scale.
+        /// `VECTORS` vectors (the others zero), each lane's f16 block scale, and (where
+        /// `MINS`) each lane's f16 block minimum.
         ///
         /// # Safety
         /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, and F16C.
-        unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i);
+        unsafe fn unpack(group: &[u8]) -> Unpacked;
     }
 
     /// How far ahead of the rows being read the kernels prefetch, at least: a whole number
@@ -179,7 +208,7 @@ pub(crate) mod avx512 {
             }
             // The group's activations, each loaded once (the loads are invariant in the loop
             // over the rows below).
-            let acts: [([__m512i; 2], __m512i, __m512); V] = std::array::from_fn(|v| {
+            let acts: [Activation; V] = std::array::from_fn(|v| {
                 let lanes = lanes[v];
                 let qs = &lanes.qs[g * L::VECTORS * 64..(g + 1) * L::VECTORS * 64];
                 let lane = g * LANES..(g + 1) * LANES;
@@ -192,24 +221,42 @@ pub(crate) mod avx512 {
                             _mm512_setzero_si512()
                         }
                     });
-                    let c =
+                    let corrections =
                         _mm512_loadu_si512(lanes.corrections[lane.clone()].as_ptr() as *const _);
-                    let d = _mm512_loadu_ps(lanes.scales[lane].as_ptr());
-                    (a, c, d)
+                    let sums = if L::MINS {
+                        _mm512_loadu_ps(lanes.sums[lane.clone()].as_ptr())
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let scales = _mm512_loadu_ps(lanes.scales[lane].as_ptr());
+                    Activation {
+                        a,
+                        corrections,
+                        scales,
+                        sums,
+                    }
                 }
             });
             for (r, acc) in acc.iter_mut().enumerate() {
                 let at = g * L::GROUP_BYTES;
                 // SAFETY: the CPU has what `unpack` needs; the slice is one group.
-                let (w, scales) = unsafe { L::unpack(&rows[r][at..at + L::GROUP_BYTES]) };
-                let dw = _mm512_cvtph_ps(scales);
-                for ((a, corrections, dx), acc) in acts.iter().zip(acc.iter_mut()) {
-                    let mut sum = _mm512_dpbusd_epi32(*corrections, w[0], a[0]);
+                let w = unsafe { L::unpack(&rows[r][at..at + L::GROUP_BYTES]) };
+                let dw = _mm512_cvtph_ps(w.scales);
+                let mins = if L::MINS {
+                    _mm512_cvtph_ps(w.mins)
+                } else {
+                    _mm512_setzero_ps()
+                };
+                for (x, acc) in acts.iter().zip(acc.iter_mut()) {
+                    let mut sum = _mm512_dpbusd_epi32(x.corrections, w.weights[0], x.a[0]);
                     if L::VECTORS > 1 {
-                        sum = _mm512_dpbusd_epi32(sum, w[1], a[1]);
+                        sum = _mm512_dpbusd_epi32(sum, w.weights[1], x.a[1]);
                     }
-                    let d = _mm512_mul_ps(dw, *dx);
+                    let d = _mm512_mul_ps(dw, x.scales);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, *acc);
+                    if L::MINS {
+                        *acc = _mm512_fmadd_ps(mins, x.sums, *acc);
+                    }
                 }
             }
         }
@@ -257,13 +304,17 @@ pub(crate) mod avx512 {
     }
 
     /// The byte-permute indices that gather a group's f16 scales (block `k`'s at byte
-    /// `k · block_bytes`) into one per lane, `lanes_per_block` lanes a block.
-    pub(crate) const fn scale_indices(block_bytes: usize, lanes_per_block: usize) -> [u8; 64] {
+    /// `k · block_bytes + at`) into one per lane, `lanes_per_block` lanes a block.
+    pub(crate) const fn scale_indices(
+        block_bytes: usize,
+        at: usize,
+        lanes_per_block: usize,
+    ) -> [u8; 64] {
         let mut idx = [0u8; 64];
         let mut i = 0;
         while i < 64 {
             let lane = (i / 2) % LANES;
-            idx[i] = (lane / lanes_per_block * block_bytes + i % 2) as u8;
+            idx[i] = (lane / lanes_per_block * block_bytes + at + i % 2) as u8;
             i += 1;
         }
         idx

@@ -192,7 +192,7 @@ mod x86 {
     /// Gathers a group's 64 bytes of nibbles, block after block.
     const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 2, 16);
     /// Gathers a group's scales, one per lane.
-    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 4);
+    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 0, 4);
 
     impl avx512::Unpack for Q4_0 {
         const GROUP_BYTES: usize = Q4_0::GROUP_BLOCKS * BYTES;
@@ -201,10 +201,14 @@ mod x86 {
         /// (16..32) in the second.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-        unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i) {
+        unsafe fn unpack(group: &[u8]) -> avx512::Unpacked {
             let ([head, _], lo_hi) = avx512::split_nibbles(&group[..Self::GROUP_BYTES], &NIBBLES);
             let scales = _mm512_permutexvar_epi8(avx512::indices(&SCALES), head);
-            (lo_hi, _mm512_castsi512_si256(scales))
+            avx512::Unpacked {
+                weights: lo_hi,
+                scales: _mm512_castsi512_si256(scales),
+                mins: _mm256_setzero_si256(),
+            }
         }
     }
 

@@ -203,7 +203,7 @@ pub(super) fn dots4<const B: usize, const OFFSET: i32>(
 
 /// Panics unless `row` is whole `B`-byte blocks of as many values as `x` holds.
 #[track_caller]
-fn check_lengths<const B: usize>(row: &[u8], x: &Q8Act) {
+pub(super) fn check_lengths<const B: usize>(row: &[u8], x: &Q8Act) {
     assert!(
         row.len().is_multiple_of(B) && row.len() / B * QK == x.len(),
         "five-bit blocks: {} bytes of {B}-byte blocks against {} values",
@@ -218,7 +218,7 @@ fn dot_portable<const B: usize, const OFFSET: i32>(row: &[u8], x: &Q8Act) -> f32
 }
 
 /// [`dot_portable`] of the blocks from block `first` on.
-fn dot_blocks_portable<const B: usize, const OFFSET: i32>(
+pub(super) fn dot_blocks_portable<const B: usize, const OFFSET: i32>(
     row: &[u8],
     x: &Q8Act,
     first: usize,
@@ -239,7 +239,7 @@ fn dot_blocks_portable<const B: usize, const OFFSET: i32>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::super::lanes::{avx512, LaneLayout, LanedQ8};
     use super::super::q8_act::{avx2::*, Q8Act};
     use super::{BITS_BYTES, BYTES, Q5_0};
@@ -249,7 +249,7 @@ mod x86 {
     const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 6, 16);
     /// Gathers a group's scales, one per lane (from both vectors: the fourth block's scale
     /// is past the first 64 bytes).
-    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 4);
+    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 0, 4);
 
     impl avx512::Unpack for Q5_0 {
         const GROUP_BYTES: usize = Q5_0::GROUP_BLOCKS * BYTES;
@@ -258,24 +258,41 @@ mod x86 {
         /// (16..32) in the second, each with its fifth bit from `qh` added as 16.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-        unsafe fn unpack(group: &[u8]) -> ([__m512i; 2], __m256i) {
-            let ([head, tail], [lo, hi]) =
-                avx512::split_nibbles(&group[..Self::GROUP_BYTES], &NIBBLES);
-            // Bit i of block k's qh is the fifth bit of its weight i: weights 0..16 are bytes
-            // 16 k.. of the first vector, weights 16..32 those of the second.
-            let (mut first, mut second) = (0u64, 0u64);
-            for k in 0..Q5_0::GROUP_BLOCKS {
-                let at = k * BYTES + 2;
-                let qh = u32::from_le_bytes(group[at..at + 4].try_into().expect("4 bytes"));
-                first |= u64::from(qh & 0xffff) << (16 * k);
-                second |= u64::from(qh >> 16) << (16 * k);
-            }
-            let sixteen = _mm512_set1_epi8(16);
-            let lo = _mm512_mask_add_epi8(lo, first, lo, sixteen);
-            let hi = _mm512_mask_add_epi8(hi, second, hi, sixteen);
+        unsafe fn unpack(group: &[u8]) -> avx512::Unpacked {
+            let ([head, tail], weights) = five_bits_512::<BYTES>(group, &NIBBLES);
             let scales = _mm512_permutex2var_epi8(head, avx512::indices(&SCALES), tail);
-            ([lo, hi], _mm512_castsi512_si256(scales))
+            avx512::Unpacked {
+                weights,
+                scales: _mm512_castsi512_si256(scales),
+                mins: _mm256_setzero_si256(),
+            }
         }
+    }
+
+    /// The four `B`-byte blocks of `group` (each ending in its five-bit integers, `qh` then
+    /// `qs`) read as two vectors, and their integers gathered as Q4_0's nibbles are (by the
+    /// permute indices `nibbles`: weights 0..16 of each block in the first vector, 16..32 in
+    /// the second), each with its fifth bit from `qh` added as 16.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(in super::super) fn five_bits_512<const B: usize>(
+        group: &[u8],
+        nibbles: &'static [u8; 64],
+    ) -> ([__m512i; 2], [__m512i; 2]) {
+        let (vectors, [lo, hi]) = avx512::split_nibbles(&group[..4 * B], nibbles);
+        // Bit i of block k's qh is the fifth bit of its weight i: weights 0..16 are bytes
+        // 16 k.. of the first vector, weights 16..32 those of the second.
+        let (mut first, mut second) = (0u64, 0u64);
+        for k in 0..4 {
+            let at = (k + 1) * B - BITS_BYTES;
+            let qh = u32::from_le_bytes(group[at..at + 4].try_into().expect("4 bytes"));
+            first |= u64::from(qh & 0xffff) << (16 * k);
+            second |= u64::from(qh >> 16) << (16 * k);
+        }
+        let sixteen = _mm512_set1_epi8(16);
+        let lo = _mm512_mask_add_epi8(lo, first, lo, sixteen);
+        let hi = _mm512_mask_add_epi8(hi, second, hi, sixteen);
+        (vectors, [lo, hi])
     }
 
     /// `R` rows' [`super::Q5_0::dot`] with the 512-bit kernels: whole groups of four blocks,

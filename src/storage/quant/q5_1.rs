@@ -6,6 +6,7 @@
 //! integer part is [`Q5_0`](super::Q5_0)'s kernel without its offset, the minimums' part
 //! takes the activation's block sums.
 
+use super::lanes::{LaneLayout, LanedQ8};
 use super::q5_0::{self, pack, unpack, BITS_BYTES};
 use super::q8_act::{check_scale, f16_at, Q8Act};
 use super::{for_rows_by_four, BlockFormat};
@@ -25,7 +26,7 @@ impl BlockFormat for Q5_1 {
     const NAME: &'static str = "q5_1";
     const VALUES: usize = QK;
     const BYTES: usize = BYTES;
-    type Activation = Q8Act;
+    type Activation = LanedQ8;
 
     fn dequantize(block: &[u8], out: &mut [f32]) {
         let (d, m) = (f16_at(block).to_f32(), f16_at(&block[2..]).to_f32());
@@ -55,19 +56,24 @@ impl BlockFormat for Q5_1 {
         pack(&q, &mut block[4..BYTES]);
     }
 
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Q8Act {
-        let mut act = Q8Act::default();
-        act.quantize_from(cpu, x);
-        act
+    fn quantize_activation(cpu: Cpu, x: &[f32]) -> LanedQ8 {
+        LanedQ8::quantize::<Self>(cpu, x)
     }
 
-    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Q8Act) {
-        act.quantize_from(cpu, x);
+    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut LanedQ8) {
+        act.quantize_from::<Self>(cpu, x);
     }
 
     #[track_caller]
-    fn dot(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
-        q5_0::dot::<BYTES, 0>(cpu, row, x) + mins(cpu, row, x)
+    fn dot(cpu: Cpu, row: &[u8], x: &LanedQ8) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx512_vbmi() {
+            q5_0::check_lengths::<BYTES>(row, &x.q8);
+            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+            // F16C; the lengths match (checked above).
+            return unsafe { x86::dots_vbmi([row], x) }[0];
+        }
+        dot_q8(cpu, row, &x.q8)
     }
 
     #[track_caller]
@@ -75,10 +81,29 @@ impl BlockFormat for Q5_1 {
         cpu: Cpu,
         rows: &[u8],
         row_bytes: usize,
-        x: &Q8Act,
+        x: &LanedQ8,
         out: &mut [f32],
         stride: usize,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if cpu.has_avx512_vbmi() {
+            assert!(
+                row_bytes.is_multiple_of(BYTES) && row_bytes / BYTES * QK == x.len(),
+                "Q5_1::dot_rows: rows of {row_bytes} bytes against {} values",
+                x.len()
+            );
+            // SAFETY (both): the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA
+            // and F16C; the rows are as long as the activation (checked above).
+            return for_rows_by_four(
+                rows,
+                row_bytes,
+                out,
+                stride,
+                |four| unsafe { x86::dots_vbmi(four, x) },
+                |row| unsafe { x86::dots_vbmi([row], x) }[0],
+            );
+        }
+        let x = &x.q8;
         for_rows_by_four(
             rows,
             row_bytes,
@@ -86,9 +111,9 @@ impl BlockFormat for Q5_1 {
             stride,
             |four| match q5_0::dots4::<BYTES, 0>(cpu, &four, x) {
                 Some(dots) => std::array::from_fn(|k| dots[k] + mins(cpu, four[k], x)),
-                None => four.map(|row| Self::dot(cpu, row, x)),
+                None => four.map(|row| dot_q8(cpu, row, x)),
             },
-            |row| Self::dot(cpu, row, x),
+            |row| dot_q8(cpu, row, x),
         )
     }
 
@@ -96,6 +121,18 @@ impl BlockFormat for Q5_1 {
         check_scale(block, Self::NAME)?;
         super::q8_k::check_scale(block, 2, "m").map_err(|e| format!("{} block {e}", Self::NAME))
     }
+}
+
+impl LaneLayout for Q5_1 {
+    const GROUP_BLOCKS: usize = 4;
+    const OFFSET: i32 = 0;
+    const MINS: bool = true;
+}
+
+/// [`Q5_1::dot`] with the 256-bit kernels or the portable code.
+#[track_caller]
+fn dot_q8(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
+    q5_0::dot::<BYTES, 0>(cpu, row, x) + mins(cpu, row, x)
 }
 
 /// `Σ_b m(b) · d_x(b) · Σa(b)`: the blocks' minimums against the activation's block sums
@@ -112,17 +149,70 @@ fn mins(cpu: Cpu, row: &[u8], x: &Q8Act) -> f32 {
 
 /// [`mins`] in plain Rust.
 fn mins_portable(row: &[u8], x: &Q8Act) -> f32 {
-    row.chunks_exact(BYTES)
-        .zip(x.scales().iter().zip(x.sums()))
+    mins_portable_from(row, x, 0)
+}
+
+/// [`mins_portable`] of the blocks from block `first` on.
+fn mins_portable_from(row: &[u8], x: &Q8Act, first: usize) -> f32 {
+    row[first * BYTES..]
+        .chunks_exact(BYTES)
+        .zip(x.scales()[first..].iter().zip(&x.sums()[first..]))
         .map(|(w, (&dx, &s))| f16_at(&w[2..]).to_f32() * dx * s as f32)
         .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::lanes::{avx512, LaneLayout, LanedQ8};
+    use super::super::q5_0::x86::five_bits_512;
     use super::super::q8_act::{avx2::hsum, f16_at, Q8Act};
-    use super::BYTES;
+    use super::{BYTES, Q5_1};
     use std::arch::x86_64::*;
+
+    /// Gathers a group's 64 bytes of `qs`, block after block.
+    const NIBBLES: [u8; 64] = avx512::weight_indices(BYTES, 8, 16);
+    /// Gather a group's scales and minimums, one per lane.
+    const SCALES: [u8; 64] = avx512::scale_indices(BYTES, 0, 4);
+    const MINS: [u8; 64] = avx512::scale_indices(BYTES, 2, 4);
+
+    impl avx512::Unpack for Q5_1 {
+        const GROUP_BYTES: usize = Q5_1::GROUP_BLOCKS * BYTES;
+
+        /// The five-bit integers as Q5_0's, with the scales and the minimums.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+        unsafe fn unpack(group: &[u8]) -> avx512::Unpacked {
+            let ([head, tail], weights) = five_bits_512::<BYTES>(group, &NIBBLES);
+            let gather = |idx| _mm512_permutex2var_epi8(head, avx512::indices(idx), tail);
+            avx512::Unpacked {
+                weights,
+                scales: _mm512_castsi512_si256(gather(&SCALES)),
+                mins: _mm512_castsi512_si256(gather(&MINS)),
+            }
+        }
+    }
+
+    /// `R` rows' [`super::Q5_1::dot`] with the 512-bit kernels: whole groups of four blocks,
+    /// then the rest in plain Rust.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
+    /// as long as the activation.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
+        // SAFETY: as this function's.
+        let dots = unsafe { avx512::dots::<Q5_1, R, 1>(rows, [&x.lanes]) };
+        let done = x.lanes.groups() * Q5_1::GROUP_BLOCKS;
+        std::array::from_fn(|r| {
+            let rest = if done < x.q8.scales().len() {
+                super::q5_0::dot_blocks_portable::<BYTES, 0>(rows[r], &x.q8, done)
+                    + super::mins_portable_from(rows[r], &x.q8, done)
+            } else {
+                0.0
+            };
+            dots[r][0] + rest
+        })
+    }
 
     /// [`super::mins`] with AVX2, eight blocks at a time.
     ///
