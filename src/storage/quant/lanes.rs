@@ -136,7 +136,7 @@ impl LanedQ8 {
 /// The kernels, on AVX-512 F, BW, VL, VNNI and VBMI.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::{LaneLayout, Q8Lanes, LANES};
+    use super::{LaneLayout, LanedQ8, Q8Lanes, LANES};
     use std::arch::x86_64::*;
 
     /// A group of blocks of one row as [`Unpack::unpack`] gives it.
@@ -274,6 +274,50 @@ pub(crate) mod avx512 {
         // SAFETY: the mask reads only the `p.len()` (< 64) bytes of `p`; masked-off bytes are
         // neither read nor fault.
         unsafe { _mm512_maskz_loadu_epi8(mask, p.as_ptr() as *const i8) }
+    }
+
+    /// `R` rows' dot products with `x`: the whole groups through [`dots`], the blocks after
+    /// them (from block `first` of a row) through `rest(row, first)`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
+    /// as long as the activation.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(crate) unsafe fn dots_and_rest<L: Unpack, const R: usize>(
+        rows: [&[u8]; R],
+        x: &LanedQ8,
+        rest: impl Fn(&[u8], usize) -> f32,
+    ) -> [f32; R] {
+        // SAFETY: as this function's.
+        let dots = unsafe { dots::<L, R, 1>(rows, [&x.lanes]) };
+        let done = x.lanes.groups() * L::GROUP_BLOCKS;
+        let whole = done == x.q8.scales().len();
+        std::array::from_fn(|r| dots[r][0] + if whole { 0.0 } else { rest(rows[r], done) })
+    }
+
+    /// `BlockFormat::dot_rows` through [`dots_and_rest`], four rows at a time.
+    ///
+    /// # Safety
+    /// As [`dots_and_rest`]'s, for every row of `rows`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(crate) unsafe fn rows<L: Unpack>(
+        rows: &[u8],
+        row_bytes: usize,
+        x: &LanedQ8,
+        out: &mut [f32],
+        stride: usize,
+        rest: impl Fn(&[u8], usize) -> f32 + Copy,
+    ) {
+        // SAFETY (both): as this function's.
+        super::super::for_rows_by_four(
+            rows,
+            row_bytes,
+            out,
+            stride,
+            |four| unsafe { dots_and_rest::<L, 4>(four, x, rest) },
+            |row| unsafe { dots_and_rest::<L, 1>([row], x, rest) }[0],
+        )
     }
 
     /// A group of blocks of 4-bit values read as two vectors (its first 64 bytes, then the

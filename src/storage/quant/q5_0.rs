@@ -8,6 +8,8 @@
 //! `j`: weight `j` in the low nibble, weight `16 + j` in the high one). This module reads and
 //! writes that layout and runs the integer dot products for both formats.
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::avx512;
 use super::lanes::{LaneLayout, LanedQ8};
 use super::q8_act::{check_scale, f16_at, symmetric_scale, Q8Act, Q8_ACT_BLOCK};
 use super::{for_rows_by_four, BlockFormat};
@@ -62,9 +64,10 @@ impl BlockFormat for Q5_0 {
         #[cfg(target_arch = "x86_64")]
         if cpu.has_avx512_vbmi() {
             check_lengths::<BYTES>(row, &x.q8);
+            let rest = |row: &[u8], first| dot_blocks_portable::<BYTES, -16>(row, &x.q8, first);
             // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
             // F16C; the lengths match (checked above).
-            return unsafe { x86::dots_vbmi([row], x) }[0];
+            return unsafe { avx512::dots_and_rest::<Self, 1>([row], x, rest) }[0];
         }
         dot::<BYTES, -16>(cpu, row, &x.q8)
     }
@@ -85,16 +88,10 @@ impl BlockFormat for Q5_0 {
                 "Q5_0::dot_rows: rows of {row_bytes} bytes against {} values",
                 x.len()
             );
-            // SAFETY (both): the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA
-            // and F16C; the rows are as long as the activation (checked above).
-            return for_rows_by_four(
-                rows,
-                row_bytes,
-                out,
-                stride,
-                |four| unsafe { x86::dots_vbmi(four, x) },
-                |row| unsafe { x86::dots_vbmi([row], x) }[0],
-            );
+            let rest = |row: &[u8], first| dot_blocks_portable::<BYTES, -16>(row, &x.q8, first);
+            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+            // F16C; the rows are as long as the activation (checked above).
+            return unsafe { avx512::rows::<Self>(rows, row_bytes, x, out, stride, rest) };
         }
         let x = &x.q8;
         for_rows_by_four(
@@ -240,7 +237,7 @@ pub(super) fn dot_blocks_portable<const B: usize, const OFFSET: i32>(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::super::lanes::{avx512, LaneLayout, LanedQ8};
+    use super::super::lanes::{avx512, LaneLayout};
     use super::super::q8_act::{avx2::*, Q8Act};
     use super::{BITS_BYTES, BYTES, Q5_0};
     use std::arch::x86_64::*;
@@ -293,27 +290,6 @@ pub(super) mod x86 {
         let lo = _mm512_mask_add_epi8(lo, first, lo, sixteen);
         let hi = _mm512_mask_add_epi8(hi, second, hi, sixteen);
         (vectors, [lo, hi])
-    }
-
-    /// `R` rows' [`super::Q5_0::dot`] with the 512-bit kernels: whole groups of four blocks,
-    /// then the rest in plain Rust.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
-    /// as long as the activation.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
-        // SAFETY: as this function's.
-        let dots = unsafe { avx512::dots::<Q5_0, R, 1>(rows, [&x.lanes]) };
-        let done = x.lanes.groups() * Q5_0::GROUP_BLOCKS;
-        std::array::from_fn(|r| {
-            let rest = if done < x.q8.scales().len() {
-                super::dot_blocks_portable::<BYTES, -16>(rows[r], &x.q8, done)
-            } else {
-                0.0
-            };
-            dots[r][0] + rest
-        })
     }
 
     /// The five-bit integers of a `B`-byte block (in its last [`BITS_BYTES`] bytes) as 32

@@ -6,6 +6,8 @@
 //! integer part is [`Q5_0`](super::Q5_0)'s kernel without its offset, the minimums' part
 //! takes the activation's block sums.
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::avx512;
 use super::lanes::{LaneLayout, LanedQ8};
 use super::q5_0::{self, pack, unpack, BITS_BYTES};
 use super::q8_act::{check_scale, f16_at, Q8Act};
@@ -69,9 +71,13 @@ impl BlockFormat for Q5_1 {
         #[cfg(target_arch = "x86_64")]
         if cpu.has_avx512_vbmi() {
             q5_0::check_lengths::<BYTES>(row, &x.q8);
+            let rest = |row: &[u8], first| {
+                q5_0::dot_blocks_portable::<BYTES, 0>(row, &x.q8, first)
+                    + mins_portable_from(row, &x.q8, first)
+            };
             // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
             // F16C; the lengths match (checked above).
-            return unsafe { x86::dots_vbmi([row], x) }[0];
+            return unsafe { avx512::dots_and_rest::<Self, 1>([row], x, rest) }[0];
         }
         dot_q8(cpu, row, &x.q8)
     }
@@ -92,16 +98,13 @@ impl BlockFormat for Q5_1 {
                 "Q5_1::dot_rows: rows of {row_bytes} bytes against {} values",
                 x.len()
             );
-            // SAFETY (both): the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA
-            // and F16C; the rows are as long as the activation (checked above).
-            return for_rows_by_four(
-                rows,
-                row_bytes,
-                out,
-                stride,
-                |four| unsafe { x86::dots_vbmi(four, x) },
-                |row| unsafe { x86::dots_vbmi([row], x) }[0],
-            );
+            let rest = |row: &[u8], first| {
+                q5_0::dot_blocks_portable::<BYTES, 0>(row, &x.q8, first)
+                    + mins_portable_from(row, &x.q8, first)
+            };
+            // SAFETY: the `Cpu` says this CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and
+            // F16C; the rows are as long as the activation (checked above).
+            return unsafe { avx512::rows::<Self>(rows, row_bytes, x, out, stride, rest) };
         }
         let x = &x.q8;
         for_rows_by_four(
@@ -163,7 +166,7 @@ fn mins_portable_from(row: &[u8], x: &Q8Act, first: usize) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::lanes::{avx512, LaneLayout, LanedQ8};
+    use super::super::lanes::{avx512, LaneLayout};
     use super::super::q5_0::x86::five_bits_512;
     use super::super::q8_act::{avx2::hsum, f16_at, Q8Act};
     use super::{BYTES, Q5_1};
@@ -190,28 +193,6 @@ mod x86 {
                 mins: _mm512_castsi512_si256(gather(&MINS)),
             }
         }
-    }
-
-    /// `R` rows' [`super::Q5_1::dot`] with the 512-bit kernels: whole groups of four blocks,
-    /// then the rest in plain Rust.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C; each row is
-    /// as long as the activation.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    pub(super) unsafe fn dots_vbmi<const R: usize>(rows: [&[u8]; R], x: &LanedQ8) -> [f32; R] {
-        // SAFETY: as this function's.
-        let dots = unsafe { avx512::dots::<Q5_1, R, 1>(rows, [&x.lanes]) };
-        let done = x.lanes.groups() * Q5_1::GROUP_BLOCKS;
-        std::array::from_fn(|r| {
-            let rest = if done < x.q8.scales().len() {
-                super::q5_0::dot_blocks_portable::<BYTES, 0>(rows[r], &x.q8, done)
-                    + super::mins_portable_from(rows[r], &x.q8, done)
-            } else {
-                0.0
-            };
-            dots[r][0] + rest
-        })
     }
 
     /// [`super::mins`] with AVX2, eight blocks at a time.
