@@ -128,3 +128,37 @@ impl std::fmt::Debug for Prepared {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Prepared;
+
+    /// What a slot holds is made once until it is cleared, made anew (in the same memory)
+    /// after, and made anew when a storage asks for another type.
+    #[test]
+    fn prepared_is_made_once_per_clear_and_type() {
+        let mut slot = Prepared::new();
+        let mut makes = 0;
+        let get = |slot: &mut Prepared, value: u32, makes: &mut i32| -> Vec<u32> {
+            slot.get_or_make(|v: &mut Vec<u32>| {
+                *makes += 1;
+                v.push(value);
+            })
+            .clone()
+        };
+        assert_eq!(get(&mut slot, 1, &mut makes), [1]);
+        assert_eq!(get(&mut slot, 2, &mut makes), [1], "kept until cleared");
+        assert_eq!(makes, 1);
+        slot.clear();
+        assert_eq!(
+            get(&mut slot, 3, &mut makes),
+            [1, 3],
+            "made again in the same value"
+        );
+        assert_eq!(makes, 2);
+        let other = slot.get_or_make(|v: &mut Vec<u8>| v.push(7)).clone();
+        assert_eq!(other, [7], "another type is made fresh");
+        assert_eq!(get(&mut slot, 4, &mut makes), [4]);
+        assert_eq!(makes, 3);
+    }
+}
