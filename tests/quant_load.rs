@@ -50,8 +50,9 @@ impl BlockFormat for TestQ8 {
         }
     }
 
-    fn quantize_activation(_: Cpu, x: &[f32]) -> Vec<f32> {
-        x.to_vec()
+    fn quantize_activation_into(_: Cpu, x: &[f32], act: &mut Vec<f32>) {
+        act.clear();
+        act.extend_from_slice(x);
     }
 
     fn dot(_cpu: Cpu, row: &[u8], x: &Vec<f32>) -> f32 {
@@ -535,8 +536,9 @@ impl<F: BlockFormat> BlockFormat for Dequantized<F> {
         F::quantize(values, block)
     }
 
-    fn quantize_activation(_: Cpu, x: &[f32]) -> Vec<f32> {
-        x.to_vec()
+    fn quantize_activation_into(_: Cpu, x: &[f32], act: &mut Vec<f32>) {
+        act.clear();
+        act.extend_from_slice(x);
     }
 
     fn dot(_cpu: Cpu, row: &[u8], x: &Vec<f32>) -> f32 {

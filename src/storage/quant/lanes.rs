@@ -104,15 +104,8 @@ pub struct LanedQ8 {
 }
 
 impl LanedQ8 {
-    /// `x` quantized to 8-bit blocks, laid out for the format `L` where `cpu` runs its
-    /// 512-bit kernels.
-    pub(crate) fn quantize<L: LaneLayout>(cpu: crate::ops::Cpu, x: &[f32]) -> LanedQ8 {
-        let mut act = LanedQ8::default();
-        act.quantize_from::<L>(cpu, x);
-        act
-    }
-
-    /// [`LanedQ8::quantize`] into this one, reusing its memory.
+    /// `x` quantized to 8-bit blocks into this one (reusing its memory), laid out for the
+    /// format `L` where `cpu` runs its 512-bit kernels.
     pub(crate) fn quantize_from<L: LaneLayout>(&mut self, cpu: crate::ops::Cpu, x: &[f32]) {
         self.q8.quantize_from(cpu, x);
         if cpu.has_avx512_vbmi() {

@@ -58,13 +58,15 @@ pub trait BlockFormat: Send + Sync + std::fmt::Debug + 'static {
 
     /// `x` (a whole number of blocks long) quantized for [`BlockFormat::dot`] with `cpu`'s
     /// kernels.
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Self::Activation;
-
-    /// [`BlockFormat::quantize_activation`] into `act`, which a format may reuse the memory
-    /// of.
-    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Self::Activation) {
-        *act = Self::quantize_activation(cpu, x);
+    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Self::Activation {
+        let mut act = Self::Activation::default();
+        Self::quantize_activation_into(cpu, x, &mut act);
+        act
     }
+
+    /// [`BlockFormat::quantize_activation`] into `act`, reusing its memory (a product's
+    /// activation is made once per thread and product, into the same one each time).
+    fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Self::Activation);
 
     /// The dot product of one row of blocks (`row.len()` a whole number of blocks) with a
     /// quantized activation of the same length, with `cpu`'s instructions.

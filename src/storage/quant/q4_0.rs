@@ -43,10 +43,6 @@ impl BlockFormat for Q4_0 {
         }
     }
 
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> LanedQ8 {
-        LanedQ8::quantize::<Self>(cpu, x)
-    }
-
     fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut LanedQ8) {
         act.quantize_from::<Self>(cpu, x);
     }

@@ -58,10 +58,6 @@ impl BlockFormat for Q5_1 {
         pack(&q, &mut block[4..BYTES]);
     }
 
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> LanedQ8 {
-        LanedQ8::quantize::<Self>(cpu, x)
-    }
-
     fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut LanedQ8) {
         act.quantize_from::<Self>(cpu, x);
     }

@@ -144,8 +144,8 @@ impl BlockFormat for Q6K {
         }
     }
 
-    fn quantize_activation(_: Cpu, x: &[f32]) -> Q8KActivation {
-        Q8KActivation::quantize(x)
+    fn quantize_activation_into(_: Cpu, x: &[f32], act: &mut Q8KActivation) {
+        act.quantize_from(x);
     }
 
     fn dot(cpu: Cpu, row: &[u8], x: &Q8KActivation) -> f32 {

@@ -40,12 +40,6 @@ impl BlockFormat for Q8_0 {
         }
     }
 
-    fn quantize_activation(cpu: Cpu, x: &[f32]) -> Q8Act {
-        let mut act = Q8Act::default();
-        act.quantize_from(cpu, x);
-        act
-    }
-
     fn quantize_activation_into(cpu: Cpu, x: &[f32], act: &mut Q8Act) {
         act.quantize_from(cpu, x);
     }

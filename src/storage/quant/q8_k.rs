@@ -34,14 +34,24 @@ impl Q8KActivation {
     /// If `x.len()` is not a multiple of 256.
     #[track_caller]
     pub fn quantize(x: &[f32]) -> Self {
+        let mut act = Q8KActivation::default();
+        act.quantize_from(x);
+        act
+    }
+
+    /// [`Q8KActivation::quantize`] into this one, reusing its memory.
+    ///
+    /// # Panics
+    /// If `x.len()` is not a multiple of 256.
+    #[track_caller]
+    pub fn quantize_from(&mut self, x: &[f32]) {
         assert!(
             x.len().is_multiple_of(QK_K),
             "Q8_K: {} values are not whole 256-value blocks",
             x.len()
         );
-        Q8KActivation {
-            blocks: x.chunks_exact(QK_K).map(quantize_block).collect(),
-        }
+        self.blocks.clear();
+        self.blocks.extend(x.chunks_exact(QK_K).map(quantize_block));
     }
 
     /// The values the blocks stand for (`d · q`).
