@@ -179,12 +179,7 @@ fn main() {
         let gen_secs = start.elapsed().as_secs_f64();
         print(&mut out, "\n")?;
 
-        let ended = match stop {
-            Some(StopReason::MaxTokens) => "max tokens".to_string(),
-            Some(StopReason::StopToken(t)) => format!("stop token {t}"),
-            Some(StopReason::StopString(k)) => format!("stop string {k}"),
-            None => "output closed".to_string(),
-        };
+        let ended = stop.map_or("output closed".to_string(), |s| s.to_string());
         eprintln!(
             "prefill: {} tokens in {:.3} s ({:.1} tokens/s); generation: {} tokens in {:.3} s \
              ({:.1} tokens/s, ended by {ended})",

@@ -43,7 +43,15 @@ fn status_mb(key: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1000.0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    // Errors as sentences (`Display`), not as the `Debug` dump `main` would print.
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(shape) = &args.make {
         let (layers, width) = match shape.as_str() {

@@ -115,7 +115,15 @@ fn settings(
     ])
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    // Errors as sentences (`Display`), not as the `Debug` dump `main` would print.
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let types = if args.types.is_empty() {
         QuantType::ALL.to_vec()

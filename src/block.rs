@@ -41,7 +41,7 @@ pub enum TimeMixState {
 // One value per state, made once: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
-pub enum TimeMixScratch {
+pub(crate) enum TimeMixScratch {
     /// RWKV-4.
     V4(Rwkv4Scratch),
     /// RWKV-5 and RWKV-6.
@@ -53,7 +53,7 @@ pub enum TimeMixScratch {
 impl TimeMix {
     /// Buffers for [`TimeMix::step_into`] (for RWKV-7, those of a block after the first also
     /// serve block 0).
-    pub fn scratch(&self) -> TimeMixScratch {
+    pub(crate) fn scratch(&self) -> TimeMixScratch {
         match self {
             TimeMix::V4(m) => TimeMixScratch::V4(m.scratch()),
             TimeMix::V5(m) => TimeMixScratch::Wkv(m.scratch()),
@@ -73,7 +73,7 @@ impl TimeMix {
     /// # Panics
     /// If the state or the scratch is of another family than the mixer, or on wrong lengths.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         state: &mut TimeMixState,
@@ -238,7 +238,7 @@ pub struct BlockState {
 
 /// Buffers for [`Block::step_into`] (made by [`Block::scratch`]).
 #[derive(Clone, Debug)]
-pub struct BlockScratch {
+pub(crate) struct BlockScratch {
     /// The layer-normed input of a sub-layer, `[C]`.
     xn: Array1<f32>,
     /// A sub-layer's output, `[C]`.
@@ -300,7 +300,7 @@ impl Block {
 
     /// Buffers for [`Block::step_into`] (for RWKV-7, those of a block after the first also serve
     /// block 0).
-    pub fn scratch(&self) -> BlockScratch {
+    pub(crate) fn scratch(&self) -> BlockScratch {
         let c = self.ln1.weight.len();
         BlockScratch {
             xn: Array1::zeros(c),
@@ -320,7 +320,7 @@ impl Block {
     /// # Panics
     /// If the state or the scratch does not belong to a block of this shape.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         mut x: ArrayViewMut1<f32>,
         state: &mut BlockState,

@@ -92,7 +92,7 @@ impl ChannelMix {
 /// Buffers for [`ChannelMix::step_into`]: made once by [`ChannelMix::scratch`], reused for
 /// every token.
 #[derive(Clone, Debug)]
-pub struct ChannelMixScratch {
+pub(crate) struct ChannelMixScratch {
     delta: Array1<f32>,
     xk: Array1<f32>,
     xr: Array1<f32>,
@@ -103,7 +103,7 @@ pub struct ChannelMixScratch {
 
 impl ChannelMix {
     /// Buffers for [`ChannelMix::step_into`].
-    pub fn scratch(&self) -> ChannelMixScratch {
+    pub(crate) fn scratch(&self) -> ChannelMixScratch {
         let (f, c) = self.key.dim();
         ChannelMixScratch {
             delta: Array1::zeros(c),
@@ -124,7 +124,7 @@ impl ChannelMix {
     /// If a length differs from the layer's width, or `scratch` was made for another layer
     /// shape.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         x_prev: &mut Array1<f32>,

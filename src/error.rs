@@ -5,7 +5,11 @@ use std::path::PathBuf;
 /// Everything that can go wrong when a caller hands the crate a file, a shape, a token id or a
 /// state. Each variant names the offending thing (tensor path, expected and found shape, id and
 /// vocabulary size) so the message alone says what to fix.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same sentence as `Display`, so that a `main` returning
+/// [`Result`](crate::Result) ends with `Error: cannot access …` rather than a struct dump; match
+/// on the variants to tell errors apart in code.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
@@ -95,6 +99,12 @@ pub enum Error {
     /// token banned, a temperature below zero, ...).
     #[error("cannot sample: {0}")]
     Sample(String),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// `Result` with the crate's [`Error`].

@@ -27,10 +27,10 @@
 //! # Example
 //!
 //! ```
-//! use tokenshift::{ByteTokenizer, Model, Sampler, SamplerConfig, Session};
+//! use tokenshift::{ByteTokenizer, Model, Sampler, SamplerConfig, Session, SHIPPED_MODEL};
 //!
 //! # fn main() -> tokenshift::Result<()> {
-//! let model = Model::load("tests/fixtures/v6-a/model.safetensors")?; // vocabulary of 128
+//! let model = Model::load(SHIPPED_MODEL)?; // byte level: vocabulary of 257
 //! let sampler = Sampler::new(SamplerConfig::default(), 42)?;
 //! let mut session = Session::new(&model, ByteTokenizer, sampler);
 //! session.prefill_text("Hello")?;
@@ -60,6 +60,7 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The requested number of tokens was generated.
     MaxTokens,
@@ -69,6 +70,16 @@ pub enum StopReason {
     /// [`SamplerConfig::stop_strings`](crate::SamplerConfig::stop_strings). The text from the
     /// stop string on was not emitted; the tokens that produced it were read by the model.
     StopString(usize),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::MaxTokens => write!(f, "max tokens"),
+            StopReason::StopToken(t) => write!(f, "stop token {t}"),
+            StopReason::StopString(k) => write!(f, "stop string {k}"),
+        }
+    }
 }
 
 /// A generation stream over one model: the model, a tokenizer, the recurrent [`State`], the
@@ -377,6 +388,16 @@ pub struct Tokens<'s, M, T> {
     done: bool,
 }
 
+impl<M, T> fmt::Debug for Tokens<'_, M, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("left", &self.left)
+            .field("generated", &self.generated)
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<M, T> Tokens<'_, M, T> {
     /// Why the iterator ended (`None` while it runs, and after an error).
     pub fn stop_reason(&self) -> Option<StopReason> {
@@ -428,6 +449,15 @@ pub struct Text<'s, M, T> {
     stream: TextStream,
     stop: Option<StopReason>,
     done: bool,
+}
+
+impl<M, T> fmt::Debug for Text<'_, M, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Text")
+            .field("tokens", &self.tokens)
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<M, T> Text<'_, M, T> {

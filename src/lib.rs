@@ -27,10 +27,10 @@
 //! # Example
 //!
 //! ```
-//! use tokenshift::{Logits, Model};
+//! use tokenshift::{Logits, Model, SHIPPED_MODEL};
 //!
 //! # fn main() -> tokenshift::Result<()> {
-//! let model = Model::load("tests/fixtures/v6-a/model.safetensors")?;
+//! let model = Model::load(SHIPPED_MODEL)?;
 //! let mut state = model.init_state();
 //! // A whole prompt at once, then one token at a time from the same state.
 //! let logits = model.forward(&[3, 14, 15], &mut state, Logits::Last)?;
@@ -59,6 +59,16 @@ pub mod storage;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
+
+/// The path of the model shipped with the crate's source: a 7 MB byte-level RWKV-6 (6 layers
+/// of 192, vocabulary 257: [`ByteTokenizer`] ids) trained on the King James Bible, stored in
+/// f16. The path is where the crate's source was built from (the repository, or cargo's
+/// registry cache for a dependency), so it serves examples, tests and first steps on the
+/// machine that built the program, not a program copied elsewhere.
+pub const SHIPPED_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/models/kjv-rwkv6.safetensors"
+);
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -347,7 +347,7 @@ impl MultiPath for Rwkv4TimeMix {
 /// Buffers for [`Rwkv4TimeMix::step_into`]: made once by [`Rwkv4TimeMix::scratch`], reused
 /// for every token.
 #[derive(Clone, Debug)]
-pub struct Rwkv4Scratch {
+pub(crate) struct Rwkv4Scratch {
     delta: Array1<f32>,
     xk: Array1<f32>,
     xv: Array1<f32>,
@@ -359,7 +359,7 @@ pub struct Rwkv4Scratch {
 
 impl Rwkv4TimeMix {
     /// Buffers for [`Rwkv4TimeMix::step_into`].
-    pub fn scratch(&self) -> Rwkv4Scratch {
+    pub(crate) fn scratch(&self) -> Rwkv4Scratch {
         let z = || Array1::zeros(self.decay.len());
         Rwkv4Scratch {
             delta: z(),
@@ -381,7 +381,7 @@ impl Rwkv4TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another width.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         state: &mut Rwkv4State,

@@ -176,7 +176,7 @@ impl WkvOutput {
 /// [`super::rwkv6::Rwkv6TimeMix::step_into`]): made once by their `scratch` methods, reused
 /// for every token.
 #[derive(Clone, Debug)]
-pub struct WkvScratch {
+pub(crate) struct WkvScratch {
     pub(crate) delta: Array1<f32>,
     /// The shifted inputs, one row each: `x_w, x_k, x_v, x_r, x_g` (RWKV-5 leaves `x_w`
     /// unused), `[5, C]`.
@@ -362,7 +362,7 @@ fn flat(a: &Array2<f32>, c: usize) -> ArrayView1<'_, f32> {
 
 impl Rwkv5TimeMix {
     /// Buffers for [`Rwkv5TimeMix::step_into`].
-    pub fn scratch(&self) -> WkvScratch {
+    pub(crate) fn scratch(&self) -> WkvScratch {
         WkvScratch::new(self.maa_k.len(), 0, 0)
     }
 
@@ -376,7 +376,7 @@ impl Rwkv5TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another shape.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         state: &mut WkvState,

@@ -151,7 +151,7 @@ impl Rwkv6TimeMix {
 
 impl Rwkv6TimeMix {
     /// Buffers for [`Rwkv6TimeMix::step_into`].
-    pub fn scratch(&self) -> WkvScratch {
+    pub(crate) fn scratch(&self) -> WkvScratch {
         WkvScratch::new(
             self.time_decay.len(),
             self.shift.w1.dim().0,
@@ -169,7 +169,7 @@ impl Rwkv6TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another shape.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         state: &mut WkvState,

@@ -29,12 +29,9 @@ pub const DECAY_SCALE: f32 = 0.606_531;
 
 /// Whether [`Rwkv7TimeMix`]'s sequence path runs [`wkv7::chunked`] (chunks of [`CHUNK`], from
 /// [`CHUNKED_FROM`] tokens on) rather than [`wkv7::scan`]: whichever is faster for the target
-/// the crate is compiled for. Measured by `wkv7_speed` in tests/rwkv7.rs (H = 12, N = 64, on a
-/// 2-core AVX-512 x86-64 shared with other work): with the default target (SSE2 loops; the
-/// matrix products pick AVX2/FMA at run time) the chunked form is 1.13–1.2× faster for
-/// T = 8..64 and 1.03–1.09× at T = 512, slower below 8 tokens; compiled with AVX2 (e.g.
-/// `-C target-cpu=native`) the scan's loops vectorise as widely and the scan is 1.14–1.27×
-/// faster at every T. Other targets (e.g. aarch64) are unmeasured and take the chunked form.
+/// the crate is compiled for: the scan where the target has AVX2 (its loops then vectorise as
+/// widely as the chunked form's products), the chunked form elsewhere (measurements in
+/// docs/performance.md).
 pub const USE_CHUNKED: bool = !cfg!(target_feature = "avx2");
 
 /// Fewest tokens for which [`Rwkv7TimeMix`] uses [`wkv7::chunked`] (see [`USE_CHUNKED`]).
@@ -369,7 +366,7 @@ impl Rwkv7TimeMix {
 /// Buffers for [`Rwkv7TimeMix::step_into`]: made once by [`Rwkv7TimeMix::scratch`], reused
 /// for every token.
 #[derive(Clone, Debug)]
-pub struct Rwkv7Scratch {
+pub(crate) struct Rwkv7Scratch {
     delta: Array1<f32>,
     /// The shifted inputs `x_r, x_w, x_k, x_v, x_a, x_g`, `[6, C]`.
     mixed: Array2<f32>,
@@ -394,7 +391,7 @@ pub struct Rwkv7Scratch {
 impl Rwkv7TimeMix {
     /// Buffers for [`Rwkv7TimeMix::step_into`]. Those of a block with a value residual also
     /// serve block 0 (with the same sizes), not the other way round.
-    pub fn scratch(&self) -> Rwkv7Scratch {
+    pub(crate) fn scratch(&self) -> Rwkv7Scratch {
         let c = self.w0.len();
         let z = || Array1::zeros(c);
         let mid: usize = [&self.decay, &self.iclr, &self.gate]
@@ -434,7 +431,7 @@ impl Rwkv7TimeMix {
     /// # Panics
     /// If a length differs from the layer's width, or `scratch` was made for another shape.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         v_first: Option<ArrayViewMut1<f32>>,

@@ -2,8 +2,8 @@
 //!
 //! The dot-product kernels load 32 or 64 bytes of a row at a time. When a row starts on a
 //! [`ALIGN`]-byte boundary no such load straddles two cache lines; when it does not, half or
-//! all of them do, and on a Zen 5 core an AVX-512 dot product of f16 weights with data in
-//! cache ran at half the rate (30 against 60 G weights/s). The loaders put every weight matrix
+//! all of them do, which can halve a kernel's rate with data in cache (docs/performance.md).
+//! The loaders put every weight matrix
 //! on the boundary, and the team's input buffers start on one; the kernels are correct at any
 //! address, only slower.
 

@@ -11,11 +11,10 @@
 //! 16 with AVX2) and, per step along `k`, loads two panel vectors and broadcasts one activation
 //! per row, over [`DEPTH`] values of `k` before moving to the next tile. Where the CPU has two
 //! 512-bit FMA units this is twice the arithmetic per cycle of the AVX2 kernel underneath
-//! ndarray's product (measured on a 2-core Xeon with AVX-512: 2.5-3.5× its f32 throughput at
-//! the 0.1B model's shapes on two threads, 145-210 GFLOP/s of a 262 GFLOP/s FMA peak). With
+//! ndarray's product (docs/performance.md has the measurements). With
 //! AVX2 each tile has panels and row groups of its own width, so a tile's operands are
 //! contiguous: running the 12 × 32 layout in four 6 × 16 parts, each part read every other
-//! cache line of its panel, half of L1's sets, and ran about 10% slower on a Zen 3 core.
+//! cache line of its panel, half of L1's sets.
 
 use super::matrix::Matrix;
 use super::simd::{Cpu, Element};
@@ -33,9 +32,7 @@ const BLOCK_BYTES: usize = 512 << 10;
 const DEPTH: usize = 256;
 
 /// How far ahead along each row a transpose asks for the weights: the rows of a strip are 8
-/// or 16 streams at once, which the hardware prefetcher follows poorly. From 256 to 768 bytes
-/// the model's products ran 1.05-1.10× faster than without (f32 and f16, 512 rows, two
-/// threads, AVX-512 on a Zen 5 host).
+/// or 16 streams at once, which the hardware prefetcher follows poorly (docs/performance.md).
 const TRANSPOSE_PREFETCH_BYTES: usize = 512;
 
 /// The vector instructions a product runs with.

@@ -6,9 +6,9 @@
 //! read once for up to [`GROUP`] activation vectors, so a batch of `B` tokens reads the weights
 //! `⌈B / GROUP⌉` times from cache and once from memory. Where the CPU also has AVX-512F, products
 //! take two weight rows at a time, 16 lanes wide, so that each activation loaded serves both
-//! rows, with the weights asked for ahead. On AMD CPUs the one-row AVX2 loops stream faster for
-//! few vectors: there the AVX-512 kernels start at two vectors (Zen 5) or five (Zen 4, whose
-//! AVX-512 runs in 256-bit halves).
+//! rows, with the weights asked for ahead. From how many vectors the AVX-512 kernels take over
+//! is [`Cpu::avx512_min_vectors`] (five on AMD Zen 4, whose AVX-512 runs in 256-bit halves and
+//! where the one-row AVX2 loops stream faster for fewer; one elsewhere).
 //!
 //! Also here: [`wkv_step`], one token of RWKV-5/6's WKV state update, compiled for AVX2 where
 //! the CPU has it.
@@ -173,9 +173,8 @@ pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     /// How far ahead the kernels for several vectors ask for weights: with several
-    /// multiply-adds per weight the hardware prefetcher alone falls behind (2 KiB was the best
-    /// of 1, 2 and 4 KiB for 8 sessions, 1.2-1.3× faster than none). The one-vector loop streams
-    /// fast enough without (a hint there measured slower).
+    /// multiply-adds per weight the hardware prefetcher alone falls behind. The one-vector loop
+    /// asks for none (docs/performance.md).
     const PREFETCH_BYTES: usize = 2048;
 
     #[inline]
@@ -423,20 +422,16 @@ pub(super) mod avx512 {
     /// registers; three rows made the compiler spill them).
     const ROWS: usize = 2;
 
-    /// How far ahead each row's weights are asked for: at least 4 KiB (1.3× faster than 1 KiB
-    /// from memory at eight vectors, the same as 8 KiB), and at least the next block's row, so
-    /// that a block of long rows does not start on weights nobody asked for (1.2-1.3× with
-    /// 2688-long rows, eight vectors, f16).
+    /// How far ahead each row's weights are asked for: at least 4 KiB, and at least the next
+    /// block's row, so that a block of long rows does not start on weights nobody asked for
+    /// (docs/performance.md).
     const PREFETCH_BYTES: usize = 4096;
 
     /// How far ahead the one-vector loop asks for half-precision weights. A half-precision
     /// cache line takes three times the instructions of an f32 one (two widenings, two FMAs),
     /// so the core's out-of-order window reaches fewer lines ahead and the stream from memory
-    /// slows. On two threads of a Zen 5 host, in the moments its memory was fast, f16 rows
-    /// streamed at 67 GB/s with hints 8 KiB ahead against 59 without (f32 rows: 74), bf16 at
-    /// 67-70 against 65; 44 against 41 when it was slow; one-token decode ran 1.03-1.08× faster.
-    /// 16 and 32 KiB were no better. Hints slowed the fast f32 stream (67-69 against 74 GB/s),
-    /// so f32 rows get none.
+    /// slows without hints. f32 rows, which the core streams fast enough alone, get none
+    /// (docs/performance.md).
     const HALF_PREFETCH_BYTES: usize = 8192;
 
     /// Defines `$rows`, [`Dot::row_dots`] for `$t` weights loaded by `$load`, over

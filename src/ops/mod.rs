@@ -5,7 +5,7 @@
 //! Nothing here knows about checkpoints, versions or sequence state.
 
 mod activation;
-pub mod aligned;
+pub(crate) mod aligned;
 mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod kernels;
@@ -14,14 +14,14 @@ mod matrix;
 mod norm;
 pub mod shift;
 mod simd;
-pub mod team;
+pub(crate) mod team;
 
 /// Below this many multiply-adds a product or loop runs on the calling thread.
 pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// Runs four independent computations as rayon tasks and returns their results in order (a
 /// layer's projections: one's element-wise work overlaps the others' matrix blocks).
-pub fn join4<A: Send, B: Send, C: Send, D: Send>(
+pub(crate) fn join4<A: Send, B: Send, C: Send, D: Send>(
     a: impl FnOnce() -> A + Send,
     b: impl FnOnce() -> B + Send,
     c: impl FnOnce() -> C + Send,
@@ -32,10 +32,10 @@ pub fn join4<A: Send, B: Send, C: Send, D: Send>(
 }
 
 pub use activation::{relu_squared, sigmoid, silu};
-pub use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_inplace};
-pub use kernels::wkv_step;
+pub(crate) use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_inplace};
+pub(crate) use kernels::wkv_step;
 pub use linear::Linear;
 pub use matrix::{Matrix, Prepared};
 pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
 pub use simd::{Cpu, Element};
-pub use team::{with_team, Team, TeamBuffers};
+pub(crate) use team::{with_team, Team, TeamBuffers};

@@ -196,7 +196,7 @@ impl Ddlerp {
     /// # Panics
     /// On mismatched shapes.
     #[track_caller]
-    pub fn step_into<'w>(
+    pub(crate) fn step_into<'w>(
         &'w self,
         x: ArrayView1<f32>,
         delta: ArrayView1<f32>,

@@ -101,8 +101,8 @@ impl Cpu {
         self.avx512_vbmi
     }
 
-    /// Vectors from which a product of rows takes the AVX-512 kernels (measured:
-    /// five on AMD Zen 4, one elsewhere).
+    /// Vectors from which a product of rows takes the AVX-512 kernels: five on AMD family 19h
+    /// (Zen 4, whose AVX-512 runs in 256-bit halves), one elsewhere.
     pub fn avx512_min_vectors(self) -> usize {
         self.avx512_min_vectors
     }
@@ -173,23 +173,12 @@ impl Element for bf16 {
 
 /// Vectors from which these kernels are used on AMD Zen 4, whose AVX-512 runs on 256-bit
 /// units. With fewer, a product is closer to a stream of the weights than to arithmetic,
-/// and there the one-row AVX2 loops stream faster (1.2× at four vectors, 1.6× at two,
-/// measured on a Zen 4 core); from eight up these are faster (1.3× at eight, 1.5× at
-/// sixteen).
+/// and there the one-row AVX2 loops stream faster (docs/performance.md).
 const MIN_VECTORS_ON_ZEN4: usize = 5;
 
 /// Vectors from which a product of rows takes the AVX-512 kernels on this CPU (where it has
-/// AVX-512F): from one, but on AMD Zen 4 from [`MIN_VECTORS_ON_ZEN4`].
-///
-/// For one vector, on a Zen 5 core with the weights and the vector on cache lines,
-/// one-token decode through the one-row loop here ran 1.03-1.14× faster with bf16 weights
-/// than through the AVX2 loop (19 of 19 rounds), and as fast with f16 (0.94-1.24×) and
-/// f32 (0.95-1.23×) at 29-39 GB/s of bandwidth, where f16 already streams at the limit
-/// (two threads, 0.1B shape, rounds alternating the kernels within one process); in
-/// cache it takes f16 at 47 against 23 G weights/s. Earlier, with data off the cache
-/// lines, the AVX2 loop had been the faster one (1.11-1.15× in f32). On a Xeon, one-token
-/// decode ran 1.15× faster in f32 and 1.3× in f16 through these kernels than through the
-/// AVX2 loops.
+/// AVX-512F): from one, but on AMD Zen 4 from [`MIN_VECTORS_ON_ZEN4`] (the rule and its
+/// measurements: docs/performance.md).
 #[cfg(target_arch = "x86_64")]
 fn avx512_min_vectors() -> usize {
     match amd_family() {

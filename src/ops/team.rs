@@ -367,9 +367,7 @@ pub fn with_team<'w, R: Send>(
 
 /// Runs between [`with_team`]'s probes of the way it currently deems slower, at first and
 /// after the choice changes; each probe that confirms the choice doubles the gap, up to
-/// [`PROBE_EVERY_MAX`]. (With another process on one core, a probe token with helpers took
-/// 1.3-1.6× a token without: at a fixed gap of 64 that is 1% of the decode speed, at 512 a
-/// tenth of that.)
+/// [`PROBE_EVERY_MAX`], so that probing the slower way costs a small share of the runs.
 pub const PROBE_EVERY: u64 = 64;
 
 /// The longest gap between probes: a change of load is noticed within this many runs.

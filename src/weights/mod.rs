@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Storage type of weight matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DType {
     /// 32-bit floats.
     F32,
@@ -68,6 +69,7 @@ impl std::str::FromStr for DType {
 
 /// A tensor as stored in a checkpoint, in its storage type.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Tensor {
     /// 32-bit floats.
     F32(ArrayD<f32>),
@@ -195,6 +197,16 @@ pub struct Scope<'a> {
     matrices: Option<DType>,
     quant: Option<&'a Quantization>,
     tally: Option<&'a AtomicUsize>,
+}
+
+impl std::fmt::Debug for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("prefix", &self.prefix)
+            .field("matrices", &self.matrices)
+            .field("quant", &self.quant)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Drops the size-1 axes, as the official loader's `squeeze` does.

@@ -33,6 +33,7 @@ pub const QUANT_METADATA_PREFIX: &str = "tokenshift.quant.";
 
 /// The kinds of weight matrices a load may quantize.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MatrixRole {
     /// The blocks' projections: time mix key, value, receptance, gate, output; channel mix
     /// key, value, receptance. Nearly all of a model's weights.
@@ -78,8 +79,7 @@ impl MatrixRole {
 /// The matrices [`Model::load_quantized`](crate::Model::load_quantized) quantizes: the block
 /// projections and the head. The head is a third of what a 0.1B model reads per token (65536
 /// × 768), so decode gains little without it, and quantizing it as well changed the measured
-/// quality little (`examples/quality.rs`: the shipped model's held-out bits per byte +0.01 %
-/// with Q8_0, +0.46 % instead of +0.38 % with Q4_0). The embedding stays as stored (read one row
+/// quality little (README, Quantized weights). The embedding stays as stored (read one row
 /// per token, so quantizing it saves memory but no decode time); the low-rank factors are small
 /// (about 3% of an RWKV-7's weights) and most are narrower than a 256-value block.
 pub const QUANTIZED_BY_DEFAULT: &[MatrixRole] = &[MatrixRole::Projection, MatrixRole::Head];

@@ -1,6 +1,6 @@
 //! The 512-bit integer kernels of the 32-value block formats on AVX-512 VNNI with VBMI, used
 //! by [`Q4_0`](super::Q4_0), [`Q5_0`](super::Q5_0) and [`Q5_1`](super::Q5_1).
-//! ([`Q8_0`](super::Q8_0) measured faster on its 256-bit kernels.)
+//! ([`Q8_0`](super::Q8_0) keeps its 256-bit kernels, which decode faster: docs/performance.md.)
 //!
 //! A group of blocks of one row is read with two loads, and VBMI's byte permutes gather its
 //! weights into one or two 64-byte vectors and its f16 scales into one per 32-bit lane. The
@@ -165,9 +165,7 @@ pub(crate) mod avx512 {
     }
 
     /// How far ahead of the rows being read the kernels prefetch, at least: a whole number
-    /// of the rows' span. On one AMD Zen 4 core, streaming a 65536 × 768 matrix, 3 KiB (the
-    /// next eight rows of Q4_0) read it at 21.3 GB/s, against 14.4 without prefetching and
-    /// 20.4 at 28 KiB.
+    /// of the rows' span (the distance is measured: docs/performance.md).
     const PREFETCH_BYTES: usize = 3 << 10;
 
     /// `out[r][v]` = row `r`'s whole groups of blocks · activation `v`, for the `R` rows

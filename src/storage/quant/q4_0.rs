@@ -114,7 +114,7 @@ impl BlockFormat for Q4_0 {
 
     #[track_caller]
     fn dot_rows_many(cpu: Cpu, rows: &[u8], row_bytes: usize, xs: &[LanedQ8], out: &mut [f32]) {
-        // One activation through `dot_rows`: the pairs' loop measured 20 % slower for it.
+        // One activation through `dot_rows`, which is faster for it than the pairs' loop.
         #[cfg(target_arch = "x86_64")]
         if cpu.has_avx512_vbmi() && row_bytes > 0 && xs.len() > 1 {
             for x in xs {

@@ -68,11 +68,9 @@ impl BlockFormat for Q8_0 {
         dot_portable(row, x)
     }
 
-    // `dot_rows` is left to its default, one row at a time through the 256-bit kernels. On
-    // AMD Zen 4, four rows per pass streamed a matrix larger than the caches at a third of
-    // the speed (8 against 26 GB/s, 65536 × 768), and the 512-bit kernels of Q4_0's kind
-    // (`lanes`: two blocks gathered by byte permutes per vector) decoded a 0.1B model at
-    // 157-160 tok/s against 173-180 with these (2 threads, alternated).
+    // `dot_rows` is left to its default, one row at a time through the 256-bit kernels, which
+    // stream faster than four rows per pass or the 512-bit kernels of Q4_0's kind
+    // (docs/performance.md).
 
     fn check_block(block: &[u8]) -> Result<(), String> {
         check_scale(block, Self::NAME)

@@ -16,6 +16,7 @@ use std::sync::Arc;
 /// One of GGUF's block formats the crate runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
+#[non_exhaustive]
 pub enum QuantType {
     /// `q8_0`: blocks of 32 values, one f16 scale and 32 signed bytes (34 bytes).
     Q8_0,
