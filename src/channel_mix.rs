@@ -7,9 +7,10 @@
 
 use crate::config::{Config, Version};
 use crate::error::Result;
+use crate::mixer::from_arrays::{build, layer_config, random_layer, Param};
 use crate::mixer::SequenceMixer;
 use crate::ops::{relu_squared, shift, sigmoid, zip_inplace, Linear, Team};
-use crate::weights::{Scope, TensorSpec};
+use crate::weights::{Scope, TensorMap, TensorSpec};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// The channel mix of one block. Its state is the previous token's layer-normed input `[C]`.
@@ -17,22 +18,53 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 pub struct ChannelMix {
     /// Shift coefficient of the key input, `[C]`: `ffn.time_maa_k` (v6), `ffn.x_k` (v7) or
     /// `1 − ffn.time_mix_k` (v4/v5).
-    pub maa_k: Array1<f32>,
+    pub(crate) maa_k: Array1<f32>,
     /// `ffn.key.weight`, `[F, C]`.
-    pub key: Linear,
+    pub(crate) key: Linear,
     /// `ffn.value.weight`, `[C, F]`.
-    pub value: Linear,
+    pub(crate) value: Linear,
     /// The receptance gate `σ(W_r x_r)`; RWKV-7 has none.
-    pub receptance: Option<Receptance>,
+    pub(crate) receptance: Option<Receptance>,
 }
 
 /// The channel mix's receptance gate (versions 4 to 6).
 #[derive(Clone, Debug)]
 pub struct Receptance {
     /// Shift coefficient of the receptance input, `[C]` (`time_maa_r` or `1 − time_mix_r`).
-    pub maa_r: Array1<f32>,
+    pub(crate) maa_r: Array1<f32>,
     /// `ffn.receptance.weight`, `[C, C]`.
-    pub weight: Linear,
+    pub(crate) weight: Linear,
+}
+
+/// The parameters of a channel mix as a BlinkDL checkpoint stores them under `blocks.N.ffn`
+/// (width `C`, hidden width `F`), for [`ChannelMix::new`]. The shift coefficients go under
+/// the version's names: `time_mix_k`/`time_mix_r` (v4, v5), `time_maa_k`/`time_maa_r` (v6),
+/// `x_k` (v7).
+#[derive(Clone, Debug)]
+pub struct ChannelMixParams {
+    /// The key input's shift coefficient as stored, `[C]`.
+    pub mix_k: Array1<f32>,
+    /// The receptance input's shift coefficient as stored, `[C]` (`None` for v7).
+    pub mix_r: Option<Array1<f32>>,
+    /// `key.weight`, `[F, C]` (`[out, in]`, as every projection here).
+    pub key: Array2<f32>,
+    /// `value.weight`, `[C, F]`.
+    pub value: Array2<f32>,
+    /// `receptance.weight`, `[C, C]` (`None` for v7).
+    pub receptance: Option<Array2<f32>>,
+}
+
+impl ChannelMixParams {
+    /// The parameters under `version`'s checkpoint names.
+    fn into_tensors(self, version: Version) -> TensorMap {
+        let mut map = TensorMap::new();
+        self.mix_k.insert_into(&maa_name(version, "k"), &mut map);
+        self.mix_r.insert_into(&maa_name(version, "r"), &mut map);
+        self.key.insert_into("key.weight", &mut map);
+        self.value.insert_into("value.weight", &mut map);
+        self.receptance.insert_into("receptance.weight", &mut map);
+        map
+    }
 }
 
 /// The name of the shift coefficient of input `s` (`k` or `r`) in `version`.
@@ -45,6 +77,71 @@ fn maa_name(version: Version, s: &str) -> String {
 }
 
 impl ChannelMix {
+    /// The channel mix of `version` from its parameters. The width `C` is `key`'s input width
+    /// and `F` its output width; every other array is checked against them.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`](crate::Error::InputShape) naming a receptance parameter given to
+    /// v7; [`Error::MissingTensor`](crate::Error::MissingTensor) naming one v4 to v6 needs;
+    /// [`Error::Shape`](crate::Error::Shape) naming the first parameter (by its checkpoint name)
+    /// of the wrong shape.
+    pub fn new(version: Version, params: ChannelMixParams) -> Result<Self> {
+        let (f, c) = params.key.dim();
+        let mut config = layer_config("ChannelMix", version, c, 1)?;
+        config.dim_ffn = f;
+        let tensors = params.into_tensors(version);
+        build(
+            "ChannelMix",
+            &tensors,
+            &config,
+            Self::tensor_specs,
+            Self::load,
+        )
+    }
+
+    /// A channel mix of `version` of width `c` and hidden width `f` with random weights in the
+    /// ranges of trained checkpoints, reproducible from `seed`.
+    ///
+    /// # Errors
+    /// For a width of 0.
+    pub fn random(version: Version, c: usize, f: usize, seed: u64) -> Result<Self> {
+        let sizes = |config: &mut Config| config.dim_ffn = f;
+        random_layer(
+            "ChannelMix",
+            version,
+            (c, 1),
+            0,
+            seed,
+            sizes,
+            |block, config| Self::load(&block.pp("ffn"), config),
+        )
+    }
+
+    /// The width `C`.
+    pub fn width(&self) -> usize {
+        self.maa_k.len()
+    }
+
+    /// The hidden width `F`.
+    pub fn hidden(&self) -> usize {
+        self.key.dim().0
+    }
+
+    /// The key projection `W_k`, `[F, C]`.
+    pub fn key(&self) -> &Linear {
+        &self.key
+    }
+
+    /// The value projection `W_v`, `[C, F]`.
+    pub fn value(&self) -> &Linear {
+        &self.value
+    }
+
+    /// Whether the output is gated by a receptance (versions 4 to 6).
+    pub fn has_receptance(&self) -> bool {
+        self.receptance.is_some()
+    }
+
     /// The tensors [`ChannelMix::load`] reads under `ffn`, with their shapes.
     pub fn tensor_specs(ffn: &Scope, config: &Config) -> Vec<TensorSpec> {
         let (c, f) = (config.n_embd, config.dim_ffn);

@@ -482,7 +482,10 @@ fn k_types_fall_back_where_rows_are_not_whole_blocks() {
     let source = random_checkpoint(&config, DType::F32, 3).unwrap();
     let types = |m: &Model| {
         let ffn = &m.blocks()[0].ffn;
-        (ffn.key.matrix().type_name(), ffn.value.matrix().type_name())
+        (
+            ffn.key().matrix().type_name(),
+            ffn.value().matrix().type_name(),
+        )
     };
     for (ty, fallback) in [
         (QuantType::Q4_K, "q5_0"),
@@ -583,7 +586,7 @@ fn gguf_q5_projections_load_in_place() {
             (ty.name(), &[64, 64][..])
         );
         let model = Model::from_source(gguf.source()).unwrap();
-        assert_eq!(model.blocks()[1].ffn.key.matrix().type_name(), ty.name());
+        assert_eq!(model.blocks()[1].ffn.key().matrix().type_name(), ty.name());
         let reference = Quantization::none().reading(exact);
         let reference = Model::from_source_quantized(gguf.source(), &reference).unwrap();
         let got = logits(&model, &TOKENS);

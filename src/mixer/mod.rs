@@ -19,6 +19,7 @@
 //! | [`short_conv`] | short causal depthwise convolution | [`crate::ops::shift::causal_conv`] |
 
 pub mod aft;
+pub(crate) mod from_arrays;
 pub mod gla;
 pub mod linear_attention;
 pub mod outer_product;

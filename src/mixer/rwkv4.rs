@@ -10,8 +10,9 @@
 //! The state keeps `aa = Σ e^{…−pp} v`, `bb = Σ e^{…−pp}` and the exponent `pp` per channel,
 //! exactly as the official implementation does (so states compare directly).
 
+use super::from_arrays::{build, layer_config, layer_params, random_layer};
 use super::{MultiPath, Path, SequenceMixer};
-use crate::config::Config;
+use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{shift, sigmoid, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
@@ -49,26 +50,91 @@ impl Rwkv4State {
 #[derive(Clone, Debug)]
 pub struct Rwkv4TimeMix {
     /// `1 − att.time_mix_k`, `[C]` (see [`shift`]).
-    pub maa_k: Array1<f32>,
+    pub(crate) maa_k: Array1<f32>,
     /// `1 − att.time_mix_v`, `[C]`.
-    pub maa_v: Array1<f32>,
+    pub(crate) maa_v: Array1<f32>,
     /// `1 − att.time_mix_r`, `[C]`.
-    pub maa_r: Array1<f32>,
+    pub(crate) maa_r: Array1<f32>,
     /// `−exp(att.time_decay)`: the log-decay per token, `[C]`.
-    pub decay: Array1<f32>,
+    pub(crate) decay: Array1<f32>,
     /// `att.time_first` as stored: the log-bonus of the current token, `[C]`.
-    pub first: Array1<f32>,
+    pub(crate) first: Array1<f32>,
     /// `att.key.weight`, `[C, C]`.
-    pub key: Linear,
+    pub(crate) key: Linear,
     /// `att.value.weight`, `[C, C]`.
-    pub value: Linear,
+    pub(crate) value: Linear,
     /// `att.receptance.weight`, `[C, C]`.
-    pub receptance: Linear,
+    pub(crate) receptance: Linear,
     /// `att.output.weight`, `[C, C]`.
-    pub output: Linear,
+    pub(crate) output: Linear,
+}
+
+layer_params! {
+    /// The parameters of an RWKV-4 time mix, named and laid out as a BlinkDL checkpoint stores
+    /// them under `blocks.N.att` (width `C`), for [`Rwkv4TimeMix::new`].
+    pub struct Rwkv4Params {
+        /// `time_mix_k`, `[C]`: the share of the current token in the key's input.
+        time_mix_k: Array1<f32> => "time_mix_k",
+        /// `time_mix_v`, `[C]`.
+        time_mix_v: Array1<f32> => "time_mix_v",
+        /// `time_mix_r`, `[C]`.
+        time_mix_r: Array1<f32> => "time_mix_r",
+        /// `time_decay`, `[C]`: the decay is `e^{−e^{time_decay}}` per token.
+        time_decay: Array1<f32> => "time_decay",
+        /// `time_first`, `[C]`: the bonus `u` of the current token.
+        time_first: Array1<f32> => "time_first",
+        /// `key.weight`, `[C, C]` (`[out, in]`, as every projection here).
+        key: Array2<f32> => "key.weight",
+        /// `value.weight`, `[C, C]`.
+        value: Array2<f32> => "value.weight",
+        /// `receptance.weight`, `[C, C]`.
+        receptance: Array2<f32> => "receptance.weight",
+        /// `output.weight`, `[C, C]`.
+        output: Array2<f32> => "output.weight",
+    }
 }
 
 impl Rwkv4TimeMix {
+    /// The layer from its parameters. The width `C` is `receptance`'s input width; every
+    /// other array is checked against it.
+    ///
+    /// # Errors
+    /// [`Error::Shape`](crate::Error::Shape) naming the first parameter (by its checkpoint
+    /// name) of the wrong shape.
+    pub fn new(params: Rwkv4Params) -> Result<Self> {
+        let config = layer_config("Rwkv4TimeMix", Version::V4, params.receptance.ncols(), 0)?;
+        let tensors = params.into_tensors();
+        build(
+            "Rwkv4TimeMix",
+            &tensors,
+            &config,
+            Self::tensor_specs,
+            Self::load,
+        )
+    }
+
+    /// A layer of width `c` with random weights in the ranges of trained checkpoints,
+    /// reproducible from `seed`.
+    ///
+    /// # Errors
+    /// For a width of 0.
+    pub fn random(c: usize, seed: u64) -> Result<Self> {
+        random_layer(
+            "Rwkv4TimeMix",
+            Version::V4,
+            (c, 0),
+            0,
+            seed,
+            |_| {},
+            |block, config| Self::load(&block.pp("att"), config),
+        )
+    }
+
+    /// The width `C`.
+    pub fn width(&self) -> usize {
+        self.first.len()
+    }
+
     /// The tensors [`Rwkv4TimeMix::load`] reads under `att`, with their shapes.
     pub fn tensor_specs(att: &Scope, config: &Config) -> Vec<TensorSpec> {
         let c = config.n_embd;

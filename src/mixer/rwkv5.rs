@@ -14,6 +14,7 @@
 //! [`DEFAULT_CHUNK`] tokens (one token: the recurrence), and [`MultiPath::forward_path`] runs any
 //! path.
 
+use super::from_arrays::{build, layer_config, layer_params, random_layer};
 use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
 use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
@@ -21,7 +22,7 @@ use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{shift, silu, zip_inplace, GroupNorm, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
-use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1};
+use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// Chunk length of RWKV-5/6's default sequence path, chosen by measurement
 /// (`cargo bench --bench mixers -- rwkv`; see the README's "Mixers" section).
@@ -97,11 +98,11 @@ impl WkvState {
 #[derive(Clone, Debug)]
 pub struct WkvOutput {
     /// `att.ln_x`, per head, eps 64e-5.
-    pub ln_x: GroupNorm,
+    pub(crate) ln_x: GroupNorm,
     /// `att.gate.weight`, `[C, C]` (absent in 5.0).
-    pub gate: Option<Linear>,
+    pub(crate) gate: Option<Linear>,
     /// `att.output.weight`, `[C, C]`.
-    pub output: Linear,
+    pub(crate) output: Linear,
 }
 
 impl WkvOutput {
@@ -217,27 +218,27 @@ impl WkvScratch {
 #[derive(Clone, Debug)]
 pub struct Rwkv5TimeMix {
     /// `1 − att.time_mix_k`, `[C]` (see [`shift`]).
-    pub maa_k: Array1<f32>,
+    pub(crate) maa_k: Array1<f32>,
     /// `1 − att.time_mix_v`, `[C]`.
-    pub maa_v: Array1<f32>,
+    pub(crate) maa_v: Array1<f32>,
     /// `1 − att.time_mix_r`, `[C]`.
-    pub maa_r: Array1<f32>,
+    pub(crate) maa_r: Array1<f32>,
     /// `1 − att.time_mix_g`, `[C]` (5.1, 5.2).
-    pub maa_g: Option<Array1<f32>>,
+    pub(crate) maa_g: Option<Array1<f32>>,
     /// `exp(−exp(att.time_decay))`, the decay per key channel, `[H, N]` (per-head values
     /// repeated along `N` for 5.0/5.1).
-    pub decay: Array2<f32>,
+    pub(crate) decay: Array2<f32>,
     /// The bonus `u`, `[H, N]`: `att.time_faaaa` as stored, or `exp(att.time_first)` in files
     /// without `time_faaaa` (as the official loader does).
-    pub bonus: Array2<f32>,
+    pub(crate) bonus: Array2<f32>,
     /// `att.receptance.weight`, `[C, C]`.
-    pub receptance: Linear,
+    pub(crate) receptance: Linear,
     /// `att.key.weight`, `[C, C]`.
-    pub key: Linear,
+    pub(crate) key: Linear,
     /// `att.value.weight`, `[C, C]`.
-    pub value: Linear,
+    pub(crate) value: Linear,
     /// Group norm, gate and output projection.
-    pub out: WkvOutput,
+    pub(crate) out: WkvOutput,
 }
 
 /// The stored shape of a per-head (5.0/5.1, `[H]`) or per-channel (5.2, `[H, N]`) parameter.
@@ -261,13 +262,118 @@ fn per_head_or_channel(att: &Scope, name: &str, config: &Config) -> Result<Array
     }
 }
 
+/// `Ok` if `version` is an RWKV-5 version, else an error naming it.
+fn check_rwkv5(layer: &str, version: Version) -> Result<()> {
+    let ok = matches!(version, Version::V5_0 | Version::V5_1 | Version::V5_2);
+    super::check_arg(
+        ok,
+        layer,
+        &format!("version {version}"),
+        "5.0, 5.1 or 5.2",
+        &[],
+    )
+}
+
 /// Whether the bonus under `att` is stored as `time_faaaa` (already `e^u`) rather than as
 /// `time_first` (`u`): the former when the checkpoint has it.
 fn bonus_is_faaaa(att: &Scope) -> bool {
     att.contains("time_faaaa")
 }
 
+layer_params! {
+    /// The parameters of an RWKV-5 time mix (5.0, 5.1 or 5.2), named and laid out as a BlinkDL
+    /// checkpoint stores them under `blocks.N.att` (width `C`, `H` heads of `N`), for
+    /// [`Rwkv5TimeMix::new`].
+    pub struct Rwkv5Params {
+        /// `time_mix_k`, `[C]`: the share of the current token in the key's input.
+        time_mix_k: Array1<f32> => "time_mix_k",
+        /// `time_mix_v`, `[C]`.
+        time_mix_v: Array1<f32> => "time_mix_v",
+        /// `time_mix_r`, `[C]`.
+        time_mix_r: Array1<f32> => "time_mix_r",
+        /// `time_mix_g`, `[C]` (5.1 and 5.2; `None` for 5.0).
+        time_mix_g: Option<Array1<f32>> => "time_mix_g",
+        /// `time_decay`: `[H]` (5.0, 5.1) or `[H, N]` (5.2); the decay is `e^{−e^{time_decay}}`.
+        time_decay: ArrayD<f32> => "time_decay",
+        /// `time_faaaa`, shaped as `time_decay`: the bonus `u` (5.1 and 5.2 checkpoints store
+        /// it so; give this or `time_first`).
+        time_faaaa: Option<ArrayD<f32>> => "time_faaaa",
+        /// `time_first`, shaped as `time_decay`: the bonus as `ln u` (5.0 checkpoints store it
+        /// so; give this or `time_faaaa`).
+        time_first: Option<ArrayD<f32>> => "time_first",
+        /// `receptance.weight`, `[C, C]` (`[out, in]`, as every projection here).
+        receptance: Array2<f32> => "receptance.weight",
+        /// `key.weight`, `[C, C]`.
+        key: Array2<f32> => "key.weight",
+        /// `value.weight`, `[C, C]`.
+        value: Array2<f32> => "value.weight",
+        /// `gate.weight`, `[C, C]` (5.1 and 5.2; `None` for 5.0).
+        gate: Option<Array2<f32>> => "gate.weight",
+        /// `output.weight`, `[C, C]`.
+        output: Array2<f32> => "output.weight",
+        /// `ln_x.weight`, `[C]`: the per-head group norm's scale.
+        ln_x_weight: Array1<f32> => "ln_x.weight",
+        /// `ln_x.bias`, `[C]`.
+        ln_x_bias: Array1<f32> => "ln_x.bias",
+    }
+}
+
 impl Rwkv5TimeMix {
+    /// The layer of `version` (5.0, 5.1 or 5.2) with `heads` heads from its parameters. The
+    /// width `C` is `receptance`'s input width; every other array is checked against it.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`](crate::Error::InputShape) naming `version` when it is not an
+    /// RWKV-5 version, `heads` when it does not divide `C`, or a gate parameter given to 5.0;
+    /// [`Error::MissingTensor`](crate::Error::MissingTensor) naming a gate parameter 5.1 or 5.2
+    /// needs; [`Error::Shape`](crate::Error::Shape) naming the first parameter (by its
+    /// checkpoint name) of the wrong shape.
+    pub fn new(version: Version, heads: usize, params: Rwkv5Params) -> Result<Self> {
+        check_rwkv5("Rwkv5TimeMix", version)?;
+        let config = layer_config("Rwkv5TimeMix", version, params.receptance.ncols(), heads)?;
+        let tensors = params.into_tensors();
+        build(
+            "Rwkv5TimeMix",
+            &tensors,
+            &config,
+            Self::tensor_specs,
+            Self::load,
+        )
+    }
+
+    /// A layer of `version` (5.0, 5.1 or 5.2) of width `c` with `heads` heads and random
+    /// weights in the ranges of trained checkpoints, reproducible from `seed`.
+    ///
+    /// # Errors
+    /// As [`Rwkv5TimeMix::new`] for `version` and `heads` (or a width of 0).
+    pub fn random(version: Version, c: usize, heads: usize, seed: u64) -> Result<Self> {
+        check_rwkv5("Rwkv5TimeMix", version)?;
+        random_layer(
+            "Rwkv5TimeMix",
+            version,
+            (c, heads),
+            0,
+            seed,
+            |_| {},
+            |block, config| Self::load(&block.pp("att"), config),
+        )
+    }
+
+    /// The width `C`.
+    pub fn width(&self) -> usize {
+        self.receptance.dim().1
+    }
+
+    /// The number of heads `H`.
+    pub fn heads(&self) -> usize {
+        self.bonus.nrows()
+    }
+
+    /// The head size `N`.
+    pub fn head_size(&self) -> usize {
+        self.bonus.ncols()
+    }
+
     /// The tensors [`Rwkv5TimeMix::load`] reads under `att`, with their shapes: the bonus is
     /// `time_faaaa` or `time_first`, whichever the checkpoint has (the former if both).
     pub fn tensor_specs(att: &Scope, config: &Config) -> Vec<TensorSpec> {

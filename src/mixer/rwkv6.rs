@@ -13,41 +13,152 @@
 //! exclusive read-out plus bonus; `forward` runs it chunkwise
 //! ([`DEFAULT_CHUNK`](super::rwkv5::DEFAULT_CHUNK)).
 
+use super::from_arrays::{build, layer_config, layer_params, random_layer};
 use super::outer_product::Gate;
 use super::rwkv5::{default_path, wkv_path, WkvOutput, WkvScratch, WkvState};
 use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
-use crate::config::Config;
+use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::shift::{self, Ddlerp};
 use crate::ops::{for_each_row, join4, map_inplace, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
-use ndarray::{stack, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 /// The RWKV-6 time mix of one block.
 #[derive(Clone, Debug)]
 pub struct Rwkv6TimeMix {
     /// Data-dependent token shift (`att.time_maa_*`).
-    pub shift: Ddlerp,
+    pub(crate) shift: Ddlerp,
     /// `att.time_decay` as stored, `[C]`: the base of the log-log decay.
-    pub time_decay: Array1<f32>,
+    pub(crate) time_decay: Array1<f32>,
     /// `att.time_decay_w1` (stored `[C, D]`) as a layer `[D, C]`.
-    pub decay_w1: Linear,
+    pub(crate) decay_w1: Linear,
     /// `att.time_decay_w2` (stored `[D, C]`) as a layer `[C, D]`.
-    pub decay_w2: Linear,
+    pub(crate) decay_w2: Linear,
     /// `att.time_faaaa` as stored: the bonus `u`, `[H, N]`.
-    pub bonus: Array2<f32>,
+    pub(crate) bonus: Array2<f32>,
     /// `att.receptance.weight`, `[C, C]`.
-    pub receptance: Linear,
+    pub(crate) receptance: Linear,
     /// `att.key.weight`, `[C, C]`.
-    pub key: Linear,
+    pub(crate) key: Linear,
     /// `att.value.weight`, `[C, C]`.
-    pub value: Linear,
+    pub(crate) value: Linear,
     /// Group norm, gate and output projection.
-    pub out: WkvOutput,
+    pub(crate) out: WkvOutput,
+}
+
+layer_params! {
+    /// The parameters of an RWKV-6 time mix, named and laid out as a BlinkDL checkpoint stores
+    /// them under `blocks.N.att` (width `C`, `H` heads of `N`, LoRA ranks `D` and `D_w`), for
+    /// [`Rwkv6TimeMix::new`].
+    pub struct Rwkv6Params {
+        /// `time_maa_x`, `[C]`: the mix that feeds the shift's low-rank projection.
+        time_maa_x: Array1<f32> => "time_maa_x",
+        /// `time_maa_w`, `[C]`: the decay input's base mix.
+        time_maa_w: Array1<f32> => "time_maa_w",
+        /// `time_maa_k`, `[C]`.
+        time_maa_k: Array1<f32> => "time_maa_k",
+        /// `time_maa_v`, `[C]`.
+        time_maa_v: Array1<f32> => "time_maa_v",
+        /// `time_maa_r`, `[C]`.
+        time_maa_r: Array1<f32> => "time_maa_r",
+        /// `time_maa_g`, `[C]`.
+        time_maa_g: Array1<f32> => "time_maa_g",
+        /// `time_maa_w1`, `[C, 5·D]` (used as `x W1`).
+        time_maa_w1: Array2<f32> => "time_maa_w1",
+        /// `time_maa_w2`, `[5, D, C]`: one `[D, C]` matrix per mix, in the order w, k, v, r, g.
+        time_maa_w2: Array3<f32> => "time_maa_w2",
+        /// `time_decay`, `[C]`: the base of the log-log decay.
+        time_decay: Array1<f32> => "time_decay",
+        /// `time_decay_w1`, `[C, D_w]`.
+        time_decay_w1: Array2<f32> => "time_decay_w1",
+        /// `time_decay_w2`, `[D_w, C]`.
+        time_decay_w2: Array2<f32> => "time_decay_w2",
+        /// `time_faaaa`, `[H, N]`: the bonus `u`.
+        time_faaaa: Array2<f32> => "time_faaaa",
+        /// `receptance.weight`, `[C, C]` (`[out, in]`, as every projection here).
+        receptance: Array2<f32> => "receptance.weight",
+        /// `key.weight`, `[C, C]`.
+        key: Array2<f32> => "key.weight",
+        /// `value.weight`, `[C, C]`.
+        value: Array2<f32> => "value.weight",
+        /// `gate.weight`, `[C, C]`.
+        gate: Array2<f32> => "gate.weight",
+        /// `output.weight`, `[C, C]`.
+        output: Array2<f32> => "output.weight",
+        /// `ln_x.weight`, `[C]`: the per-head group norm's scale.
+        ln_x_weight: Array1<f32> => "ln_x.weight",
+        /// `ln_x.bias`, `[C]`.
+        ln_x_bias: Array1<f32> => "ln_x.bias",
+    }
 }
 
 impl Rwkv6TimeMix {
+    /// The layer with `heads` heads from its parameters. The width `C` is `receptance`'s
+    /// input width, the LoRA ranks those of `time_maa_w1` and `time_decay_w1`; every other
+    /// array is checked against them.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`](crate::Error::InputShape) naming `heads` when it does not divide
+    /// `C`; [`Error::Shape`](crate::Error::Shape) naming the first parameter (by its checkpoint
+    /// name) of the wrong shape.
+    pub fn new(heads: usize, params: Rwkv6Params) -> Result<Self> {
+        let mut config = layer_config(
+            "Rwkv6TimeMix",
+            Version::V6,
+            params.receptance.ncols(),
+            heads,
+        )?;
+        config.dim_mix_lora = params.time_maa_w1.ncols() / 5;
+        config.dim_decay_lora = params.time_decay_w1.ncols();
+        let tensors = params.into_tensors();
+        build(
+            "Rwkv6TimeMix",
+            &tensors,
+            &config,
+            Self::tensor_specs,
+            Self::load,
+        )
+    }
+
+    /// A layer of width `c` with `heads` heads and random weights in the ranges of trained
+    /// checkpoints (the release's LoRA ranks), reproducible from `seed`.
+    ///
+    /// # Errors
+    /// As [`Rwkv6TimeMix::new`] for `heads` (or a width of 0).
+    pub fn random(c: usize, heads: usize, seed: u64) -> Result<Self> {
+        random_layer(
+            "Rwkv6TimeMix",
+            Version::V6,
+            (c, heads),
+            0,
+            seed,
+            |_| {},
+            |block, config| Self::load(&block.pp("att"), config),
+        )
+    }
+
+    /// The width `C`.
+    pub fn width(&self) -> usize {
+        self.receptance.dim().1
+    }
+
+    /// The number of heads `H`.
+    pub fn heads(&self) -> usize {
+        self.bonus.nrows()
+    }
+
+    /// The head size `N`.
+    pub fn head_size(&self) -> usize {
+        self.bonus.ncols()
+    }
+
+    /// The data-dependent token shift.
+    pub fn shift(&self) -> &Ddlerp {
+        &self.shift
+    }
+
     /// The tensors [`Rwkv6TimeMix::load`] reads under `att`, with their shapes.
     pub fn tensor_specs(att: &Scope, config: &Config) -> Vec<TensorSpec> {
         let c = config.n_embd;
@@ -76,23 +187,9 @@ impl Rwkv6TimeMix {
     /// A missing tensor or a wrong shape, named in full.
     pub fn load(att: &Scope, config: &Config) -> Result<Self> {
         let c = config.n_embd;
-        let (dm, dd) = (config.dim_mix_lora, config.dim_decay_lora);
-        let maa = ["w", "k", "v", "r", "g"]
-            .map(|s| att.vector(&format!("time_maa_{s}"), c))
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        let maa_views: Vec<_> = maa.iter().map(|m| m.view()).collect();
-        let w2: [Linear; 5] = att
-            .low_rank_stack("time_maa_w2", 5, dm, c)?
-            .try_into()
-            .expect("five layers");
+        let dd = config.dim_decay_lora;
         Ok(Rwkv6TimeMix {
-            shift: Ddlerp {
-                maa_x: att.vector("time_maa_x", c)?,
-                maa: stack(Axis(0), &maa_views).expect("five vectors of width C"),
-                w1: att.low_rank("time_maa_w1", c, 5 * dm)?,
-                w2,
-            },
+            shift: Ddlerp::load(att, c, config.dim_mix_lora)?,
             time_decay: att.vector("time_decay", c)?,
             decay_w1: att.low_rank("time_decay_w1", c, dd)?,
             decay_w2: att.low_rank("time_decay_w2", dd, c)?,

@@ -16,9 +16,10 @@
 //! [`Rwkv7TimeMix::forward_with_v_first`]). All of this is the official package's
 //! `RWKV_x070_TMix_seq` / `_one`, operation for operation.
 
+use super::from_arrays::{build, layer_config, layer_params, random_layer};
 use super::rwkv5::WkvState;
 use super::{wkv7, MultiPath, Path, SequenceMixer};
-use crate::config::Config;
+use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::ops::{join4, shift, sigmoid, GroupNorm, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
@@ -45,9 +46,9 @@ pub const CHUNK: usize = 16;
 #[derive(Clone, Debug)]
 pub struct Lora {
     /// `*1` (stored `[C, D]`) as a layer `[D, C]`.
-    pub a: Linear,
+    pub(crate) a: Linear,
     /// `*2` (stored `[D, C]`) as a layer `[C, D]`.
-    pub b: Linear,
+    pub(crate) b: Linear,
 }
 
 impl Lora {
@@ -78,9 +79,9 @@ impl Lora {
 #[derive(Clone, Debug)]
 pub struct ValueResidual {
     /// `att.v0`, `[C]`.
-    pub v0: Array1<f32>,
+    pub(crate) v0: Array1<f32>,
     /// `att.v1`, `att.v2`.
-    pub lora: Lora,
+    pub(crate) lora: Lora,
 }
 
 /// The RWKV-7 time mix of one block.
@@ -88,36 +89,36 @@ pub struct ValueResidual {
 pub struct Rwkv7TimeMix {
     /// Token-shift coefficients `att.x_r, x_w, x_k, x_v, x_a, x_g` as stored (`x + δ ⊙ μ`),
     /// each `[C]`, in that order.
-    pub shift: [Array1<f32>; 6],
+    pub(crate) shift: [Array1<f32>; 6],
     /// `att.w0`, `[C]`: the decay's bias.
-    pub w0: Array1<f32>,
+    pub(crate) w0: Array1<f32>,
     /// `att.w1`, `att.w2` (inner `tanh`).
-    pub decay: Lora,
+    pub(crate) decay: Lora,
     /// `att.a0`, `[C]`: the in-context learning rate's bias.
-    pub a0: Array1<f32>,
+    pub(crate) a0: Array1<f32>,
     /// `att.a1`, `att.a2` (no inner activation).
-    pub iclr: Lora,
+    pub(crate) iclr: Lora,
     /// `att.v0, v1, v2`; `None` in block 0, whose values are `v_first` (its `v*` tensors are
     /// never read, as in the official loader).
-    pub value_residual: Option<ValueResidual>,
+    pub(crate) value_residual: Option<ValueResidual>,
     /// `att.g1`, `att.g2` (inner `σ`, none outside).
-    pub gate: Lora,
+    pub(crate) gate: Lora,
     /// `att.k_k`, `[C]`: scales `k` before the per-head normalisation that gives `κ̂`.
-    pub k_k: Array1<f32>,
+    pub(crate) k_k: Array1<f32>,
     /// `att.k_a`, `[C]`: how much the learning rate scales the written key.
-    pub k_a: Array1<f32>,
+    pub(crate) k_a: Array1<f32>,
     /// `att.r_k`, `[H, N]`: weights of the per-head bonus `(Σ r k r_k) v`.
-    pub r_k: Array2<f32>,
+    pub(crate) r_k: Array2<f32>,
     /// `att.receptance.weight`, `[C, C]`.
-    pub receptance: Linear,
+    pub(crate) receptance: Linear,
     /// `att.key.weight`, `[C, C]`.
-    pub key: Linear,
+    pub(crate) key: Linear,
     /// `att.value.weight`, `[C, C]`.
-    pub value: Linear,
+    pub(crate) value: Linear,
     /// `att.output.weight`, `[C, C]`.
-    pub output: Linear,
+    pub(crate) output: Linear,
     /// `att.ln_x`, per head, eps 64e-5.
-    pub ln_x: GroupNorm,
+    pub(crate) ln_x: GroupNorm,
 }
 
 /// Divides each head's `n` channels of every row by their L2 norm (at least 1e-12), as
@@ -131,7 +132,143 @@ fn normalise_heads(x: &mut Array2<f32>, n: usize) {
     }
 }
 
+layer_params! {
+    /// The parameters of an RWKV-7 time mix, named and laid out as a BlinkDL checkpoint stores
+    /// them under `blocks.N.att` (width `C`, `H` heads of `N`, LoRA ranks `D_w`, `D_a`, `D_v`,
+    /// `D_g`), for [`Rwkv7TimeMix::new`].
+    pub struct Rwkv7Params {
+        /// `x_r`, `[C]`: the receptance input's shift coefficient (`x + δ ⊙ x_r`).
+        x_r: Array1<f32> => "x_r",
+        /// `x_w`, `[C]`: the decay input's.
+        x_w: Array1<f32> => "x_w",
+        /// `x_k`, `[C]`: the key input's.
+        x_k: Array1<f32> => "x_k",
+        /// `x_v`, `[C]`: the value input's.
+        x_v: Array1<f32> => "x_v",
+        /// `x_a`, `[C]`: the learning rate input's.
+        x_a: Array1<f32> => "x_a",
+        /// `x_g`, `[C]`: the gate input's.
+        x_g: Array1<f32> => "x_g",
+        /// `w0`, `[C]`: the decay's bias.
+        w0: Array1<f32> => "w0",
+        /// `w1`, `[C, D_w]` (used as `x W1`, inner `tanh`).
+        w1: Array2<f32> => "w1",
+        /// `w2`, `[D_w, C]`.
+        w2: Array2<f32> => "w2",
+        /// `a0`, `[C]`: the in-context learning rate's bias.
+        a0: Array1<f32> => "a0",
+        /// `a1`, `[C, D_a]`.
+        a1: Array2<f32> => "a1",
+        /// `a2`, `[D_a, C]`.
+        a2: Array2<f32> => "a2",
+        /// `v0`, `[C]`: the value residual's bias (blocks after the first; `None` for block 0, whose values are `v_first`).
+        v0: Option<Array1<f32>> => "v0",
+        /// `v1`, `[C, D_v]` (with `v0`).
+        v1: Option<Array2<f32>> => "v1",
+        /// `v2`, `[D_v, C]` (with `v0`).
+        v2: Option<Array2<f32>> => "v2",
+        /// `g1`, `[C, D_g]` (inner `σ`).
+        g1: Array2<f32> => "g1",
+        /// `g2`, `[D_g, C]`.
+        g2: Array2<f32> => "g2",
+        /// `k_k`, `[C]`: scales `k` before the per-head normalisation.
+        k_k: Array1<f32> => "k_k",
+        /// `k_a`, `[C]`: how much the learning rate scales the written key.
+        k_a: Array1<f32> => "k_a",
+        /// `r_k`, `[H, N]`: weights of the per-head bonus.
+        r_k: Array2<f32> => "r_k",
+        /// `receptance.weight`, `[C, C]` (`[out, in]`, as every projection here).
+        receptance: Array2<f32> => "receptance.weight",
+        /// `key.weight`, `[C, C]`.
+        key: Array2<f32> => "key.weight",
+        /// `value.weight`, `[C, C]`.
+        value: Array2<f32> => "value.weight",
+        /// `output.weight`, `[C, C]`.
+        output: Array2<f32> => "output.weight",
+        /// `ln_x.weight`, `[C]`: the per-head group norm's scale.
+        ln_x_weight: Array1<f32> => "ln_x.weight",
+        /// `ln_x.bias`, `[C]`.
+        ln_x_bias: Array1<f32> => "ln_x.bias",
+    }
+}
+
 impl Rwkv7TimeMix {
+    /// The layer with `heads` heads from its parameters: with the value residual when `v0`,
+    /// `v1` and `v2` are given (a block after the first), without when they are `None` (block
+    /// 0). The width `C` is `receptance`'s input width, the LoRA ranks those of `w1`, `a1`,
+    /// `v1` and `g1`; every other array is checked against them.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`](crate::Error::InputShape) naming `heads` when it does not divide
+    /// `C`; [`Error::MissingTensor`](crate::Error::MissingTensor) naming `v1` or `v2` when only
+    /// some of the value residual is given; [`Error::Shape`](crate::Error::Shape) naming the
+    /// first parameter (by its checkpoint name) of the wrong shape.
+    pub fn new(heads: usize, params: Rwkv7Params) -> Result<Self> {
+        let mut config = layer_config(
+            "Rwkv7TimeMix",
+            Version::V7,
+            params.receptance.ncols(),
+            heads,
+        )?;
+        config.dim_decay_lora = params.w1.ncols();
+        config.dim_a_lora = params.a1.ncols();
+        config.dim_v_lora = params.v1.as_ref().map_or(0, |v1| v1.ncols());
+        config.dim_g_lora = params.g1.ncols();
+        let residual = [
+            params.v0.is_some(),
+            params.v1.is_some(),
+            params.v2.is_some(),
+        ];
+        let layer = usize::from(residual.contains(&true));
+        let tensors = params.into_tensors();
+        build(
+            "Rwkv7TimeMix",
+            &tensors,
+            &config,
+            |att, config| Self::tensor_specs(att, config, layer),
+            |att, config| Self::load(att, config, layer),
+        )
+    }
+
+    /// A layer of width `c` with `heads` heads and random weights in the ranges of trained
+    /// checkpoints (the release's LoRA ranks), with the value residual of a block after the
+    /// first when `value_residual`; reproducible from `seed`.
+    ///
+    /// # Errors
+    /// As [`Rwkv7TimeMix::new`] for `heads` (or a width of 0).
+    pub fn random(c: usize, heads: usize, value_residual: bool, seed: u64) -> Result<Self> {
+        let layer = usize::from(value_residual);
+        random_layer(
+            "Rwkv7TimeMix",
+            Version::V7,
+            (c, heads),
+            layer,
+            seed,
+            |_| {},
+            |block, config| Self::load(&block.pp("att"), config, layer),
+        )
+    }
+
+    /// The width `C`.
+    pub fn width(&self) -> usize {
+        self.receptance.dim().1
+    }
+
+    /// The number of heads `H`.
+    pub fn heads(&self) -> usize {
+        self.r_k.nrows()
+    }
+
+    /// The head size `N`.
+    pub fn head_size(&self) -> usize {
+        self.r_k.ncols()
+    }
+
+    /// Whether the layer mixes its values toward block 0's (a block after the first).
+    pub fn has_value_residual(&self) -> bool {
+        self.value_residual.is_some()
+    }
+
     /// The tensors [`Rwkv7TimeMix::load`] reads under `att` for block `layer`, with their
     /// shapes (block 0: no `v0`, `v1`, `v2`).
     pub fn tensor_specs(att: &Scope, config: &Config, layer: usize) -> Vec<TensorSpec> {

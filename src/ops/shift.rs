@@ -5,7 +5,12 @@
 //! loaders convert with `μ = 1 − μ'`, which is the same function.
 
 use super::{for_each_row_with, map_inplace, Linear, Team};
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+use crate::config::{Config, Version};
+use crate::error::Result;
+use crate::weights::{Scope, Tensor, TensorMap};
+use ndarray::{
+    s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip,
+};
 use rayon::prelude::*;
 
 /// The shift differences `δ_t = x_{t−1} − x_t`, with `x_{−1} = prev` (the last row of the
@@ -148,16 +153,99 @@ pub fn mix(xs: ArrayView2<f32>, delta: ArrayView2<f32>, maa: ArrayView1<f32>) ->
 #[derive(Clone, Debug)]
 pub struct Ddlerp {
     /// `time_maa_x`, `[C]`.
-    pub maa_x: Array1<f32>,
+    pub(crate) maa_x: Array1<f32>,
     /// `time_maa_w, _k, _v, _r, _g` stacked in that order, `[5, C]`.
-    pub maa: Array2<f32>,
+    pub(crate) maa: Array2<f32>,
     /// `time_maa_w1` (stored `[C, 5·D]`, used as `x W1`) as a layer `[5·D, C]`.
-    pub w1: Linear,
+    pub(crate) w1: Linear,
     /// `time_maa_w2` (stored `[5, D, C]`), the five `[D, C]` matrices as layers `[C, D]`.
-    pub w2: [Linear; 5],
+    pub(crate) w2: [Linear; 5],
 }
 
 impl Ddlerp {
+    /// The shift from its parameters as an RWKV-6 checkpoint stores them under
+    /// `blocks.N.att`: `time_maa_x` `[C]`; `time_maa` the coefficients `time_maa_w, _k, _v,
+    /// _r, _g` stacked in that order, `[5, C]`; `time_maa_w1` `[C, 5·D]` (used as `x W1`);
+    /// `time_maa_w2` `[5, D, C]`. `C` is `time_maa_x`'s length and `D` a fifth of
+    /// `time_maa_w1`'s columns; arrays of any memory layout are accepted.
+    ///
+    /// # Errors
+    /// [`Error::Shape`](crate::Error::Shape) naming the first parameter of the wrong shape.
+    pub fn new(
+        time_maa_x: Array1<f32>,
+        time_maa: Array2<f32>,
+        time_maa_w1: Array2<f32>,
+        time_maa_w2: Array3<f32>,
+    ) -> Result<Self> {
+        let (c, d) = (time_maa_x.len(), time_maa_w1.ncols() / 5);
+        let mut map = TensorMap::new();
+        let mut put = |name: &str, a: ndarray::ArrayD<f32>| map.insert(name, Tensor::F32(a));
+        put("time_maa_x", time_maa_x.into_dyn());
+        put("time_maa", time_maa.into_dyn());
+        put("time_maa_w1", time_maa_w1.into_dyn());
+        put("time_maa_w2", time_maa_w2.into_dyn());
+        let scope = Scope::new(&map);
+        let maa = scope.matrix("time_maa", 5, c)?;
+        Ok(Ddlerp {
+            maa_x: scope.vector("time_maa_x", c)?,
+            maa,
+            w1: scope.low_rank("time_maa_w1", c, 5 * d)?,
+            w2: Self::w2(&scope, c, d)?,
+        })
+    }
+
+    /// A shift of width `c` with LoRA rank `d` and random parameters in the ranges of trained
+    /// checkpoints, reproducible from `seed`.
+    ///
+    /// # Errors
+    /// For a width or rank of 0.
+    pub fn random(c: usize, d: usize, seed: u64) -> Result<Self> {
+        crate::mixer::check_arg(
+            c > 0 && d > 0,
+            "Ddlerp",
+            "width and rank",
+            "positive",
+            &[c, d],
+        )?;
+        let mut config = Config::standard(Version::V6, 1, c, c, 1);
+        config.dim_mix_lora = d;
+        let map = crate::synthetic::random_checkpoint(&config, crate::weights::DType::F32, seed)?;
+        Self::load(&Scope::new(&map).pp("blocks.0.att"), c, d)
+    }
+
+    /// The width `C`.
+    pub fn width(&self) -> usize {
+        self.maa_x.len()
+    }
+
+    /// The rank `D` of the low-rank projection.
+    pub fn rank(&self) -> usize {
+        self.w1.dim().0 / 5
+    }
+
+    /// Loads the shift of an RWKV-6 time mix under `att` (width `c`, LoRA rank `d`).
+    pub(crate) fn load(att: &Scope, c: usize, d: usize) -> Result<Self> {
+        let maa = ["w", "k", "v", "r", "g"]
+            .map(|s| att.vector(&format!("time_maa_{s}"), c))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let maa_views: Vec<_> = maa.iter().map(|m| m.view()).collect();
+        Ok(Ddlerp {
+            maa_x: att.vector("time_maa_x", c)?,
+            maa: ndarray::stack(ndarray::Axis(0), &maa_views).expect("five vectors of width C"),
+            w1: att.low_rank("time_maa_w1", c, 5 * d)?,
+            w2: Self::w2(att, c, d)?,
+        })
+    }
+
+    /// `time_maa_w2` under `scope` as five layers `[C, D]`.
+    fn w2(scope: &Scope, c: usize, d: usize) -> Result<[Linear; 5]> {
+        Ok(scope
+            .low_rank_stack("time_maa_w2", 5, d, c)?
+            .try_into()
+            .expect("five layers"))
+    }
+
     /// The five shifted inputs `[x_w, x_k, x_v, x_r, x_g]`.
     ///
     /// # Shapes
