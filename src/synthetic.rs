@@ -6,25 +6,12 @@
 
 use crate::config::{Config, Version};
 use crate::error::{Error, Result};
+use crate::mixer::random::Rng;
 use crate::model::Model;
 use crate::weights::{Tensor, TensorMap};
 use half::{bf16, f16};
-use ndarray::{ArrayD, IxDyn};
 
 pub use crate::weights::DType;
-
-/// Draws uniform arrays from the crate's seeded generator.
-struct Rng(crate::sample::Rng);
-
-impl Rng {
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.0.next_f64() as f32
-    }
-
-    fn array(&mut self, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
-        ArrayD::from_shape_simple_fn(IxDyn(shape), || self.uniform(lo, hi))
-    }
-}
 
 struct Builder {
     map: TensorMap,
@@ -94,7 +81,7 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
     let (h, n) = (config.n_head, config.head_size);
     let mut b = Builder {
         map: TensorMap::new(),
-        rng: Rng(crate::sample::Rng::new(seed)),
+        rng: Rng::new(seed),
         dtype,
     };
     b.stored("emb.weight".into(), &[v, c], -0.5, 0.5);

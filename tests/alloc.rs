@@ -74,7 +74,7 @@ fn allocations_per_20_steps(model: &Model) -> (usize, usize) {
     WATCHED.with(|w| w.set(1));
     rayon::broadcast(|_| WATCHED.with(|w| w.set(2)));
     let vocab = model.config().vocab;
-    let tokens = Rng(3).tokens(22, vocab);
+    let tokens = Rng::new(3).tokens(22, vocab);
     let mut state = model.init_state();
     let mut logits = Array1::zeros(vocab);
     for &t in &tokens[..2] {

@@ -140,7 +140,7 @@ fn an_existing_file_keeps_its_permissions_and_a_link_stays_a_link() {
 fn one_state_always_gives_the_same_bytes() {
     for name in ["v4-b", "v5.2-b", "v6-a", "v7-b"] {
         let model = load_model(&fixture(name));
-        let tokens = Rng(3).tokens(12, model.config().vocab);
+        let tokens = Rng::new(3).tokens(12, model.config().vocab);
         let files: Vec<Vec<u8>> = (0..20)
             .map(|_| {
                 let mut state = model.init_state();
@@ -175,7 +175,7 @@ fn one_state_always_gives_the_same_bytes() {
 #[test]
 fn one_tensor_map_always_gives_the_same_bytes() {
     let dir = scratch_dir("tensor-map");
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let tensors: Vec<(String, Tensor)> = (0..12)
         .map(|i| {
             let a = rng.matrix(3, i + 1, 1.0).into_dyn();

@@ -116,7 +116,7 @@ fn hand_rolled_greedy(
 }
 
 fn prompt(n: usize, vocab: usize) -> Vec<u32> {
-    common::Rng(n as u64).tokens(n, vocab)
+    common::Rng::new(n as u64).tokens(n, vocab)
 }
 
 #[test]

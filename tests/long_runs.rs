@@ -28,7 +28,7 @@ fn hundred_thousand_steps_stay_finite_for_every_version() {
     for name in ["v4-a", "v5.0-a", "v5.1-a", "v5.2-a", "v6-a", "v7-a"] {
         let model = load_model(&fixture(name));
         let vocab = model.config().vocab;
-        let tokens = Rng(17).tokens(STEPS, vocab);
+        let tokens = Rng::new(17).tokens(STEPS, vocab);
         let mut state = model.init_state();
         let size = state_len(&state);
         let mut logits = ndarray::Array1::zeros(vocab);
@@ -82,7 +82,9 @@ fn eight_threads_on_one_model_equal_sequential_runs() {
     ];
     for model in &models {
         let vocab = model.config().vocab;
-        let inputs: Vec<Vec<u32>> = (0..8).map(|i| Rng(100 + i).tokens(40, vocab)).collect();
+        let inputs: Vec<Vec<u32>> = (0..8)
+            .map(|i| Rng::new(100 + i).tokens(40, vocab))
+            .collect();
         let sequential: Vec<_> = inputs.iter().map(|tokens| run(model, tokens)).collect();
         let concurrent: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = inputs

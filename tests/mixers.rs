@@ -24,7 +24,7 @@ where
     M: SequenceMixer,
     M::State: PartialEq + std::fmt::Debug,
 {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut warm = m.init_state();
     m.forward(rng.matrix(5, c, 1.0).view(), &mut warm);
     let xs = rng.matrix(257, c, 1.0);
@@ -102,7 +102,7 @@ fn wkv_reference(
 #[test]
 fn wkv_kernel_matches_f64_reference_at_extreme_decays() {
     let (h, n, t) = (3, 8, 100);
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     let (r, k, v) = (
         rng.matrix(t, h * n, 1.0),
         rng.matrix(t, h * n, 1.0),
@@ -165,7 +165,7 @@ fn wkv4_reference(
 #[test]
 fn wkv4_kernel_is_stable_for_extreme_keys_and_decays() {
     let (t, c) = (64, 6);
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     // Keys up to ±60 (e^60 overflows f32 without the running maximum).
     let k = rng.matrix(t, c, 60.0);
     let v = rng.matrix(t, c, 1.0);

@@ -34,7 +34,7 @@ fn state_diff(a: &State, b: &State) -> f32 {
 fn forward_equals_steps() {
     for dir in fixtures() {
         let model = load_model(&dir);
-        let tokens = Rng(7).tokens(257, model.config().vocab);
+        let tokens = Rng::new(7).tokens(257, model.config().vocab);
         let mut step_state = model.init_state();
         let by_step = steps(&model, &tokens, &mut step_state);
         for t in [1, 2, 7, 64, 257] {
@@ -73,7 +73,7 @@ fn step_into_equals_forward() {
         let vocab = model.config().vocab;
         // The tokens of `forward_equals_steps` (the chunked sequence path sums in another order;
         // with some other tokens RWKV-5.0's fixture b differs from the recurrence by 1.5e-4).
-        let tokens = Rng(7).tokens(40, vocab);
+        let tokens = Rng::new(7).tokens(40, vocab);
         let mut seq_state = model.init_state();
         let all = model.forward(&tokens, &mut seq_state, Logits::All).unwrap();
         let fresh = model.init_state();
@@ -114,7 +114,7 @@ fn step_into_equals_forward() {
 fn split_prompt_carries_state() {
     for dir in fixtures() {
         let model = load_model(&dir);
-        let tokens = Rng(11).tokens(64, model.config().vocab);
+        let tokens = Rng::new(11).tokens(64, model.config().vocab);
         let mut whole_state = model.init_state();
         let whole = model
             .forward(&tokens, &mut whole_state, Logits::All)
@@ -158,7 +158,7 @@ fn cloned_state_forks_independently() {
 #[test]
 fn model_serves_threads_at_once() {
     let model = load_model(&fixture("v5.2-b"));
-    let tokens = Rng(3).tokens(20, model.config().vocab);
+    let tokens = Rng::new(3).tokens(20, model.config().vocab);
     let mut state = model.init_state();
     let expected = model.forward(&tokens, &mut state, Logits::Last).unwrap();
     std::thread::scope(|scope| {
@@ -181,7 +181,7 @@ fn step_batch_equals_separate_steps() {
     for dir in fixtures() {
         let model = load_model(&dir);
         let vocab = model.config().vocab;
-        let mut rng = Rng(21);
+        let mut rng = Rng::new(21);
         for b in [1usize, 3, 8] {
             // Sessions at different points of different prompts.
             let mut states: Vec<State> = (0..b)
@@ -229,7 +229,7 @@ fn parallel_decode_equals_single_thread_decode() {
     for version in [Version::V4, Version::V5_2, Version::V6, Version::V7] {
         let config = Config::standard(version, 2, 256, 64, 1000);
         let model = random_model(&config, DType::F16, 5).unwrap();
-        let tokens = Rng(8).tokens(12, config.vocab);
+        let tokens = Rng::new(8).tokens(12, config.vocab);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

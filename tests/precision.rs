@@ -40,7 +40,7 @@ fn half_precision_models_match_f32() {
     for dir in fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let f32_model = load_model(&dir);
-        let tokens = Rng(5).tokens(32, f32_model.config().vocab);
+        let tokens = Rng::new(5).tokens(32, f32_model.config().vocab);
         let reference = logits(&f32_model, &tokens);
         for (dtype, storage, tol) in [
             (Dtype::F16, Storage::F16, F16_RMS_TOL),

@@ -197,7 +197,7 @@ fn weights<F: BlockFormat>(rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
 /// references: the dequantized weights times the dequantized activation (to rounding), and
 /// times the activation itself (within the activation's quantization error).
 fn kernels_agree<F: BlockFormat<Activation = Q8KActivation> + Clone>() {
-    let mut rng = Rng(0x5eed ^ F::BYTES as u64);
+    let mut rng = Rng::new(0x5eed ^ F::BYTES as u64);
     for cols in [256, 512, 768, 1280, 2304, 4096] {
         let rows = 5;
         let bytes = weights::<F>(&mut rng, rows, cols);
@@ -321,7 +321,7 @@ fn measure_row_dots_bandwidth() {
         let secs = start.elapsed().as_secs_f64() / iters as f64;
         (m.size_bytes() as f64 / secs / 1e9, secs * 1e6)
     }
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for (rows, cols) in [(768, 768), (2688, 768)] {
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.05).collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();

@@ -127,7 +127,7 @@ fn integer_activation(rng: &mut Rng, n: usize) -> Vec<f32> {
 /// With scales of 1 every product is an integer below 2²⁴ (up to 1024 values), exact in f32
 /// in any order: every kernel gives the exact integer dot product.
 fn integer_parts_exact<F: BlockFormat>() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for blocks in [1, 2, 3, 5, 8, 17, 32] {
         for _ in 0..4 {
             let row = random_blocks::<F>(&mut rng, blocks, 1.0);
@@ -223,7 +223,7 @@ fn q5_1_integer_parts_exact() {
 /// weights with the quantized activation, and within the activation's quantization error of
 /// the f64 product with the vector itself.
 fn against_reference<F: BlockFormat + Clone>() {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     for blocks in [1, 2, 3, 7, 24, 33, 96, 128] {
         let n = blocks * 32;
         let rows = 5;
@@ -306,7 +306,7 @@ fn q5_1_dots_against_reference() {
 /// formats with the same vector: each call's results are those of its own values.
 #[test]
 fn activations_reused_only_for_the_same_values() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let (rows, n) = (6, 96);
     let values: Vec<f32> = (0..rows * n).map(|_| rng.normal()).collect();
     let q8 = Quantized::<Q8_0>::quantize(&values, rows, n);
@@ -437,7 +437,7 @@ fn product_time(m: &dyn Matrix, x: &[f32], chunk: usize) -> f64 {
 #[test]
 #[ignore]
 fn measure_streaming() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for (rows, cols) in [(768, 768), (2688, 768), (768, 2688), (65536, 768)] {
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.05).collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();

@@ -116,7 +116,7 @@ fn run(x: [ArrayView2<f32>; 6], s: &mut Array3<f32>, chunk: usize) -> Array2<f32
 /// value.
 fn check_against_reference(x: &Inputs, h: usize, n: usize, chunks: &[usize], tol: f64) {
     let t = x.r.nrows();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     let s0 = warm_state(&mut rng, h, n);
     let mut s64 = s0.mapv(f64::from);
     let y64 = reference(x, &mut s64);
@@ -144,7 +144,7 @@ fn check_against_reference(x: &Inputs, h: usize, n: usize, chunks: &[usize], tol
 fn scan_and_chunked_equal_the_f64_recurrence() {
     // T = 257 leaves a last chunk of 1 (chunks 2, 16), 2 (chunk 3) or none (chunk T).
     for (h, n, t) in [(2, 64, 257), (3, 16, 100), (1, 12, 33), (2, 8, 1)] {
-        let x = Inputs::new(&mut Rng(17 + t as u64), h, n, t);
+        let x = Inputs::new(&mut Rng::new(17 + t as u64), h, n, t);
         check_against_reference(&x, h, n, &[0, 1, 2, 3, 16, 64, t], 1e-5);
     }
 }
@@ -152,8 +152,8 @@ fn scan_and_chunked_equal_the_f64_recurrence() {
 #[test]
 fn chunked_carries_state_across_calls() {
     let (h, n, t) = (2, 16, 100);
-    let x = Inputs::new(&mut Rng(3), h, n, t);
-    let s0 = warm_state(&mut Rng(4), h, n);
+    let x = Inputs::new(&mut Rng::new(3), h, n, t);
+    let s0 = warm_state(&mut Rng::new(4), h, n);
     let mut whole_state = s0.clone();
     let whole = run(x.rows(0..t), &mut whole_state, 0);
     for (split, chunk) in [(1, 16), (17, 16), (50, 7), (99, 32)] {
@@ -179,7 +179,7 @@ fn extreme_decays_stay_finite_and_exact() {
     // Decays exactly 1 and 0, and next to them, mixed per channel and token: the chunked form
     // must fall back from quotients of decays to products of them.
     let (h, n, t) = (2, 16, 80);
-    let mut x = Inputs::new(&mut Rng(8), h, n, t);
+    let mut x = Inputs::new(&mut Rng::new(8), h, n, t);
     let choices = [1.0, 0.999_999, 0.9, 0.5, 1e-6, 0.0];
     x.w = Array2::from_shape_fn((t, h * n), |(i, j)| {
         choices[(i * 7 + j * 3) % choices.len()]
@@ -192,7 +192,7 @@ fn long_sequences_stay_close_to_f64() {
     // The transition is not a contraction in every direction; over thousands of tokens f32
     // rounding must still not grow.
     let (h, n, t) = (1, 16, 4096);
-    let x = Inputs::new(&mut Rng(21), h, n, t);
+    let x = Inputs::new(&mut Rng::new(21), h, n, t);
     check_against_reference(&x, h, n, &[0, 16, 64], 1e-4);
 }
 
@@ -201,7 +201,7 @@ fn value_residual_is_carried_from_block_zero() {
     // Blocks after the first mix their values toward block 0's: carrying `v_first` through the
     // blocks (as the model does) differs from running each block as its own first.
     let model = load_model(&fixture("v7-b"));
-    let xs = Rng(7).matrix(12, model.config().n_embd, 1.0);
+    let xs = Rng::new(7).matrix(12, model.config().n_embd, 1.0);
     let run_blocks = |carry: bool| {
         let mut state = model.init_state();
         let mut x = xs.clone();
@@ -235,7 +235,7 @@ fn time_mix_paths_agree_with_the_value_residual() {
     let TimeMix::V7(att) = &model.blocks()[1].att else {
         panic!("an RWKV-7 block")
     };
-    let mut rng = Rng(12);
+    let mut rng = Rng::new(12);
     let mut warm = att.init_state();
     att.forward(rng.matrix(5, c, 1.0).view(), &mut warm);
     let xs = rng.matrix(257, c, 1.0);
@@ -276,7 +276,7 @@ fn time_mix_paths_agree_with_the_value_residual() {
 fn time_state_file(model: &Model) -> (Vec<u8>, Vec<Array3<f32>>) {
     let c = model.config();
     let (h, n) = (c.n_head, c.head_size);
-    let mut rng = Rng(31);
+    let mut rng = Rng::new(31);
     let tuned: Vec<Array3<f32>> = (0..c.n_layer)
         .map(|_| Array3::from_shape_simple_fn((h, n, n), || 0.5 * rng.uniform()))
         .collect();
@@ -368,7 +368,7 @@ fn wkv7_speed() {
     // A released model's heads (C = 768), prompts of several lengths; the best of many runs.
     let (h, n) = (12, 64);
     for t in [1usize, 2, 4, 8, 16, 64, 512] {
-        let x = Inputs::new(&mut Rng(5), h, n, t);
+        let x = Inputs::new(&mut Rng::new(5), h, n, t);
         let chunks = [0usize, 8, 16, 32];
         let mut best = [f64::INFINITY; 4];
         for _ in 0..(10_000 / t).clamp(20, 400) {

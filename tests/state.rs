@@ -9,7 +9,7 @@ use tokenshift::{Logits, State};
 fn saved_state_continues_exactly() {
     for dir in fixtures() {
         let model = load_model(&dir);
-        let tokens = Rng(9).tokens(40, model.config().vocab);
+        let tokens = Rng::new(9).tokens(40, model.config().vocab);
         let mut state = model.init_state();
         model
             .forward(&tokens[..25], &mut state, Logits::Last)

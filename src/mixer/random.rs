@@ -1,27 +1,20 @@
-//! Seeded random parameters for the standalone mixers' `random` constructors (tests, benches).
+//! Seeded random parameters for the `random` constructors of the layers and of synthetic
+//! checkpoints (tests, benches), drawn from the crate's one generator ([`crate::sample::Rng`]).
 
 use crate::ops::Linear;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
 
-/// splitmix64 with Box–Muller normals: small, seedable and ample for test weights.
-pub(crate) struct Rng(u64);
+/// Uniform and normal draws of parameters from the crate's generator.
+pub(crate) struct Rng(crate::sample::Rng);
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Rng(crate::sample::Rng::new(seed))
     }
 
     /// Uniform in `[0, 1)`, f64.
     pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     /// Uniform in `[lo, hi)`.
@@ -39,6 +32,11 @@ impl Rng {
     /// `[rows, cols]` uniform in `[lo, hi)`.
     pub(crate) fn matrix(&mut self, rows: usize, cols: usize, lo: f32, hi: f32) -> Array2<f32> {
         Array2::from_shape_simple_fn((rows, cols), || self.uniform(lo, hi))
+    }
+
+    /// An array of `shape` uniform in `[lo, hi)`.
+    pub(crate) fn array(&mut self, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
+        ArrayD::from_shape_simple_fn(IxDyn(shape), || self.uniform(lo, hi))
     }
 
     /// `[n]` uniform in `[lo, hi)`.

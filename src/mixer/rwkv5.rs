@@ -20,7 +20,7 @@ use super::wkv::{self, WkvInputs};
 use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
-use crate::ops::{shift, silu, zip_inplace, GroupNorm, Linear, Team};
+use crate::ops::{shift, silu, zip_inplace, HeadNorm, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -98,7 +98,7 @@ impl WkvState {
 #[derive(Clone, Debug)]
 pub struct WkvOutput {
     /// `att.ln_x`, per head, eps 64e-5.
-    pub(crate) ln_x: GroupNorm,
+    pub(crate) ln_x: HeadNorm,
     /// `att.gate.weight`, `[C, C]` (absent in 5.0).
     pub(crate) gate: Option<Linear>,
     /// `att.output.weight`, `[C, C]`.
@@ -120,7 +120,7 @@ impl WkvOutput {
     pub(crate) fn load(att: &Scope, config: &Config, gated: bool) -> Result<Self> {
         let c = config.n_embd;
         Ok(WkvOutput {
-            ln_x: GroupNorm::new(
+            ln_x: HeadNorm::rwkv(
                 att.vector("ln_x.weight", c)?,
                 att.vector("ln_x.bias", c)?,
                 config.n_head,

@@ -48,6 +48,12 @@ pub struct Rwkv6TimeMix {
     pub(crate) out: WkvOutput,
 }
 
+/// The log-decay `ln w = −exp(time_decay + z)` of one channel, `z` the low-rank term
+/// `tanh(x_w D1) D2` (shared by the sequence and the one-token paths).
+fn log_decay_of(z: f32, time_decay: f32) -> f32 {
+    -(z + time_decay).exp()
+}
+
 layer_params! {
     /// The parameters of an RWKV-6 time mix, named and laid out as a BlinkDL checkpoint stores
     /// them under `blocks.N.att` (width `C`, `H` heads of `N`, LoRA ranks `D` and `D_w`), for
@@ -215,7 +221,7 @@ impl Rwkv6TimeMix {
         map_inplace(&mut d, f32::tanh);
         let mut d = self.decay_w2.forward(d.view());
         for_each_row(d.view_mut(), |mut row| {
-            row.zip_mut_with(&self.time_decay, |d, &base| *d = -(*d + base).exp())
+            row.zip_mut_with(&self.time_decay, |d, &base| *d = log_decay_of(*d, base))
         });
         d
     }
@@ -299,7 +305,7 @@ impl Rwkv6TimeMix {
         team.matvec_into(&self.decay_w2, sc.z_decay.view(), sc.w.view_mut());
         Zip::from(&mut sc.w)
             .and(&self.time_decay)
-            .for_each(|w, &d| *w = (-(*w + d).exp()).exp());
+            .for_each(|w, &base| *w = log_decay_of(*w, base).exp());
         let u = self
             .bonus
             .view()

@@ -21,7 +21,7 @@ use super::rwkv5::WkvState;
 use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
-use crate::ops::{join4, shift, sigmoid, GroupNorm, Linear, Team};
+use crate::ops::{join4, shift, sigmoid, HeadNorm, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
@@ -118,17 +118,87 @@ pub struct Rwkv7TimeMix {
     /// `att.output.weight`, `[C, C]`.
     pub(crate) output: Linear,
     /// `att.ln_x`, per head, eps 64e-5.
-    pub(crate) ln_x: GroupNorm,
+    pub(crate) ln_x: HeadNorm,
 }
 
-/// Divides each head's `n` channels of every row by their L2 norm (at least 1e-12), as
-/// `F.normalize(·, dim=-1)` does.
-fn normalise_heads(x: &mut Array2<f32>, n: usize) {
-    for mut row in x.rows_mut() {
-        for mut head in row.exact_chunks_mut(n) {
-            let norm = head.dot(&head).sqrt().max(1e-12);
-            head /= norm;
-        }
+// The element-wise formulas of one token, shared by the sequence path (row by row) and the
+// one-token path.
+
+/// The decay `w = exp(−0.606531 · σ(z))` of its pre-activation `z = w0 + tanh(x_w W1) W2`.
+fn decay_of(z: f32) -> f32 {
+    (-DECAY_SCALE / (1.0 + (-z).exp())).exp()
+}
+
+/// `κ̂`: `k ⊙ k_k` with each head's `n` channels divided by their L2 norm (at least 1e-12,
+/// as `F.normalize(·, dim=-1)` does).
+fn normalised_key(
+    k: ArrayView1<f32>,
+    k_k: ArrayView1<f32>,
+    n: usize,
+    mut kappa: ArrayViewMut1<f32>,
+) {
+    Zip::from(&mut kappa)
+        .and(&k)
+        .and(&k_k)
+        .for_each(|kappa, &k, &kk| *kappa = k * kk);
+    for mut head in kappa.exact_chunks_mut(n) {
+        let norm = head.dot(&head).sqrt().max(1e-12);
+        head /= norm;
+    }
+}
+
+/// The key written to the state: `k ← k ⊙ (1 + (a − 1) ⊙ k_a)`.
+fn scale_key(mut k: ArrayViewMut1<f32>, a: ArrayView1<f32>, k_a: ArrayView1<f32>) {
+    Zip::from(&mut k)
+        .and(&a)
+        .and(&k_a)
+        .for_each(|k, &a, &ka| *k *= 1.0 + (a - 1.0) * ka);
+}
+
+/// The value residual: `v ← v + (v_first − v) ⊙ σ(v0 + m)`, `mix` holding `m` (turned into
+/// `σ(v0 + m)` in place).
+fn mix_value(
+    mut v: ArrayViewMut1<f32>,
+    first: ArrayView1<f32>,
+    v0: ArrayView1<f32>,
+    mut mix: ArrayViewMut1<f32>,
+) {
+    Zip::from(&mut mix)
+        .and(&v0)
+        .for_each(|m, &v0| *m = 1.0 / (1.0 + (-(*m + v0)).exp()));
+    Zip::from(&mut v)
+        .and(&first)
+        .and(&mix)
+        .for_each(|v, &f, &m| *v += (f - *v) * m);
+}
+
+/// The rank-one update's vectors: `neg ← −κ̂`, then `κ̂ ← κ̂ ⊙ a`.
+fn split_kappa(mut kappa: ArrayViewMut1<f32>, a: ArrayView1<f32>, mut neg: ArrayViewMut1<f32>) {
+    Zip::from(&mut neg)
+        .and(&mut kappa)
+        .and(&a)
+        .for_each(|neg, kappa, &a| {
+            *neg = -*kappa;
+            *kappa *= a;
+        });
+}
+
+/// The per-head bonus `y_h += (Σ_i r_i k_i r_k[h, i]) v_h` over heads of `n` channels.
+fn add_bonus(
+    mut y: ArrayViewMut1<f32>,
+    r: ArrayView1<f32>,
+    k: ArrayView1<f32>,
+    v: ArrayView1<f32>,
+    r_k: ArrayView2<f32>,
+    n: usize,
+) {
+    for (h, mut yh) in y.exact_chunks_mut(n).into_iter().enumerate() {
+        let cols = s![h * n..(h + 1) * n];
+        let bonus: f32 = Zip::from(r.slice(cols))
+            .and(k.slice(cols))
+            .and(r_k.row(h))
+            .fold(0.0, |acc, &r, &k, &rk| acc + r * k * rk);
+        yh.scaled_add(bonus, &v.slice(cols));
     }
 }
 
@@ -333,7 +403,7 @@ impl Rwkv7TimeMix {
             key: att.linear("key.weight", c, c)?,
             value: att.linear("value.weight", c, c)?,
             output: att.linear("output.weight", c, c)?,
-            ln_x: GroupNorm::new(
+            ln_x: HeadNorm::rwkv(
                 att.vector("ln_x.weight", c)?,
                 att.vector("ln_x.bias", c)?,
                 h,
@@ -345,7 +415,7 @@ impl Rwkv7TimeMix {
     pub fn decay(&self, xw: ArrayView2<f32>) -> Array2<f32> {
         let mut d = self.decay.forward(xw, |z| z.mapv_inplace(f32::tanh));
         d += &self.w0;
-        d.mapv_inplace(|z| (-DECAY_SCALE / (1.0 + (-z).exp())).exp());
+        d.mapv_inplace(decay_of);
         d
     }
 
@@ -449,29 +519,28 @@ impl Rwkv7TimeMix {
             || self.gate.forward(xg.view(), sigmoid),
         );
 
-        let mut kappa = &k * &self.k_k;
-        normalise_heads(&mut kappa, n);
-        Zip::from(k.rows_mut()).and(a.rows()).for_each(|mut k, a| {
-            Zip::from(&mut k)
-                .and(&a)
-                .and(&self.k_a)
-                .for_each(|k, &a, &ka| *k *= 1.0 + (a - 1.0) * ka)
-        });
+        let mut kappa = Array2::zeros(k.raw_dim());
+        let mut neg_kappa = Array2::zeros(k.raw_dim());
+        Zip::from(k.rows_mut())
+            .and(a.rows())
+            .and(kappa.rows_mut())
+            .and(neg_kappa.rows_mut())
+            .for_each(|k, a, mut kappa, neg| {
+                normalised_key(k.view(), self.k_k.view(), n, kappa.view_mut());
+                scale_key(k, a, self.k_a.view());
+                split_kappa(kappa, a, neg);
+            });
         if let (Some(res), Some(first)) = (&self.value_residual, v_first.as_ref()) {
             assert_eq!(first.dim(), v.dim(), "Rwkv7TimeMix: v_first shape");
             let mut mix = res.lora.forward(xv.view(), |_| ());
-            mix += &res.v0;
-            sigmoid(&mut mix);
-            Zip::from(&mut v)
-                .and(first)
-                .and(&mix)
-                .for_each(|v, &f, &m| *v += (f - *v) * m);
+            Zip::from(v.rows_mut())
+                .and(first.rows())
+                .and(mix.rows_mut())
+                .for_each(|v, first, mix| mix_value(v, first, res.v0.view(), mix));
         } else {
             *v_first = Some(v.clone());
         }
 
-        let neg_kappa = kappa.mapv(|x| -x);
-        kappa *= &a;
         let mut y = recur([
             r.view(),
             w.view(),
@@ -485,16 +554,7 @@ impl Rwkv7TimeMix {
             .and(r.rows())
             .and(k.rows())
             .and(v.rows())
-            .for_each(|mut y, r, k, v| {
-                for (h, mut yh) in y.exact_chunks_mut(n).into_iter().enumerate() {
-                    let cols = h * n..(h + 1) * n;
-                    let bonus: f32 = Zip::from(r.slice(ndarray::s![cols.clone()]))
-                        .and(k.slice(ndarray::s![cols.clone()]))
-                        .and(self.r_k.row(h))
-                        .fold(0.0, |acc, &r, &k, &rk| acc + r * k * rk);
-                    yh.scaled_add(bonus, &v.slice(ndarray::s![cols]));
-                }
-            });
+            .for_each(|y, r, k, v| add_bonus(y, r, k, v, self.r_k.view(), n));
         y *= &g;
         self.output.forward(y.view())
     }
@@ -628,42 +688,26 @@ impl Rwkv7TimeMix {
         }
         Zip::from(&mut sc.w)
             .and(&self.w0)
-            .for_each(|w, &w0| *w = (-DECAY_SCALE / (1.0 + (-(*w + w0)).exp())).exp());
+            .for_each(|w, &w0| *w = decay_of(*w + w0));
         sc.a += &self.a0;
         sigmoid(&mut sc.a);
 
-        Zip::from(&mut sc.kappa)
-            .and(&sc.k)
-            .and(&self.k_k)
-            .for_each(|kappa, &k, &kk| *kappa = k * kk);
-        for mut head in sc.kappa.exact_chunks_mut(n) {
-            let norm = head.dot(&head).sqrt().max(1e-12);
-            head /= norm;
-        }
-        Zip::from(&mut sc.k)
-            .and(&sc.a)
-            .and(&self.k_a)
-            .for_each(|k, &a, &ka| *k *= 1.0 + (a - 1.0) * ka);
+        normalised_key(sc.k.view(), self.k_k.view(), n, sc.kappa.view_mut());
+        scale_key(sc.k.view_mut(), sc.a.view(), self.k_a.view());
+        split_kappa(sc.kappa.view_mut(), sc.a.view(), sc.neg_kappa.view_mut());
         match (&self.value_residual, v_first) {
             (Some(res), Some(first)) => {
-                sc.mix += &res.v0;
-                sigmoid(&mut sc.mix);
-                Zip::from(&mut sc.v)
-                    .and(&first)
-                    .and(&sc.mix)
-                    .for_each(|v, &f, &m| *v += (f - *v) * m);
+                mix_value(
+                    sc.v.view_mut(),
+                    first.view(),
+                    res.v0.view(),
+                    sc.mix.view_mut(),
+                );
             }
             (None, Some(mut first)) => first.assign(&sc.v),
             (_, None) => {}
         }
 
-        Zip::from(&mut sc.neg_kappa)
-            .and(&mut sc.kappa)
-            .and(&sc.a)
-            .for_each(|neg, kappa, &a| {
-                *neg = -*kappa;
-                *kappa *= a;
-            });
         wkv7::step_into(
             sc.r.view(),
             sc.w.view(),
@@ -675,14 +719,8 @@ impl Rwkv7TimeMix {
             sc.y.view_mut(),
         );
         self.ln_x.forward_one_inplace(sc.y.view_mut());
-        for (h, mut yh) in sc.y.exact_chunks_mut(n).into_iter().enumerate() {
-            let cols = s![h * n..(h + 1) * n];
-            let bonus: f32 = Zip::from(sc.r.slice(cols))
-                .and(sc.k.slice(cols))
-                .and(self.r_k.row(h))
-                .fold(0.0, |acc, &r, &k, &rk| acc + r * k * rk);
-            yh.scaled_add(bonus, &sc.v.slice(cols));
-        }
+        let (r, k, v) = (sc.r.view(), sc.k.view(), sc.v.view());
+        add_bonus(sc.y.view_mut(), r, k, v, self.r_k.view(), n);
         sc.y *= &sc.g;
         team.matvec_into(&self.output, sc.y.view(), out);
     }

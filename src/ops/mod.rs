@@ -36,6 +36,6 @@ pub(crate) use elementwise::{for_each_row, for_each_row_with, map_inplace, zip_i
 pub(crate) use kernels::wkv_step;
 pub use linear::Linear;
 pub use matrix::{Matrix, Prepared};
-pub use norm::{GroupNorm, HeadNorm, LayerNorm, NormKind};
+pub use norm::{HeadNorm, LayerNorm, NormKind};
 pub use simd::{Cpu, Element};
 pub(crate) use team::{with_team, Team, TeamBuffers};

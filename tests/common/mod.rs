@@ -117,16 +117,16 @@ pub fn max_abs_diff_list(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// A small deterministic generator (splitmix64) for test inputs.
-pub struct Rng(pub u64);
+/// Test inputs drawn from the crate's generator ([`tokenshift::sample::Rng`]).
+pub struct Rng(tokenshift::sample::Rng);
 
 impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(tokenshift::sample::Rng::new(seed))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [-1, 1).

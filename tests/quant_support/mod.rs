@@ -2,16 +2,16 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
-/// SplitMix64: reproducible test values without a dependency.
-pub struct Rng(pub u64);
+/// Reproducible test values from the crate's generator ([`tokenshift::sample::Rng`]).
+pub struct Rng(tokenshift::sample::Rng);
 
 impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(tokenshift::sample::Rng::new(seed))
+    }
+
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [-1, 1).
