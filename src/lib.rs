@@ -79,7 +79,7 @@ pub use config::{Config, Version};
 pub use error::{Error, Result};
 pub use generate::{Session, StopReason, Text, TextStream, Tokens};
 pub use mixer::SequenceMixer;
-pub use model::{Logits, Model};
+pub use model::{Executor, Logits, Model};
 pub use sample::{Sampler, SamplerConfig};
 pub use save::{write_atomic, write_atomic_with, SafeTensorsStream, StreamEntry};
 pub use state::State;

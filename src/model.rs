@@ -37,6 +37,29 @@ pub enum Logits {
     All,
 }
 
+/// How one-token decode ([`Model::step`], [`Model::step_into`]) runs its matrix products
+/// ([`Model::set_executor`]). Every choice gives the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Executor {
+    /// The team where it pays: for a model large enough (about 8 M weights read per token),
+    /// runs alternate between the team and the calling thread alone at first, then take the
+    /// faster on average and probe the other now and then (with another process busy on a
+    /// core, the calling thread alone can be faster); smaller models run on the calling
+    /// thread. The default.
+    #[default]
+    Auto,
+    /// Always the team: on threads of the team's own (as many as rayon's pool has, apart from
+    /// rayon's global pool), one leads the token while the calling thread waits and, for each
+    /// product (or group of independent products), the others take row chunks beside it; the
+    /// lead never waits for a helper that fell behind, it computes the helper's chunk itself.
+    Team,
+    /// Each product split across rayon's global pool by a fork-join of its own.
+    ForkJoin,
+    /// Every product on the calling thread.
+    Serial,
+}
+
 /// The buffers of [`Model::step_into`]: kept in a [`State`] (made with it, or on its first
 /// step), cloned with it, never saved, loaded or compared.
 #[derive(Clone)]
@@ -75,6 +98,8 @@ pub struct Model {
     head: Linear,
     /// Storage bytes of every matrix of the blocks (projections and low-rank factors).
     block_bytes: usize,
+    /// How one-token decode runs its products.
+    executor: Executor,
 }
 
 /// The token embedding: `emb.weight` as stored (in place in a memory-mapped file), with
@@ -219,6 +244,7 @@ impl Model {
             head: root.linear("head.weight", v, c)?,
             block_bytes: tally.into_inner(),
             config,
+            executor: Executor::Auto,
         })
     }
 
@@ -345,11 +371,22 @@ impl Model {
         Ok(logits)
     }
 
+    /// How one-token decode runs its matrix products.
+    pub fn executor(&self) -> Executor {
+        self.executor
+    }
+
+    /// Sets how one-token decode runs its matrix products ([`Executor::Auto`] unless set).
+    pub fn set_executor(&mut self, executor: Executor) {
+        self.executor = executor;
+    }
+
     /// Runs one token and writes its logits `[V]` into `logits`: the recurrent path, every
     /// intermediate in buffers kept in the state. After the state's first step (or none, for
-    /// a state from [`Model::init_state`]) it allocates nothing on the heap. The calling thread
-    /// runs the token and shares its matrix products with idle threads of rayon's pool when
-    /// that pays ([`crate::ops::with_team`]); the result is the same bits either way. Gives the
+    /// a state from [`Model::init_state`]) it allocates nothing on the heap. The matrix
+    /// products run as [`Model::executor`] says (by default shared between the team's threads
+    /// when that pays); the result is the same bits either way.
+    /// Gives the
     /// same logits and state as [`Model::forward`] on the one token (up to rounding).
     ///
     /// # Errors
@@ -387,12 +424,22 @@ impl Model {
             ..
         } = &mut **workspace.as_mut().expect("made above");
         self.emb.row_into(token as usize, x.view_mut());
-        if self.parallel_decode() {
-            with_team(team, |team| {
-                self.decode(blocks, x, xn, v_first, scratch, logits, team)
-            });
-        } else {
-            self.decode(blocks, x, xn, v_first, scratch, logits, &Team::serial());
+        let team_run = match self.executor {
+            Executor::Auto if self.parallel_decode() => Some(true),
+            Executor::Team => Some(false),
+            _ => None,
+        };
+        match team_run {
+            Some(measured) => with_team(team, measured, |t| {
+                self.decode(blocks, x, xn, v_first, scratch, logits, t)
+            }),
+            None => {
+                let t = match self.executor {
+                    Executor::ForkJoin => Team::pool(),
+                    _ => Team::serial(),
+                };
+                self.decode(blocks, x, xn, v_first, scratch, logits, &t)
+            }
         }
         Ok(())
     }

@@ -249,3 +249,34 @@ fn parallel_decode_equals_single_thread_decode() {
         }
     }
 }
+
+/// Every executor of one-token decode gives the same bits, on models large enough for `Auto`
+/// to use the team and on the fixtures (where `Auto` runs on the calling thread).
+#[test]
+fn every_executor_gives_the_same_bits() {
+    use tokenshift::synthetic::{random_model, DType};
+    use tokenshift::{Config, Executor, Version};
+    let mut models: Vec<Model> = fixtures().iter().map(|d| load_model(d)).collect();
+    for version in [Version::V6, Version::V7] {
+        let config = Config::standard(version, 2, 512, 64, 8192);
+        models.push(random_model(&config, DType::F16, 3).unwrap());
+    }
+    for mut model in models {
+        let tokens = Rng::new(31).tokens(8, model.config().vocab);
+        let run = |model: &Model| {
+            let mut state = model.init_state();
+            steps(model, &tokens, &mut state)
+        };
+        let want = run(&model);
+        for executor in [
+            Executor::Team,
+            Executor::ForkJoin,
+            Executor::Serial,
+            Executor::Auto,
+        ] {
+            model.set_executor(executor);
+            assert_eq!(model.executor(), executor);
+            assert_eq!(run(&model), want, "{executor:?}: {}", model.config());
+        }
+    }
+}

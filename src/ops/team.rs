@@ -306,13 +306,15 @@ impl<'t, 'w> Team<'t, 'w> {
     }
 }
 
-/// Runs `f` as the lead of a team: the calling thread runs `f`, and up to
-/// `buffers`' helper count of rayon's workers take row chunks of the products `f` sends
-/// through its [`Team`]. Called from outside rayon's pool, `f` runs on one of its workers
-/// while the calling thread waits.
+/// Runs `f` as the lead of a team on the team's own threads ([`helper_pool`], not rayon's
+/// global pool): one of them runs `f` while the calling thread waits, and up to `buffers`'
+/// helper count of the others take row chunks of the products `f` sends through its
+/// [`Team`]. A helper that starts late (its thread busy with another run) takes whatever
+/// chunks are left, or none.
 ///
-/// Without helpers (one rayon thread), or when the helpers do not pay, `f` runs on the calling
-/// thread with [`Team::serial`]. Whether they pay is measured: the buffers keep the average
+/// Without helper threads (rayon has one thread), `f` runs on the calling thread with
+/// [`Team::serial`]. Unless `measured`, every run takes the helpers; if `measured`, a run
+/// takes them only when they pay, which is measured: the buffers keep the average
 /// wall time of runs with and without helpers, each run takes the faster way, and every
 /// so often (after [`PROBE_EVERY`] runs, then at growing gaps while the probes confirm the
 /// choice) a run takes the other way to keep its average current. (With another
@@ -324,6 +326,17 @@ impl<'t, 'w> Team<'t, 'w> {
 /// after the lead has moved on (its result is then discarded), so they must outlive the run.
 pub fn with_team<'w, R: Send>(
     buffers: &'w mut TeamBuffers,
+    measured: bool,
+    f: impl for<'t> FnOnce(&Team<'t, 'w>) -> R + Send,
+) -> R {
+    with_team_on(helper_pool(), buffers, measured, f)
+}
+
+/// [`with_team`] on the threads of `pool` (none: the calling thread alone).
+fn with_team_on<'w, R: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    buffers: &'w mut TeamBuffers,
+    measured: bool,
     f: impl for<'t> FnOnce(&Team<'t, 'w>) -> R + Send,
 ) -> R {
     let TeamBuffers {
@@ -331,14 +344,17 @@ pub fn with_team<'w, R: Send>(
         parts,
         timing,
     } = buffers;
+    let Some(pool) = pool else {
+        return f(&Team(Crew::Serial));
+    };
     let helpers = parts
         .helpers
         .len()
-        .min(rayon::current_num_threads().saturating_sub(1));
+        .min(pool.current_num_threads().saturating_sub(1));
     if helpers == 0 {
         return f(&Team(Crew::Serial));
     }
-    let with_helpers = timing.choose();
+    let with_helpers = !measured || timing.choose();
     let start = Instant::now();
     if !with_helpers {
         let r = f(&Team(Crew::Serial));
@@ -352,17 +368,43 @@ pub fn with_team<'w, R: Send>(
         team_size: helpers + 1,
         job: Mutex::new(None),
     };
-    let (r, ()) = rayon::join(
-        || {
-            // Set on unwind too, so that helpers never spin forever.
-            let _finish = Finish(&shared.seq);
-            f(&Team(Crew::Run(&shared)))
-        },
-        || start_helpers(&shared, &parts.helpers[..helpers], 1),
-    );
+    // `install` and `join` keep their jobs on the stack: a token allocates nothing.
+    let (r, ()) = pool.install(|| {
+        rayon::join(
+            || {
+                // Set on unwind too, so that helpers never spin forever.
+                let _finish = Finish(&shared.seq);
+                f(&Team(Crew::Run(&shared)))
+            },
+            || start_helpers(&shared, &parts.helpers[..helpers], 1),
+        )
+    });
     *epoch = shared.epoch.load(Ordering::Relaxed);
-    timing.record(true, start.elapsed());
+    if measured {
+        timing.record(true, start.elapsed());
+    }
     r
+}
+
+/// The team's threads: a pool of their own, apart from rayon's global pool, so that a team run
+/// never holds the workers other rayon work (a caller's `par_iter`, another model's prefill)
+/// waits for. One of them leads a run while the calling thread sleeps, the others help. Built
+/// at first use with as many threads as rayon's pool has then; `None` when that is one.
+fn helper_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = rayon::current_num_threads();
+        (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("tokenshift-team-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten()
+    })
+    .as_ref()
 }
 
 /// Runs between [`with_team`]'s probes of the way it currently deems slower, at first and
@@ -458,6 +500,8 @@ impl Drop for Finish<'_> {
 
 /// Each slot's helper (participant `me`, the next ones after it) runs on the thread that
 /// picks it up; the rest stay open to stealing.
+/// Runs `slots.len()` helper loops side by side (helper numbers from `me` on), each a rayon
+/// job of its own.
 fn start_helpers(shared: &Shared<'_>, slots: &[Mutex<HelperScratch>], me: usize) {
     if let [first, rest @ ..] = slots {
         rayon::join(
@@ -878,17 +922,22 @@ mod tests {
                             (xs, want)
                         })
                         .collect();
-                    let got: Vec<Array2<f32>> = with_team(&mut buffers, |team| {
-                        cases
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (xs, want))| {
-                                let mut y = Array2::from_elem(want.dim(), f32::NAN);
-                                team.product(&layers[i % layers.len()], xs.view(), y.view_mut());
-                                y
-                            })
-                            .collect()
-                    });
+                    let got: Vec<Array2<f32>> =
+                        with_team_on(Some(&pool), &mut buffers, false, |team| {
+                            cases
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (xs, want))| {
+                                    let mut y = Array2::from_elem(want.dim(), f32::NAN);
+                                    team.product(
+                                        &layers[i % layers.len()],
+                                        xs.view(),
+                                        y.view_mut(),
+                                    );
+                                    y
+                                })
+                                .collect()
+                        });
                     for (i, ((_, want), y)) in cases.iter().zip(&got).enumerate() {
                         assert_eq!(y, want, "threads {threads}, rows {rows}, product {i}");
                     }
@@ -928,9 +977,10 @@ mod tests {
                 // Room for two or three of the products at once: larger groups fall back.
                 let mut buffers = TeamBuffers::new(200, 1400, 1);
                 // A fresh buffer's first run takes helpers.
-                let got: Vec<Vec<Array1<f32>>> = with_team(&mut buffers, |team| {
-                    cases.iter().map(|case| joint(team, case)).collect()
-                });
+                let got: Vec<Vec<Array1<f32>>> =
+                    with_team_on(Some(&pool), &mut buffers, false, |team| {
+                        cases.iter().map(|case| joint(team, case)).collect()
+                    });
                 for (c, (case, got)) in cases.iter().zip(&got).enumerate() {
                     for (k, ((_, _, want), y)) in case.iter().zip(got).enumerate() {
                         assert_eq!(y, want, "threads {threads}, case {c}, product {k}");
@@ -976,7 +1026,7 @@ mod tests {
                 let xs = weight(1, 20, 3);
                 let mut want = Array2::zeros((40, 1));
                 Team::serial().product(w, xs.view(), want.view_mut());
-                let y = with_team(&mut buffers, |team| {
+                let y = with_team_on(Some(&pool), &mut buffers, false, |team| {
                     let mut y = Array2::zeros((40, 1));
                     team.product(w, xs.view(), y.view_mut());
                     y
@@ -993,7 +1043,7 @@ mod tests {
         let mut buffers = TeamBuffers::new(8, 8, 1);
         let caught = pool.install(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                with_team(&mut buffers, |_| panic!("lead fails"))
+                with_team_on(Some(&pool), &mut buffers, false, |_| panic!("lead fails"))
             }))
         });
         assert!(caught.is_err());
