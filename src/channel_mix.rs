@@ -287,7 +287,7 @@ impl SequenceMixer for ChannelMix {
         self.apply(xs, delta.view())
     }
 
-    /// Through [`ChannelMix::step_into`] with a fresh scratch.
+    /// The one-token path (the one the model decodes with), with a fresh scratch.
     fn step(&self, x: ArrayView1<f32>, x_prev: &mut Array1<f32>) -> Array1<f32> {
         let mut out = Array1::zeros(self.maa_k.len());
         self.step_into(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// vocabulary size) so the message alone says what to fix.
 ///
 /// `Debug` prints the same sentence as `Display`, so that a `main` returning
-/// [`Result`](crate::Result) ends with `Error: cannot access …` rather than a struct dump; match
+/// [`Result`] ends with `Error: cannot access …` rather than a struct dump; match
 /// on the variants to tell errors apart in code.
 #[derive(thiserror::Error)]
 #[non_exhaustive]

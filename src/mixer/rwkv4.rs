@@ -516,7 +516,7 @@ impl SequenceMixer for Rwkv4TimeMix {
         })
     }
 
-    /// Through [`Rwkv4TimeMix::step_into`] with a fresh scratch.
+    /// The one-token path (the one the model decodes with), with a fresh scratch.
     fn step(&self, x: ArrayView1<f32>, state: &mut Rwkv4State) -> Array1<f32> {
         let mut out = Array1::zeros(self.decay.len());
         self.step_into(x, state, out.view_mut(), &mut self.scratch(), &Team::pool());

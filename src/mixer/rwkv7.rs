@@ -749,7 +749,7 @@ impl SequenceMixer for Rwkv7TimeMix {
         self.forward_with_v_first(xs, &mut None, state)
     }
 
-    /// Through [`Rwkv7TimeMix::step_into`] with a fresh scratch and no `v_first`.
+    /// The one-token path (the one the model decodes with), with a fresh scratch and no `v_first`.
     fn step(&self, x: ArrayView1<f32>, state: &mut WkvState) -> Array1<f32> {
         let mut out = Array1::zeros(x.len());
         self.step_into(

@@ -1,6 +1,6 @@
 //! Stateless math: linear layers, normalisations, activations and token shift, element-wise
-//! passes that split large arrays across rayon's threads, and the team that shares one
-//! token's matrix products between threads ([`team`]).
+//! passes that split large arrays across rayon's threads, and (internal) the team that shares
+//! one token's matrix products between threads.
 //!
 //! Nothing here knows about checkpoints, versions or sequence state.
 
