@@ -6,7 +6,9 @@
 //!
 //! Mixers with more than one sequence algorithm (the recurrence, a masked quadratic "parallel"
 //! form, a chunkwise form) also implement [`MultiPath`], which runs any of them by name;
-//! `forward` picks the fastest. The family (spec/mixers.md):
+//! `forward` picks the fastest. The folders keep the shared kernels ([`kernels`]), the RWKV
+//! time mixes ([`rwkv`]) and the rest of the family ([`family`]) apart. The family
+//! (spec/mixers.md):
 //!
 //! | module | mixer | kernel |
 //! |---|---|---|
@@ -18,20 +20,16 @@
 //! | [`rwkv4`], [`aft`] | RWKV-4 WKV, AFT-simple, AFT-full, AFT-local | per-channel log-sum-exp ([`rwkv4::wkv4_scan`], [`rwkv4::wkv4_chunkwise`]) |
 //! | [`short_conv`] | short causal depthwise convolution | [`crate::ops::shift::causal_conv`] |
 
-pub mod aft;
-pub(crate) mod from_arrays;
-pub mod gla;
-pub mod linear_attention;
-pub mod outer_product;
+pub mod family;
+pub mod kernels;
 pub(crate) mod random;
-pub mod retention;
-pub mod rwkv4;
-pub mod rwkv5;
-pub mod rwkv6;
-pub mod rwkv7;
-pub mod short_conv;
-pub mod wkv;
-pub mod wkv7;
+pub mod rwkv;
+
+// Every mixer module is also reachable one level up (`mixer::rwkv6`, `mixer::gla`, ...).
+pub use family::{aft, gla, linear_attention, retention, short_conv};
+pub use kernels::{outer_product, wkv, wkv7};
+pub(crate) use rwkv::from_arrays;
+pub use rwkv::{rwkv4, rwkv5, rwkv6, rwkv7};
 
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};

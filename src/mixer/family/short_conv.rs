@@ -12,9 +12,9 @@
 //! Paths: recurrent (one row at a time), parallel (the whole call against the carried rows) and
 //! chunkwise (chunks with a `K − 1`-row halo carried in the state); all `O(K·C)` per token.
 
-use super::random::Rng;
-use super::{by_chunks, check_arg, MultiPath, Path, SequenceMixer};
 use crate::error::Result;
+use crate::mixer::random::Rng;
+use crate::mixer::{by_chunks, check_arg, MultiPath, Path, SequenceMixer};
 use crate::ops::{shift, silu};
 use ndarray::{Array1, Array2, ArrayView2};
 

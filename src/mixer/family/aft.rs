@@ -9,9 +9,9 @@
 //!
 //! - [`AftSimple`]: `w ≡ 0`. A state of three numbers per channel (the running sums and their
 //!   exponent, exactly RWKV-4's `(aa, bb, pp)`): it is RWKV-4's WKV with `decay = 0`,
-//!   `first = 0` ([`wkv4_scan`](super::rwkv4::wkv4_scan),
-//!   [`wkv4_parallel`](super::rwkv4::wkv4_parallel),
-//!   [`wkv4_chunkwise`](super::rwkv4::wkv4_chunkwise)).
+//!   `first = 0` ([`wkv4_scan`](crate::mixer::rwkv4::wkv4_scan),
+//!   [`wkv4_parallel`](crate::mixer::rwkv4::wkv4_parallel),
+//!   [`wkv4_chunkwise`](crate::mixer::rwkv4::wkv4_chunkwise)).
 //! - [`AftFull`]: a learned pairwise bias `w ∈ R^{T_max×T_max}`. `E = e^{w}` has full
 //!   semiseparable rank (spec/mixers.md §1.2), so **no fixed-size state exists**: the recurrent
 //!   form keeps the whole history `(K_s, V_s)` (`O(t·C)` memory and work per token) and stops at
@@ -27,10 +27,10 @@
 //! call at once (`O(T·(T + history))` per channel); chunkwise forms run the parallel form on
 //! chunks with the state carried.
 
-use super::random::Rng;
-use super::rwkv4::{wkv4_path, Rwkv4State, PP_INIT};
-use super::{by_chunks, check_arg, check_dims, MultiPath, Path, SequenceMixer};
 use crate::error::Result;
+use crate::mixer::random::Rng;
+use crate::mixer::rwkv4::{wkv4_path, Rwkv4State, PP_INIT};
+use crate::mixer::{by_chunks, check_arg, check_dims, MultiPath, Path, SequenceMixer};
 use crate::ops::{sigmoid, Linear};
 use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
 

@@ -8,7 +8,7 @@
 //! g = σ(x_g G1) G2                                     output gate
 //! v ← v + (v_first − v) ⊙ σ(v0 + (x_v V1) V2)          value residual (blocks after the first)
 //! κ̂ = normalise_per_head(k ⊙ k_k);  k ← k ⊙ (1 + (a − 1) ⊙ k_a)
-//! S ← S diag(w) + (S (−κ̂)) (κ̂ ⊙ a)ᵀ + v kᵀ;  y = S r    (see [`super::wkv7`])
+//! S ← S diag(w) + (S (−κ̂)) (κ̂ ⊙ a)ᵀ + v kᵀ;  y = S r    (see [`crate::mixer::wkv7`])
 //! out = W_o ((GroupNorm_H(y) + (Σ_{j∈h} r_j k_j r_k[h, j]) v_h) ⊙ g)
 //! ```
 //!
@@ -16,11 +16,11 @@
 //! [`Rwkv7TimeMix::forward_with_v_first`]). All of this is the official package's
 //! `RWKV_x070_TMix_seq` / `_one`, operation for operation.
 
-use super::from_arrays::{build, layer_config, layer_params, random_layer};
-use super::rwkv5::WkvState;
-use super::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
+use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
+use crate::mixer::rwkv5::WkvState;
+use crate::mixer::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::ops::{join4, shift, sigmoid, HeadNorm, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};

@@ -17,7 +17,7 @@
 //! channel: `S_n = diag(γ_h ζ^{1/B}) S_{n−1} + k̂_n v_nᵀ`, so the recurrence stays `O(1)` and
 //! every exponent stays `≤ 0`.
 //!
-//! Retention is the [`outer_product`](super::outer_product) kernel with the per-head gate
+//! Retention is the [`outer_product`](crate::mixer::outer_product) kernel with the per-head gate
 //! `ln γ_h` (`Gate::Head`), or the per-key gate `ln γ_h + ln ζ_i / B` with xPos (`Gate::Key`),
 //! and the inclusive read-out. The paper's score normalisations (`D̃`, the `|ΣR|` clamp) only
 //! rescale each row of `O`, which the per-head norm removes up to its `ε`; they are left out, so
@@ -25,11 +25,11 @@
 //!
 //! State per head: `S: [K, V]`, plus the position `n` (for the rotation).
 
-use super::linear_attention::run;
-use super::outer_product::{Gate, Inputs, OuterState};
-use super::random::Rng;
-use super::{check_arg, check_dims, MultiPath, Path, SequenceMixer};
 use crate::error::{Error, Result};
+use crate::mixer::linear_attention::run;
+use crate::mixer::outer_product::{Gate, Inputs, OuterState};
+use crate::mixer::random::Rng;
+use crate::mixer::{check_arg, check_dims, MultiPath, Path, SequenceMixer};
 use crate::ops::{silu, HeadNorm, Linear, NormKind};
 use ndarray::{Array1, Array2, ArrayView2};
 

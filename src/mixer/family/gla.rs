@@ -10,15 +10,15 @@
 //! y = W_o (swish(W_r x) ⊙ RMSNorm_h(o))
 //! ```
 //!
-//! This is the [`outer_product`](super::outer_product) kernel with `Gate::KeyToken(λ)` and the
+//! This is the [`outer_product`](crate::mixer::outer_product) kernel with `Gate::KeyToken(λ)` and the
 //! inclusive read-out; the chunkwise path is its log-space template, where every exponent is a
 //! sum of `λ ≤ 0`. State per head: `S: [K, V]`.
 
-use super::linear_attention::run;
-use super::outer_product::{Gate, Inputs, OuterState};
-use super::random::Rng;
-use super::{check_arg, check_dims, MultiPath, Path, SequenceMixer};
 use crate::error::Result;
+use crate::mixer::linear_attention::run;
+use crate::mixer::outer_product::{Gate, Inputs, OuterState};
+use crate::mixer::random::Rng;
+use crate::mixer::{check_arg, check_dims, MultiPath, Path, SequenceMixer};
 use crate::ops::{silu, HeadNorm, Linear, NormKind};
 use ndarray::{Array1, Array2, ArrayView2};
 

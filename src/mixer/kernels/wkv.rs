@@ -12,7 +12,7 @@
 //! [`outer_product::chunkwise`] with the same `Gate::KeyTokenDecay(w)` (or `Gate::KeyDecay(w)`
 //! for RWKV-5's constant decay).
 
-use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
+use crate::mixer::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
 use crate::ops::wkv_step;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, CowArray, Ix1};
 use rayon::prelude::*;

@@ -75,9 +75,9 @@ pub(crate) fn layer_config(
     c: usize,
     heads: usize,
 ) -> Result<Config> {
-    super::check_arg(c > 0, layer, "width C", "positive", &[c])?;
+    crate::mixer::check_arg(c > 0, layer, "width C", "positive", &[c])?;
     let head_size = if version.has_matrix_state() {
-        super::check_arg(
+        crate::mixer::check_arg(
             heads > 0 && c.is_multiple_of(heads),
             layer,
             "heads",

@@ -24,7 +24,7 @@
 //! cannot overflow however strong the decay. tests/rwkv7.rs pins [`chunked`] to [`scan`] and both
 //! to a plain f64 recurrence, extreme decays and 4096-token sequences included.
 
-use super::wkv::contiguous;
+use crate::mixer::wkv::contiguous;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{
     s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis,

@@ -10,10 +10,10 @@
 //! The state keeps `aa = Σ e^{…−pp} v`, `bb = Σ e^{…−pp}` and the exponent `pp` per channel,
 //! exactly as the official implementation does (so states compare directly).
 
-use super::from_arrays::{build, layer_config, layer_params, random_layer};
-use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
+use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
+use crate::mixer::{MultiPath, Path, SequenceMixer};
 use crate::ops::{shift, sigmoid, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};

@@ -8,18 +8,18 @@
 //! out = W_o (GroupNorm_H(y) ⊙ silu(W_g x_g))
 //! ```
 //!
-//! The WKV part is the [`outer_product`](super::outer_product) kernel with the per-token decay
+//! The WKV part is the [`outer_product`](crate::mixer::outer_product) kernel with the per-token decay
 //! `w_t` (`Gate::KeyTokenDecay`, the same f32 decays the official code multiplies by) and the
 //! exclusive read-out plus bonus; `forward` runs it chunkwise
-//! ([`DEFAULT_CHUNK`](super::rwkv5::DEFAULT_CHUNK)).
+//! ([`DEFAULT_CHUNK`](crate::mixer::rwkv5::DEFAULT_CHUNK)).
 
-use super::from_arrays::{build, layer_config, layer_params, random_layer};
-use super::outer_product::Gate;
-use super::rwkv5::{default_path, wkv_path, WkvOutput, WkvScratch, WkvState};
-use super::wkv::{self, WkvInputs};
-use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
+use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
+use crate::mixer::outer_product::Gate;
+use crate::mixer::rwkv5::{default_path, wkv_path, WkvOutput, WkvScratch, WkvState};
+use crate::mixer::wkv::{self, WkvInputs};
+use crate::mixer::{MultiPath, Path, SequenceMixer};
 use crate::ops::shift::{self, Ddlerp};
 use crate::ops::{for_each_row, join4, map_inplace, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
@@ -325,7 +325,7 @@ impl Rwkv6TimeMix {
     }
 }
 
-super::rwkv5::wkv_time_mix_sequence_mixer!(Rwkv6TimeMix);
+crate::mixer::rwkv5::wkv_time_mix_sequence_mixer!(Rwkv6TimeMix);
 
 impl MultiPath for Rwkv6TimeMix {
     fn forward_path(&self, xs: ArrayView2<f32>, state: &mut WkvState, path: Path) -> Array2<f32> {

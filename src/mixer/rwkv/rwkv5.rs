@@ -3,7 +3,7 @@
 //! ```text
 //! x_s = x + δ ⊙ μ_s                    for s ∈ {k, v, r, g}     (static token shift)
 //! r, k, v = W_r x_r, W_k x_k, W_v x_v  viewed per head as [H, N]
-//! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S),   S ← diag(w) S + k_t v_tᵀ  (see [`super::wkv`])
+//! y_t = r_tᵀ (diag(u) k_t v_tᵀ + S),   S ← diag(w) S + k_t v_tᵀ  (see [`crate::mixer::wkv`])
 //! out = W_o (GroupNorm_H(y) ⊙ silu(W_g x_g))                       (5.0: no gate)
 //! ```
 //!
@@ -14,12 +14,12 @@
 //! [`DEFAULT_CHUNK`] tokens (one token: the recurrence), and [`MultiPath::forward_path`] runs any
 //! path.
 
-use super::from_arrays::{build, layer_config, layer_params, random_layer};
-use super::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
-use super::wkv::{self, WkvInputs};
-use super::{MultiPath, Path, SequenceMixer};
 use crate::config::{Config, Version};
 use crate::error::Result;
+use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
+use crate::mixer::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
+use crate::mixer::wkv::{self, WkvInputs};
+use crate::mixer::{MultiPath, Path, SequenceMixer};
 use crate::ops::{shift, silu, zip_inplace, HeadNorm, Linear, Team};
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1};
@@ -174,7 +174,7 @@ impl WkvOutput {
 }
 
 /// Buffers for the one-token paths of RWKV-5 and RWKV-6 ([`Rwkv5TimeMix::step_into`],
-/// [`super::rwkv6::Rwkv6TimeMix::step_into`]): made once by their `scratch` methods, reused
+/// [`crate::mixer::rwkv6::Rwkv6TimeMix::step_into`]): made once by their `scratch` methods, reused
 /// for every token.
 #[derive(Clone, Debug)]
 pub(crate) struct WkvScratch {
@@ -265,7 +265,7 @@ fn per_head_or_channel(att: &Scope, name: &str, config: &Config) -> Result<Array
 /// `Ok` if `version` is an RWKV-5 version, else an error naming it.
 fn check_rwkv5(layer: &str, version: Version) -> Result<()> {
     let ok = matches!(version, Version::V5_0 | Version::V5_1 | Version::V5_2);
-    super::check_arg(
+    crate::mixer::check_arg(
         ok,
         layer,
         &format!("version {version}"),

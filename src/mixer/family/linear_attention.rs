@@ -27,10 +27,10 @@
 //!   cancel between numerator and denominator; only `ε` (here `1e-30`, so that it never
 //!   competes with the tiny denominators that the key shift produces) sees them.
 
-use super::outer_product::{self, Inputs, OuterState};
-use super::random::Rng;
-use super::{check_dims, MultiPath, Path, SequenceMixer};
 use crate::error::Result;
+use crate::mixer::outer_product::{self, Inputs, OuterState};
+use crate::mixer::random::Rng;
+use crate::mixer::{check_dims, MultiPath, Path, SequenceMixer};
 use crate::ops::Linear;
 use ndarray::{s, Array2, ArrayView2, Zip};
 

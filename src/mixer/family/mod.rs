@@ -1,0 +1,8 @@
+//! The related sequence mixers beside RWKV: linear attention and Performer, RetNet, GLA, AFT
+//! and short causal convolutions.
+
+pub mod aft;
+pub mod gla;
+pub mod linear_attention;
+pub mod retention;
+pub mod short_conv;
