@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::mixer::from_arrays::{build, layer_config, random_layer, Param};
 use crate::mixer::SequenceMixer;
 use crate::ops::{relu_squared, shift, sigmoid, zip_inplace, Linear, Team};
+use crate::synthetic::Builder;
 use crate::weights::{Scope, TensorMap, TensorSpec};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -140,6 +141,24 @@ impl ChannelMix {
     /// Whether the output is gated by a receptance (versions 4 to 6).
     pub fn has_receptance(&self) -> bool {
         self.receptance.is_some()
+    }
+
+    /// Adds random tensors of a channel mix of `config` under `ffn` (e.g. `blocks.3.ffn`) to
+    /// a synthetic checkpoint.
+    pub(crate) fn synthetic(b: &mut Builder, ffn: &str, config: &Config) {
+        let (c, f) = (config.n_embd, config.dim_ffn);
+        b.matrix(format!("{ffn}.key.weight"), f, c);
+        b.matrix(format!("{ffn}.value.weight"), c, f);
+        let mixes: &[&str] = if config.version == Version::V7 {
+            &["k"]
+        } else {
+            b.matrix(format!("{ffn}.receptance.weight"), c, c);
+            &["k", "r"]
+        };
+        for s in mixes {
+            let name = format!("{ffn}.{}", maa_name(config.version, s));
+            b.small(name, &[1, 1, c], 0.0, 1.0);
+        }
     }
 
     /// The tensors [`ChannelMix::load`] reads under `ffn`, with their shapes.

@@ -3,7 +3,10 @@
 //! This is the one place where a checkpoint's version is decided.
 
 use crate::error::{Error, Result};
-use crate::weights::TensorSource;
+use crate::mixer::{
+    rwkv4::Rwkv4TimeMix, rwkv5::Rwkv5TimeMix, rwkv6::Rwkv6TimeMix, rwkv7::Rwkv7TimeMix,
+};
+use crate::weights::{Scope, TensorSource};
 use std::fmt;
 use std::str::FromStr;
 
@@ -139,37 +142,30 @@ pub(crate) fn count_layers(src: &dyn TensorSource) -> Result<usize> {
     }
 }
 
-/// The version, from which tensors block 0's time mix has.
+/// The version, from which tensors block 0's time mix has (each version's time mix knows
+/// its own; the later versions are asked first, since they keep some earlier names).
 fn detect_version(src: &dyn TensorSource) -> Result<Version> {
-    let has = |name: &str| src.shape(&format!("blocks.0.att.{name}")).is_some();
-    if has("r_k") || has("x_r") || has("k_k") {
+    let att = Scope::new(src).pp("blocks.0.att");
+    if Rwkv7TimeMix::detect(&att) {
         return Ok(Version::V7);
     }
-    if has("time_maa_x") {
+    if Rwkv6TimeMix::detect(&att) {
         return Ok(Version::V6);
     }
-    if has("ln_x.weight") {
-        if !has("gate.weight") {
-            return Ok(Version::V5_0);
-        }
-        let decay = shape_of(src, "blocks.0.att.time_decay")?;
-        return Ok(if decay.len() == 2 && decay[1] > 1 {
-            Version::V5_2
-        } else {
-            Version::V5_1
-        });
+    if let Some(version) = Rwkv5TimeMix::detect(&att)? {
+        return Ok(version);
     }
-    if has("time_mix_k") && has("time_decay") && has("time_first") {
+    if Rwkv4TimeMix::detect(&att) {
         return Ok(Version::V4);
     }
-    let mut att: Vec<&str> = src
+    let mut names: Vec<&str> = src
         .names()
         .into_iter()
         .filter(|n| n.starts_with("blocks.0.att."))
         .collect();
-    att.sort_unstable();
+    names.sort_unstable();
     Err(Error::UnknownVersion(format!(
-        "block 0's time-mix tensors {att:?} match no RWKV version (4: time_mix_k, time_decay, \
+        "block 0's time-mix tensors {names:?} match no RWKV version (4: time_mix_k, time_decay, \
          time_first; 5.x: ln_x; 6: time_maa_x; 7: r_k, x_r)"
     )))
 }
@@ -225,71 +221,17 @@ impl Config {
             dim_v_lora: 0,
             dim_g_lora: 0,
         };
+        let scope = Scope::new(src);
+        let att0 = scope.pp("blocks.0.att");
         match version {
             Version::V4 => {}
             Version::V5_0 | Version::V5_1 | Version::V5_2 => {
-                let name = "blocks.0.att.time_decay";
-                let decay = shape_of(src, name)?;
-                let h = decay.first().copied().unwrap_or(0);
-                if h == 0 || n_embd % h != 0 {
-                    return Err(shape_error(
-                        name,
-                        &format!("[H, ..] with H dividing {n_embd}"),
-                        decay,
-                    ));
-                }
-                config.n_head = h;
-                config.head_size = n_embd / h;
+                Rwkv5TimeMix::read_sizes(&att0, &mut config)?
             }
-            Version::V6 => {
-                let name = "blocks.0.att.time_faaaa";
-                let u = shape_of(src, name)?;
-                match u[..] {
-                    [h, n] if h * n == n_embd => (config.n_head, config.head_size) = (h, n),
-                    _ => return Err(shape_error(name, &format!("[H, N] with H·N = {n_embd}"), u)),
-                }
-                let name = "blocks.0.att.time_maa_w1";
-                let w1 = shape_of(src, name)?;
-                match w1[..] {
-                    [c, d5] if c == n_embd && d5 % 5 == 0 && d5 > 0 => config.dim_mix_lora = d5 / 5,
-                    _ => return Err(shape_error(name, &format!("[{n_embd}, 5·D]"), w1)),
-                }
-                let name = "blocks.0.att.time_decay_w1";
-                let w1 = shape_of(src, name)?;
-                match w1[..] {
-                    [c, d] if c == n_embd && d > 0 => config.dim_decay_lora = d,
-                    _ => return Err(shape_error(name, &format!("[{n_embd}, D]"), w1)),
-                }
-            }
+            Version::V6 => Rwkv6TimeMix::read_sizes(&att0, &mut config)?,
             Version::V7 => {
-                let name = "blocks.0.att.r_k";
-                let r_k = shape_of(src, name)?;
-                match r_k[..] {
-                    [h, n] if h * n == n_embd => (config.n_head, config.head_size) = (h, n),
-                    _ => {
-                        return Err(shape_error(
-                            name,
-                            &format!("[H, N] with H·N = {n_embd}"),
-                            r_k,
-                        ))
-                    }
-                }
-                // Block 0's v1 is never used (and may be absent): read the rank from block 1.
-                let v_layer = if n_layer > 1 { Some(1) } else { None };
-                for (lora, layer, dim) in [
-                    ("w1", Some(0), &mut config.dim_decay_lora),
-                    ("a1", Some(0), &mut config.dim_a_lora),
-                    ("v1", v_layer, &mut config.dim_v_lora),
-                    ("g1", Some(0), &mut config.dim_g_lora),
-                ] {
-                    let Some(layer) = layer else { continue };
-                    let name = format!("blocks.{layer}.att.{lora}");
-                    let shape = shape_of(src, &name)?;
-                    match shape[..] {
-                        [c, d] if c == n_embd && d > 0 => *dim = d,
-                        _ => return Err(shape_error(&name, &format!("[{n_embd}, D]"), shape)),
-                    }
-                }
+                let att1 = (n_layer > 1).then(|| scope.pp("blocks.1.att"));
+                Rwkv7TimeMix::read_sizes(&att0, att1.as_ref(), &mut config)?
             }
         }
         Ok(config)

@@ -4,16 +4,22 @@
 //! spread from fast to slow, layer-norm weights near 1, projections scaled by `1/√in`), so the
 //! numerics exercised are those of a real model.
 
+use crate::channel_mix::ChannelMix;
 use crate::config::{Config, Version};
 use crate::error::{Error, Result};
 use crate::mixer::random::Rng;
+use crate::mixer::{
+    rwkv4::Rwkv4TimeMix, rwkv5::Rwkv5TimeMix, rwkv6::Rwkv6TimeMix, rwkv7::Rwkv7TimeMix,
+};
 use crate::model::Model;
 use crate::weights::{Tensor, TensorMap};
 use half::{bf16, f16};
 
 pub use crate::weights::DType;
 
-struct Builder {
+/// Builds a random checkpoint tensor by tensor (each version's time mix and the channel mix
+/// add their own tensors: `synthetic` of [`crate::mixer::rwkv6::Rwkv6TimeMix`] and the others).
+pub(crate) struct Builder {
     map: TensorMap,
     rng: Rng,
     dtype: DType,
@@ -21,20 +27,27 @@ struct Builder {
 
 impl Builder {
     /// A small tensor (vector, mixing coefficients, decay base): always f32.
-    fn small(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
+    pub(crate) fn small(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
         let a = self.rng.array(shape, lo, hi);
         self.map.insert(name, Tensor::F32(a));
     }
 
+    /// A low-rank factor `[.., inp, ..]` in the checkpoint's storage type: uniform with half the
+    /// spread of a projection with `inp` inputs.
+    pub(crate) fn low_rank(&mut self, name: String, shape: &[usize], inp: usize) {
+        let bound = 0.5 * (3.0 / inp as f32).sqrt();
+        self.stored(name, shape, -bound, bound);
+    }
+
     /// A matrix in the checkpoint's storage type, uniform with the variance of N(0, 1/in).
-    fn matrix(&mut self, name: String, out: usize, inp: usize) {
+    pub(crate) fn matrix(&mut self, name: String, out: usize, inp: usize) {
         let bound = (3.0 / inp as f32).sqrt();
         self.stored(name, &[out, inp], -bound, bound);
     }
 
     /// A tensor in the checkpoint's storage type (a matrix, a low-rank factor), uniform in
     /// `[lo, hi)`.
-    fn stored(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
+    pub(crate) fn stored(&mut self, name: String, shape: &[usize], lo: f32, hi: f32) {
         let a = self.rng.array(shape, lo, hi);
         let t = match self.dtype {
             DType::F32 => Tensor::F32(a),
@@ -44,7 +57,7 @@ impl Builder {
         self.map.insert(name, t);
     }
 
-    fn layer_norm(&mut self, prefix: &str, c: usize) {
+    pub(crate) fn layer_norm(&mut self, prefix: &str, c: usize) {
         self.small(format!("{prefix}.weight"), &[c], 0.9, 1.1);
         self.small(format!("{prefix}.bias"), &[c], -0.05, 0.05);
     }
@@ -77,8 +90,7 @@ fn check(config: &Config) -> Result<()> {
 /// LoRA sizes).
 pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<TensorMap> {
     check(config)?;
-    let (c, f, v) = (config.n_embd, config.dim_ffn, config.vocab);
-    let (h, n) = (config.n_head, config.head_size);
+    let (c, v) = (config.n_embd, config.vocab);
     let mut b = Builder {
         map: TensorMap::new(),
         rng: Rng::new(seed),
@@ -95,89 +107,15 @@ pub fn random_checkpoint(config: &Config, dtype: DType, seed: u64) -> Result<Ten
         for m in ["key", "value", "receptance", "output"] {
             b.matrix(p(&format!("att.{m}.weight")), c, c);
         }
-        b.matrix(p("ffn.key.weight"), f, c);
-        b.matrix(p("ffn.value.weight"), c, f);
-        if config.version == Version::V7 {
-            b.small(p("ffn.x_k"), &[1, 1, c], 0.0, 1.0);
-        } else {
-            b.matrix(p("ffn.receptance.weight"), c, c);
-            let shift = if config.version == Version::V6 {
-                "maa"
-            } else {
-                "mix"
-            };
-            for s in ["k", "r"] {
-                b.small(p(&format!("ffn.time_{shift}_{s}")), &[1, 1, c], 0.0, 1.0);
-            }
-        }
+        ChannelMix::synthetic(&mut b, &p("ffn"), config);
+        let att = p("att");
         match config.version {
-            Version::V4 => {
-                for s in ["k", "v", "r"] {
-                    b.small(p(&format!("att.time_mix_{s}")), &[1, 1, c], 0.0, 1.0);
-                }
-                b.small(p("att.time_decay"), &[c], -6.0, 2.0);
-                b.small(p("att.time_first"), &[c], -1.0, 1.0);
-            }
+            Version::V4 => Rwkv4TimeMix::synthetic(&mut b, &att, config),
             Version::V5_0 | Version::V5_1 | Version::V5_2 => {
-                let gated = config.version != Version::V5_0;
-                let mixes: &[&str] = if gated {
-                    &["k", "v", "r", "g"]
-                } else {
-                    &["k", "v", "r"]
-                };
-                for s in mixes {
-                    b.small(p(&format!("att.time_mix_{s}")), &[1, 1, c], 0.0, 1.0);
-                }
-                if config.version == Version::V5_2 {
-                    b.small(p("att.time_decay"), &[h, n], -8.0, 1.3);
-                    b.small(p("att.time_faaaa"), &[h, n], -1.0, 1.0);
-                } else {
-                    b.small(p("att.time_decay"), &[h], -8.0, 1.3);
-                    b.small(p("att.time_first"), &[h], -2.0, 0.5);
-                }
-                if gated {
-                    b.matrix(p("att.gate.weight"), c, c);
-                }
-                b.layer_norm(&p("att.ln_x"), c);
+                Rwkv5TimeMix::synthetic(&mut b, &att, config)
             }
-            Version::V6 => {
-                let (dm, dd) = (config.dim_mix_lora, config.dim_decay_lora);
-                for s in ["x", "w", "k", "v", "r", "g"] {
-                    b.small(p(&format!("att.time_maa_{s}")), &[1, 1, c], 0.0, 1.0);
-                }
-                let lora = |inp: usize| 0.5 * (3.0 / inp as f32).sqrt();
-                b.stored(p("att.time_maa_w1"), &[c, 5 * dm], -lora(c), lora(c));
-                b.stored(p("att.time_maa_w2"), &[5, dm, c], -lora(dm), lora(dm));
-                b.small(p("att.time_decay"), &[1, 1, c], -8.0, 1.3);
-                b.stored(p("att.time_decay_w1"), &[c, dd], -lora(c), lora(c));
-                b.stored(p("att.time_decay_w2"), &[dd, c], -lora(dd), lora(dd));
-                b.small(p("att.time_faaaa"), &[h, n], -1.0, 1.0);
-                b.matrix(p("att.gate.weight"), c, c);
-                b.layer_norm(&p("att.ln_x"), c);
-            }
-            Version::V7 => {
-                for s in ["r", "w", "k", "v", "a", "g"] {
-                    b.small(p(&format!("att.x_{s}")), &[1, 1, c], 0.0, 1.0);
-                }
-                let lora = |inp: usize| 0.5 * (3.0 / inp as f32).sqrt();
-                let loras = [
-                    ('w', config.dim_decay_lora, (-7.0, 2.0)),
-                    ('a', config.dim_a_lora, (-1.0, 1.0)),
-                    ('v', config.dim_v_lora, (-1.0, 1.0)),
-                ];
-                for (name, d, (lo, hi)) in loras.into_iter().filter(|l| l.1 > 0) {
-                    b.small(p(&format!("att.{name}0")), &[1, 1, c], lo, hi);
-                    b.stored(p(&format!("att.{name}1")), &[c, d], -lora(c), lora(c));
-                    b.stored(p(&format!("att.{name}2")), &[d, c], -lora(d), lora(d));
-                }
-                let dg = config.dim_g_lora;
-                b.stored(p("att.g1"), &[c, dg], -lora(c), lora(c));
-                b.stored(p("att.g2"), &[dg, c], -lora(dg), lora(dg));
-                b.small(p("att.k_k"), &[1, 1, c], 0.7, 1.0);
-                b.small(p("att.k_a"), &[1, 1, c], 0.8, 1.2);
-                b.small(p("att.r_k"), &[h, n], -0.3, 0.3);
-                b.layer_norm(&p("att.ln_x"), c);
-            }
+            Version::V6 => Rwkv6TimeMix::synthetic(&mut b, &att, config),
+            Version::V7 => Rwkv7TimeMix::synthetic(&mut b, &att, config),
         }
     }
     Ok(b.map)

@@ -98,6 +98,44 @@ pub(crate) fn layer_config(
     Ok(config)
 }
 
+/// An [`Error::Shape`] for the tensor `name` under `att`.
+pub(crate) fn shape_error(att: &Scope, name: &str, expected: String, found: Vec<usize>) -> Error {
+    Error::Shape {
+        name: att.path(name),
+        expected,
+        found,
+    }
+}
+
+/// `(H, N)` from the `[H, N]` tensor `name` under `att`, whose product must be the width `c`.
+///
+/// # Errors
+/// [`Error::MissingTensor`] or [`Error::Shape`] naming the tensor.
+pub(crate) fn read_heads(att: &Scope, name: &str, c: usize) -> Result<(usize, usize)> {
+    let shape = att.shape(name)?;
+    match shape[..] {
+        [h, n] if h * n == c => Ok((h, n)),
+        _ => Err(shape_error(
+            att,
+            name,
+            format!("[H, N] with H·N = {c}"),
+            shape,
+        )),
+    }
+}
+
+/// The rank `D` of the low-rank factor `name` under `att`, `[c, D]` with `D > 0`.
+///
+/// # Errors
+/// [`Error::MissingTensor`] or [`Error::Shape`] naming the tensor.
+pub(crate) fn read_rank(att: &Scope, name: &str, c: usize) -> Result<usize> {
+    let shape = att.shape(name)?;
+    match shape[..] {
+        [rows, d] if rows == c && d > 0 => Ok(d),
+        _ => Err(shape_error(att, name, format!("[{c}, D]"), shape)),
+    }
+}
+
 /// Loads a layer from `tensors` (named as under a checkpoint's layer scope) with `load`,
 /// after checking that every tensor is one of `specs` (what the layer of `config` reads) and
 /// that every spec is present with its shape.

@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
 use crate::mixer::{MultiPath, Path, SequenceMixer};
 use crate::ops::{shift, sigmoid, Linear, Team};
+use crate::synthetic::Builder;
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
@@ -133,6 +134,26 @@ impl Rwkv4TimeMix {
     /// The width `C`.
     pub fn width(&self) -> usize {
         self.first.len()
+    }
+
+    /// Whether block 0's time mix under `att` is RWKV-4's (`time_mix_k`, `time_decay` and
+    /// `time_first`, none of the later versions' tensors).
+    pub(crate) fn detect(att: &Scope) -> bool {
+        ["time_mix_k", "time_decay", "time_first"]
+            .iter()
+            .all(|n| att.contains(n))
+    }
+
+    /// Adds the random tensors of a time mix of `config` under `att` (e.g. `blocks.3.att`) that
+    /// are RWKV-4's own (the four projections every version has are drawn before) to a
+    /// synthetic checkpoint, in the ranges of trained ones.
+    pub(crate) fn synthetic(b: &mut Builder, att: &str, config: &Config) {
+        let c = config.n_embd;
+        for s in ["k", "v", "r"] {
+            b.small(format!("{att}.time_mix_{s}"), &[1, 1, c], 0.0, 1.0);
+        }
+        b.small(format!("{att}.time_decay"), &[c], -6.0, 2.0);
+        b.small(format!("{att}.time_first"), &[c], -1.0, 1.0);
     }
 
     /// The tensors [`Rwkv4TimeMix::load`] reads under `att`, with their shapes.

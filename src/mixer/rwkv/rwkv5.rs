@@ -21,6 +21,7 @@ use crate::mixer::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
 use crate::mixer::wkv::{self, WkvInputs};
 use crate::mixer::{MultiPath, Path, SequenceMixer};
 use crate::ops::{shift, silu, zip_inplace, HeadNorm, Linear, Team};
+use crate::synthetic::Builder;
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -372,6 +373,74 @@ impl Rwkv5TimeMix {
     /// The head size `N`.
     pub fn head_size(&self) -> usize {
         self.bonus.ncols()
+    }
+
+    /// The RWKV-5 version of block 0's time mix under `att` (`ln_x` without RWKV-6's or
+    /// RWKV-7's shift tensors): 5.0 without a gate, 5.2 with a decay per channel (`[H, N]`),
+    /// 5.1 otherwise; `None` without `ln_x`.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`](crate::Error::MissingTensor) for a gated time mix without
+    /// `time_decay`.
+    pub(crate) fn detect(att: &Scope) -> Result<Option<Version>> {
+        if !att.contains("ln_x.weight") {
+            return Ok(None);
+        }
+        if !att.contains("gate.weight") {
+            return Ok(Some(Version::V5_0));
+        }
+        let decay = att.shape("time_decay")?;
+        Ok(Some(if decay.len() == 2 && decay[1] > 1 {
+            Version::V5_2
+        } else {
+            Version::V5_1
+        }))
+    }
+
+    /// Reads the head count and size from block 0's time mix under `att` (the length of
+    /// `time_decay`'s first axis is `H`) into `config`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`](crate::Error::Shape) when `H` does not divide the width.
+    pub(crate) fn read_sizes(att: &Scope, config: &mut Config) -> Result<()> {
+        let c = config.n_embd;
+        let decay = att.shape("time_decay")?;
+        let h = decay.first().copied().unwrap_or(0);
+        if h == 0 || !c.is_multiple_of(h) {
+            return Err(crate::Error::Shape {
+                name: att.path("time_decay"),
+                expected: format!("[H, ..] with H dividing {c}"),
+                found: decay,
+            });
+        }
+        (config.n_head, config.head_size) = (h, c / h);
+        Ok(())
+    }
+
+    /// Adds the random tensors of a time mix of `config` under `att` (e.g. `blocks.3.att`) that
+    /// are RWKV-5's own to a synthetic checkpoint, in the ranges of trained ones.
+    pub(crate) fn synthetic(b: &mut Builder, att: &str, config: &Config) {
+        let (c, h, n) = (config.n_embd, config.n_head, config.head_size);
+        let gated = config.version != Version::V5_0;
+        let mixes: &[&str] = if gated {
+            &["k", "v", "r", "g"]
+        } else {
+            &["k", "v", "r"]
+        };
+        for s in mixes {
+            b.small(format!("{att}.time_mix_{s}"), &[1, 1, c], 0.0, 1.0);
+        }
+        if config.version == Version::V5_2 {
+            b.small(format!("{att}.time_decay"), &[h, n], -8.0, 1.3);
+            b.small(format!("{att}.time_faaaa"), &[h, n], -1.0, 1.0);
+        } else {
+            b.small(format!("{att}.time_decay"), &[h], -8.0, 1.3);
+            b.small(format!("{att}.time_first"), &[h], -2.0, 0.5);
+        }
+        if gated {
+            b.matrix(format!("{att}.gate.weight"), c, c);
+        }
+        b.layer_norm(&format!("{att}.ln_x"), c);
     }
 
     /// The tensors [`Rwkv5TimeMix::load`] reads under `att`, with their shapes: the bonus is

@@ -16,12 +16,14 @@
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
+use crate::mixer::from_arrays::{read_heads, read_rank, shape_error};
 use crate::mixer::outer_product::Gate;
 use crate::mixer::rwkv5::{default_path, wkv_path, WkvOutput, WkvScratch, WkvState};
 use crate::mixer::wkv::{self, WkvInputs};
 use crate::mixer::{MultiPath, Path, SequenceMixer};
 use crate::ops::shift::{self, Ddlerp};
 use crate::ops::{for_each_row, join4, map_inplace, Linear, Team};
+use crate::synthetic::Builder;
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
@@ -163,6 +165,48 @@ impl Rwkv6TimeMix {
     /// The data-dependent token shift.
     pub fn shift(&self) -> &Ddlerp {
         &self.shift
+    }
+
+    /// Whether block 0's time mix under `att` is RWKV-6's (it has `time_maa_x`).
+    pub(crate) fn detect(att: &Scope) -> bool {
+        att.contains("time_maa_x")
+    }
+
+    /// Reads the head count and size (from `time_faaaa`, `[H, N]`) and the LoRA ranks (from
+    /// `time_maa_w1`, `[C, 5·D]`, and `time_decay_w1`, `[C, D_w]`) of block 0's time mix under
+    /// `att` into `config`.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`](crate::Error::MissingTensor) or
+    /// [`Error::Shape`](crate::Error::Shape) naming the tensor.
+    pub(crate) fn read_sizes(att: &Scope, config: &mut Config) -> Result<()> {
+        let c = config.n_embd;
+        (config.n_head, config.head_size) = read_heads(att, "time_faaaa", c)?;
+        let w1 = att.shape("time_maa_w1")?;
+        match w1[..] {
+            [rows, d5] if rows == c && d5 % 5 == 0 && d5 > 0 => config.dim_mix_lora = d5 / 5,
+            _ => return Err(shape_error(att, "time_maa_w1", format!("[{c}, 5·D]"), w1)),
+        }
+        config.dim_decay_lora = read_rank(att, "time_decay_w1", c)?;
+        Ok(())
+    }
+
+    /// Adds the random tensors of a time mix of `config` under `att` (e.g. `blocks.3.att`) that
+    /// are RWKV-6's own to a synthetic checkpoint, in the ranges of trained ones.
+    pub(crate) fn synthetic(b: &mut Builder, att: &str, config: &Config) {
+        let (c, h, n) = (config.n_embd, config.n_head, config.head_size);
+        let (dm, dd) = (config.dim_mix_lora, config.dim_decay_lora);
+        for s in ["x", "w", "k", "v", "r", "g"] {
+            b.small(format!("{att}.time_maa_{s}"), &[1, 1, c], 0.0, 1.0);
+        }
+        b.low_rank(format!("{att}.time_maa_w1"), &[c, 5 * dm], c);
+        b.low_rank(format!("{att}.time_maa_w2"), &[5, dm, c], dm);
+        b.small(format!("{att}.time_decay"), &[1, 1, c], -8.0, 1.3);
+        b.low_rank(format!("{att}.time_decay_w1"), &[c, dd], c);
+        b.low_rank(format!("{att}.time_decay_w2"), &[dd, c], dd);
+        b.small(format!("{att}.time_faaaa"), &[h, n], -1.0, 1.0);
+        b.matrix(format!("{att}.gate.weight"), c, c);
+        b.layer_norm(&format!("{att}.ln_x"), c);
     }
 
     /// The tensors [`Rwkv6TimeMix::load`] reads under `att`, with their shapes.

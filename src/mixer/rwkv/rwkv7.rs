@@ -19,9 +19,11 @@
 use crate::config::{Config, Version};
 use crate::error::Result;
 use crate::mixer::from_arrays::{build, layer_config, layer_params, random_layer};
+use crate::mixer::from_arrays::{read_heads, read_rank};
 use crate::mixer::rwkv5::WkvState;
 use crate::mixer::{wkv7, MultiPath, Path, SequenceMixer};
 use crate::ops::{join4, shift, sigmoid, HeadNorm, Linear, Team};
+use crate::synthetic::Builder;
 use crate::weights::{Scope, TensorSpec};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
@@ -337,6 +339,61 @@ impl Rwkv7TimeMix {
     /// Whether the layer mixes its values toward block 0's (a block after the first).
     pub fn has_value_residual(&self) -> bool {
         self.value_residual.is_some()
+    }
+
+    /// Whether block 0's time mix under `att` is RWKV-7's (it has `r_k`, `x_r` or `k_k`).
+    pub(crate) fn detect(att: &Scope) -> bool {
+        ["r_k", "x_r", "k_k"].iter().any(|n| att.contains(n))
+    }
+
+    /// Reads the head count and size (from `r_k`, `[H, N]`) and the LoRA ranks (`w1`, `a1`,
+    /// `g1` of block 0 under `att0`; `v1` of block 1 under `att1`, when there is a block 1:
+    /// block 0's is never used and may be absent) into `config`.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`](crate::Error::MissingTensor) or
+    /// [`Error::Shape`](crate::Error::Shape) naming the tensor.
+    pub(crate) fn read_sizes(
+        att0: &Scope,
+        att1: Option<&Scope>,
+        config: &mut Config,
+    ) -> Result<()> {
+        let c = config.n_embd;
+        (config.n_head, config.head_size) = read_heads(att0, "r_k", c)?;
+        config.dim_decay_lora = read_rank(att0, "w1", c)?;
+        config.dim_a_lora = read_rank(att0, "a1", c)?;
+        config.dim_g_lora = read_rank(att0, "g1", c)?;
+        if let Some(att1) = att1 {
+            config.dim_v_lora = read_rank(att1, "v1", c)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the random tensors of a time mix of `config` under `att` (e.g. `blocks.3.att`) that
+    /// are RWKV-7's own to a synthetic checkpoint, in the ranges of trained ones (the value
+    /// residual's `v0`, `v1`, `v2` only when `config` has a value LoRA rank).
+    pub(crate) fn synthetic(b: &mut Builder, att: &str, config: &Config) {
+        let (c, h, n) = (config.n_embd, config.n_head, config.head_size);
+        for s in ["r", "w", "k", "v", "a", "g"] {
+            b.small(format!("{att}.x_{s}"), &[1, 1, c], 0.0, 1.0);
+        }
+        let loras = [
+            ('w', config.dim_decay_lora, (-7.0, 2.0)),
+            ('a', config.dim_a_lora, (-1.0, 1.0)),
+            ('v', config.dim_v_lora, (-1.0, 1.0)),
+        ];
+        for (name, d, (lo, hi)) in loras.into_iter().filter(|l| l.1 > 0) {
+            b.small(format!("{att}.{name}0"), &[1, 1, c], lo, hi);
+            b.low_rank(format!("{att}.{name}1"), &[c, d], c);
+            b.low_rank(format!("{att}.{name}2"), &[d, c], d);
+        }
+        let dg = config.dim_g_lora;
+        b.low_rank(format!("{att}.g1"), &[c, dg], c);
+        b.low_rank(format!("{att}.g2"), &[dg, c], dg);
+        b.small(format!("{att}.k_k"), &[1, 1, c], 0.7, 1.0);
+        b.small(format!("{att}.k_a"), &[1, 1, c], 0.8, 1.2);
+        b.small(format!("{att}.r_k"), &[h, n], -0.3, 0.3);
+        b.layer_norm(&format!("{att}.ln_x"), c);
     }
 
     /// The tensors [`Rwkv7TimeMix::load`] reads under `att` for block `layer`, with their
