@@ -4,5 +4,7 @@
 pub mod aft;
 pub mod gla;
 pub mod linear_attention;
+pub mod mamba;
+pub mod mamba2;
 pub mod retention;
 pub mod short_conv;
