@@ -10,8 +10,10 @@ mod common;
 use common::*;
 use ndarray::{concatenate, s, Array1, Array2, Array3, ArrayD, Axis, Ix1, Ix2, Ix3};
 use std::collections::HashMap;
+use tokenshift::mixer::lti::Conv;
 use tokenshift::mixer::mamba::{Mamba, MambaParams, MambaState};
 use tokenshift::mixer::mamba2::{Mamba2, Mamba2Options, Mamba2Params, Mamba2State};
+use tokenshift::mixer::s4d::{S4d, S4dParams, S4dState};
 use tokenshift::mixer::{MultiPath, Path};
 use tokenshift::Error;
 
@@ -80,6 +82,12 @@ impl Flat for MambaState {
 impl Flat for Mamba2State {
     fn flat(&self) -> Vec<f32> {
         self.conv.iter().chain(&self.ssm.s).copied().collect()
+    }
+}
+
+impl Flat for S4dState {
+    fn flat(&self) -> Vec<f32> {
+        self.parts().iter().map(|&v| v as f32).collect()
     }
 }
 
@@ -375,4 +383,106 @@ fn mamba2_constructor_names_the_wrong_tensor() {
     let mut q = p();
     q.dt_bias = Array1::zeros(q.dt_bias.len() + 1);
     input_error_names(Mamba2::new(q, o).unwrap_err(), "dt_bias");
+}
+
+fn s4d_params(g: &Golden, case: &str) -> S4dParams {
+    let n = |t: &str| format!("{case}.{t}");
+    S4dParams {
+        log_dt: g.v(&n("log_dt")),
+        log_a_real: g.m(&n("log_A_real")),
+        a_imag: g
+            .opt(&n("A_imag"))
+            .map(|a| a.into_dimensionality::<Ix2>().unwrap()),
+        c: g.t3(&n("C")),
+        d: g.v(&n("D")),
+    }
+}
+
+/// Every path and both convolutions against the f64 NumPy recurrence: outputs and final state.
+fn check_lti_golden<M: MultiPath>(
+    g: &Golden,
+    case: &str,
+    layers: &[(M, &str)],
+    paths: &[Path],
+    state_of: impl Fn(&M::State) -> Vec<f32>,
+    tol: f32,
+) {
+    let x = g.m(&format!("{case}.x"));
+    let y = g.m(&format!("{case}.y"));
+    let want = g.get(&format!("{case}.state"));
+    let want = want.as_standard_layout();
+    let mut worst = 0.0f32;
+    for (m, how) in layers {
+        for &path in paths {
+            let mut st = m.init_state();
+            let out = m.forward_path(x.view(), &mut st, path);
+            let d = rel2(&out, &y);
+            let ds = rel(&state_of(&st), want.as_slice().unwrap());
+            assert!(d < tol, "{case} {how} {path:?}: output differs by {d:e}");
+            assert!(ds < tol, "{case} {how} {path:?}: state differs by {ds:e}");
+            worst = worst.max(d).max(ds);
+        }
+    }
+    println!("{case}: max relative error vs the f64 reference = {worst:.2e}");
+}
+
+fn s4d_with(p: S4dParams, conv: Conv) -> S4d {
+    S4d::new(p).unwrap().with_conv(conv)
+}
+
+#[test]
+fn s4d_matches_the_f64_reference() {
+    let g = Golden::load();
+    let paths = [
+        Path::Recurrent,
+        Path::Parallel,
+        Path::Chunkwise(1),
+        Path::Chunkwise(7),
+        Path::Chunkwise(16),
+    ];
+    for case in ["s4d", "s4d_real", "s4d_long"] {
+        let layers = [
+            (s4d_with(s4d_params(&g, case), Conv::Direct), "direct"),
+            (s4d_with(s4d_params(&g, case), Conv::Fft), "fft"),
+        ];
+        check_lti_golden(&g, case, &layers, &paths, S4dState::flat, 1e-5);
+    }
+}
+
+#[test]
+fn s4d_paths_agree() {
+    for complex in [true, false] {
+        for conv in [Conv::Direct, Conv::Fft] {
+            let m = S4d::random(6, 8, complex, 7).with_conv(conv);
+            check_paths(
+                &m,
+                6,
+                &MAMBA_PATHS,
+                &format!("s4d {complex} {conv:?}"),
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn s4d_constructor_names_the_wrong_tensor() {
+    let g = Golden::load();
+    let p = || s4d_params(&g, "s4d");
+    assert!(S4d::new(p()).is_ok());
+    // Wrong shape: log_dt for one channel too many.
+    let mut q = p();
+    q.log_dt = Array1::zeros(q.log_dt.len() + 1);
+    input_error_names(S4d::new(q).unwrap_err(), "log_dt");
+    // Wrong layout: C as [H, 2, M].
+    let mut q = p();
+    q.c = q.c.permuted_axes([0, 2, 1]).to_owned();
+    input_error_names(S4d::new(q).unwrap_err(), "C");
+    // Wrong count: one imaginary part too many; a real C for a complex diagonal.
+    let mut q = p();
+    q.a_imag = Some(Array2::zeros((3, 5)));
+    input_error_names(S4d::new(q).unwrap_err(), "A_imag");
+    let mut q = p();
+    q.c = q.c.slice_move(s![.., .., ..1]);
+    input_error_names(S4d::new(q).unwrap_err(), "C");
 }

@@ -15,10 +15,11 @@ Oracles (spec/mixers.md §10-13):
   call (`y`), the output of a prefill of `split` tokens followed by single-token decode steps
   (`y_cached`, transformers' other path) and the state after them: the conv state's last K - 1
   inputs as [K - 1, channels] and the SSM state in the crate's layout.
-- float64 NumPy written from the papers for S4D (ZOH, complex and real diagonal), LMU
-  (Voelker et al. 2019; ZOH via scipy-free matrix exponential of the augmented matrix, computed
-  here by eigen-free Taylor scaling-and-squaring in float64), HiPPO-LegT (the same system in the
-  normalised basis) and HiPPO-LegS (bilinear step of the HiPPO paper, c_0 = (f_0, 0, ...)).
+- float64 NumPy written from the papers, token by token: S4D (ZOH, complex and real diagonal,
+  B = 1), the feedforward LMU (Voelker et al. 2019; ZOH of the augmented matrix through
+  torch.linalg.matrix_exp in float64), HiPPO-LegT (Gu et al. 2020, orthonormal basis, ZOH) and
+  HiPPO-LegS (the bilinear step of the HiPPO paper, c_0 = (f_0, 0, ...)), each with a per-channel
+  read-out and skip.
 """
 
 import math
@@ -111,8 +112,131 @@ def mamba2():
     put("mamba2_limit", "ssm_state", state.transpose(1, 2))
 
 
+def s4d(case, h, m, t_len, complex_):
+    log_dt = RNG.uniform(math.log(1e-3), math.log(1e-1), h) + 1.5  # larger steps: faster modes
+    log_a_real = np.log(0.5) + 0.3 * RNG.standard_normal((h, m))
+    a_imag = math.pi * np.arange(m)[None, :] + 0.2 * RNG.standard_normal((h, m))
+    c = RNG.standard_normal((h, m, 2 if complex_ else 1)) * math.sqrt(0.5)
+    d = RNG.standard_normal(h)
+    x = RNG.standard_normal((t_len, h))
+    a = -np.exp(log_a_real) + (1j * a_imag if complex_ else 0.0)
+    cc = c[..., 0] + (1j * c[..., 1] if complex_ else 0.0)
+    f = 2.0 if complex_ else 1.0
+    dt = np.exp(log_dt)[:, None]
+    a_bar = np.exp(dt * a)
+    b_bar = (a_bar - 1.0) / a
+    state = np.zeros((h, m), dtype=np.complex128)
+    y = np.zeros((t_len, h))
+    for t in range(t_len):
+        state = a_bar * state + b_bar * x[t][:, None]
+        y[t] = f * np.real((cc * state).sum(-1)) + d * x[t]
+    for name, v in [("log_dt", log_dt), ("log_A_real", log_a_real), ("C", c), ("D", d), ("x", x), ("y", y)]:
+        put(case, name, v)
+    if complex_:
+        put(case, "A_imag", a_imag)
+    put(case, "state", np.stack([state.real, state.imag], -1))
+
+
+def zoh(a, b):
+    """exp([[A, B], [0, 0]]) = [[A_bar, B_bar], [0, 1]] (torch's matrix_exp, float64)."""
+    n = a.shape[0]
+    m = np.zeros((n + 1, n + 1))
+    m[:n, :n] = a
+    m[:n, n] = b
+    e = torch.linalg.matrix_exp(torch.from_numpy(m)).numpy()
+    return e[:n, :n], e[:n, n]
+
+
+def lmu_matrices(q, theta):
+    """Voelker et al. 2019, eq. (2): the Legendre delay network."""
+    a = np.zeros((q, q))
+    for i in range(q):
+        for j in range(q):
+            a[i, j] = (2 * i + 1) / theta * (-1.0 if i < j else (-1.0) ** (i - j + 1))
+    b = np.array([(2 * i + 1) * (-1.0) ** i / theta for i in range(q)])
+    return a, b
+
+
+def legt_matrices(n, theta):
+    """HiPPO-LegT (Gu et al. 2020) in the orthonormal basis: dc/dt = A c + B f."""
+    r = np.sqrt(2 * np.arange(n) + 1)
+    a = np.zeros((n, n))
+    for i in range(n):
+        for k in range(n):
+            a[i, k] = -r[i] * r[k] / theta * ((-1.0) ** (i - k) if k <= i else 1.0)
+    return a, r * (-1.0) ** np.arange(n) / theta
+
+
+def lmu(case, c, dm, q, theta, t_len):
+    a_bar, b_bar = zoh(*lmu_matrices(q, theta))
+    enc = RNG.uniform(-1, 1, (dm, c))
+    wm = RNG.uniform(-1, 1, (c, dm * q)) / math.sqrt(dm * q)
+    wx = RNG.uniform(-1, 1, (c, c)) / math.sqrt(c)
+    bias = RNG.uniform(-0.1, 0.1, c)
+    x = RNG.standard_normal((t_len, c))
+    m = np.zeros((dm, q))
+    y = np.zeros((t_len, c))
+    for t in range(t_len):
+        u = enc @ x[t]
+        m = m @ a_bar.T + u[:, None] * b_bar[None, :]
+        y[t] = np.tanh(wx @ x[t] + wm @ m.reshape(-1) + bias)
+    for name, v in [("encoder", enc), ("memory_kernel", wm), ("input_kernel", wx), ("bias", bias),
+                    ("x", x), ("y", y), ("state", m), ("theta", [theta])]:
+        put(case, name, v)
+
+
+def readout(case, n, c, t_len):
+    w = RNG.standard_normal((c, n)) / math.sqrt(n)
+    d = RNG.standard_normal(c)
+    x = RNG.standard_normal((t_len, c))
+    for name, v in [("W", w), ("D", d), ("x", x)]:
+        put(case, name, v)
+    return w, d, x
+
+
+def legt(case, c, n, theta, t_len):
+    a_bar, b_bar = zoh(*legt_matrices(n, theta))
+    w, d, x = readout(case, n, c, t_len)
+    s = np.zeros((c, n))
+    y = np.zeros((t_len, c))
+    for t in range(t_len):
+        s = s @ a_bar.T + x[t][:, None] * b_bar[None, :]
+        y[t] = (w * s).sum(-1) + d * x[t]
+    put(case, "y", y)
+    put(case, "state", s)
+    put(case, "theta", [theta])
+
+
+def legs(case, c, n, t_len):
+    r = np.sqrt(2 * np.arange(n) + 1)
+    a = np.where(np.arange(n)[:, None] > np.arange(n)[None, :], r[:, None] * r[None, :], 0.0)
+    a += np.diag(np.arange(n) + 1.0)
+    b = r
+    w, d, x = readout(case, n, c, t_len)
+    s = np.zeros((c, n))
+    y = np.zeros((t_len, c))
+    eye = np.eye(n)
+    for t in range(t_len):
+        if t == 0:
+            s = np.zeros((c, n))
+            s[:, 0] = x[0]
+        else:
+            ak, bk = a / t, b / t
+            rhs = s @ (eye - ak / 2).T + x[t][:, None] * bk[None, :]
+            s = np.linalg.solve(eye + ak / 2, rhs.T).T
+        y[t] = (w * s).sum(-1) + d * x[t]
+    put(case, "y", y)
+    put(case, "state", s)
+
+
 mamba()
 mamba2()
+s4d("s4d", 3, 4, 40, True)
+s4d("s4d_real", 2, 3, 17, False)
+s4d("s4d_long", 2, 3, 300, True)
+lmu("lmu", 4, 2, 6, 12.0, 40)
+legt("legt", 3, 8, 20.0, 40)
+legs("legs", 3, 8, 40)
 
 save_file(tensors, OUT)
 print(f"wrote {len(tensors)} tensors, {os.path.getsize(OUT)} bytes to {OUT}")

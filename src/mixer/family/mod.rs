@@ -7,4 +7,5 @@ pub mod linear_attention;
 pub mod mamba;
 pub mod mamba2;
 pub mod retention;
+pub mod s4d;
 pub mod short_conv;

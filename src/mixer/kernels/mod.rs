@@ -2,6 +2,7 @@
 //! recurrent, parallel and chunkwise forms ([`outer_product`]), RWKV-5/6's WKV on it ([`wkv`])
 //! and RWKV-7's diagonal-plus-rank-one recurrence ([`wkv7`]).
 
+pub mod lti;
 pub mod outer_product;
 pub mod wkv;
 pub mod wkv7;
