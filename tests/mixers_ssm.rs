@@ -8,13 +8,16 @@
 mod common;
 
 use common::*;
-use ndarray::{concatenate, s, Array1, Array2, Array3, ArrayD, Axis, Ix1, Ix2, Ix3};
+use ndarray::{concatenate, s, Array1, Array2, Array3, ArrayD, ArrayView2, Axis, Ix1, Ix2, Ix3};
 use std::collections::HashMap;
+use tokenshift::mixer::hippo::{legs_matrices, legt_matrices, HippoParams, Legs, LegsState, Legt};
+use tokenshift::mixer::lmu::{lmu_matrices, Lmu, LmuParams, LmuState};
 use tokenshift::mixer::lti::Conv;
+use tokenshift::mixer::lti::{self, LtiMemory};
 use tokenshift::mixer::mamba::{Mamba, MambaParams, MambaState};
 use tokenshift::mixer::mamba2::{Mamba2, Mamba2Options, Mamba2Params, Mamba2State};
 use tokenshift::mixer::s4d::{S4d, S4dParams, S4dState};
-use tokenshift::mixer::{MultiPath, Path};
+use tokenshift::mixer::{MultiPath, Path, SequenceMixer};
 use tokenshift::Error;
 
 struct Golden(HashMap<String, ArrayD<f32>>);
@@ -91,6 +94,26 @@ impl Flat for S4dState {
     }
 }
 
+impl Flat for LmuState {
+    fn flat(&self) -> Vec<f32> {
+        self.m.iter().map(|&v| v as f32).collect()
+    }
+}
+
+impl Flat for Array2<f64> {
+    fn flat(&self) -> Vec<f32> {
+        self.iter().map(|&v| v as f32).collect()
+    }
+}
+
+impl Flat for LegsState {
+    fn flat(&self) -> Vec<f32> {
+        let mut v = self.s.flat();
+        v.push(self.step as f32);
+        v
+    }
+}
+
 fn input(t: usize, c: usize, seed: u64) -> Array2<f32> {
     Rng::new(seed).matrix(t, c, 1.0)
 }
@@ -100,6 +123,19 @@ fn input(t: usize, c: usize, seed: u64) -> Array2<f32> {
 fn check_paths<M>(m: &M, c: usize, paths: &[Path], what: &str, tol: f32)
 where
     M: MultiPath,
+    M::State: Flat,
+{
+    check_sequence(m, c, paths, &|x, s, p| m.forward_path(x, s, p), what, tol);
+}
+
+/// Runs a mixer's sequence path by name.
+type Runner<'a, M> =
+    dyn Fn(ArrayView2<f32>, &mut <M as SequenceMixer>::State, Path) -> Array2<f32> + 'a;
+
+/// As [`check_paths`] for any mixer, its paths run by `run`.
+fn check_sequence<M>(m: &M, c: usize, paths: &[Path], run: &Runner<M>, what: &str, tol: f32)
+where
+    M: SequenceMixer,
     M::State: Flat,
 {
     let mut warm = m.init_state();
@@ -118,7 +154,7 @@ where
         }
         for path in all {
             let mut st = warm.clone();
-            let y = m.forward_path(xs, &mut st, path);
+            let y = run(xs, &mut st, path);
             let d = rel2(&y, &steps);
             let ds = rel(&st.flat(), &ref_state.flat());
             assert!(d <= tol, "{what} T={t} {path:?}: outputs differ by {d:e}");
@@ -485,4 +521,188 @@ fn s4d_constructor_names_the_wrong_tensor() {
     let mut q = p();
     q.c = q.c.slice_move(s![.., .., ..1]);
     input_error_names(S4d::new(q).unwrap_err(), "C");
+}
+
+const LTI_PATHS: [Path; 5] = [
+    Path::Recurrent,
+    Path::Parallel,
+    Path::Chunkwise(1),
+    Path::Chunkwise(7),
+    Path::Chunkwise(16),
+];
+
+fn lmu_params(g: &Golden) -> LmuParams {
+    LmuParams {
+        encoder: g.m("lmu.encoder"),
+        memory_kernel: g.m("lmu.memory_kernel"),
+        input_kernel: g.m("lmu.input_kernel"),
+        bias: g.v("lmu.bias"),
+    }
+}
+
+fn hippo_params(g: &Golden, case: &str) -> HippoParams {
+    HippoParams {
+        w: g.m(&format!("{case}.W")),
+        d: g.v(&format!("{case}.D")),
+    }
+}
+
+#[test]
+fn lmu_and_legt_match_the_f64_reference() {
+    let g = Golden::load();
+    let theta = g.v("lmu.theta")[0] as f64;
+    let lmu = |conv| Lmu::new(6, theta, lmu_params(&g)).unwrap().with_conv(conv);
+    let layers = [(lmu(Conv::Direct), "direct"), (lmu(Conv::Fft), "fft")];
+    check_lti_golden(&g, "lmu", &layers, &LTI_PATHS, LmuState::flat, 1e-5);
+    let theta = g.v("legt.theta")[0] as f64;
+    let legt = |conv| {
+        Legt::new(theta, hippo_params(&g, "legt"))
+            .unwrap()
+            .with_conv(conv)
+    };
+    let layers = [(legt(Conv::Direct), "direct"), (legt(Conv::Fft), "fft")];
+    check_lti_golden(&g, "legt", &layers, &LTI_PATHS, Array2::<f64>::flat, 1e-5);
+}
+
+#[test]
+fn legs_matches_the_f64_reference() {
+    let g = Golden::load();
+    let m = Legs::new(hippo_params(&g, "legs")).unwrap();
+    let mut st = m.init_state();
+    let y = m.forward(g.m("legs.x").view(), &mut st);
+    let d = rel2(&y, &g.m("legs.y"));
+    let want = g.m("legs.state");
+    let ds = rel(&st.s.flat(), want.as_slice().unwrap());
+    assert!(d < 1e-5 && ds < 1e-5, "legs: {d:e} {ds:e}");
+    println!(
+        "legs: max relative error vs the f64 reference = {:.2e}",
+        d.max(ds)
+    );
+}
+
+#[test]
+fn lmu_legt_and_legs_paths_agree() {
+    for conv in [Conv::Direct, Conv::Fft] {
+        let m = Lmu::random(6, 3, 8, 20.0, 1).with_conv(conv);
+        check_paths(&m, 6, &MAMBA_PATHS, &format!("lmu {conv:?}"), 1e-5);
+        let m = Legt::random(5, 12, 30.0, 2).with_conv(conv);
+        check_paths(&m, 5, &MAMBA_PATHS, &format!("legt {conv:?}"), 1e-5);
+    }
+    let m = Legs::random(5, 12, 3);
+    check_sequence(
+        &m,
+        5,
+        &[Path::Recurrent],
+        &|x, s, _| m.forward(x, s),
+        "legs",
+        1e-5,
+    );
+}
+
+#[test]
+fn legt_is_the_lmu_memory_in_the_orthonormal_basis() {
+    let (q, theta) = (10, 17.0);
+    let (a, b) = lmu_matrices(q, theta);
+    let lmu = LtiMemory::zoh(&a, &b);
+    let (a, b) = legt_matrices(q, theta);
+    let legt = LtiMemory::zoh(&a, &b);
+    let u = input(50, 2, 9).mapv(f64::from);
+    let (mut m, mut s) = (Array2::zeros((2, q)), Array2::zeros((2, q)));
+    let (mm, ss) = (
+        lmu.recurrent(u.view(), &mut m),
+        legt.recurrent(u.view(), &mut s),
+    );
+    for ((idx, &mv), &sv) in mm.indexed_iter().zip(ss.iter()) {
+        let r = ((2 * idx.2 + 1) as f64).sqrt();
+        assert!((mv / r - sv).abs() < 1e-10, "{idx:?}: {mv} / {r} vs {sv}");
+    }
+}
+
+#[test]
+fn legs_holds_a_constant_exactly_and_reconstructs_it() {
+    let n = 8;
+    let (a, b) = legs_matrices(n);
+    // (f, 0, …, 0) is the fixed point of −A s + B f for constant f.
+    let s = Array1::from_shape_fn(n, |i| if i == 0 { 2.5 } else { 0.0 });
+    let resid = &b * 2.5 - a.dot(&s);
+    assert!(resid.iter().all(|r| r.abs() < 1e-12), "{resid}");
+    let m = Legs::new(HippoParams {
+        w: Array2::zeros((1, n)),
+        d: Array1::zeros(1),
+    })
+    .unwrap();
+    let mut st = m.init_state();
+    m.forward(Array2::from_elem((100, 1), 2.5f32).view(), &mut st);
+    assert_eq!(st.step, 100);
+    for (i, &v) in st.s.iter().enumerate() {
+        let want = if i == 0 { 2.5 } else { 0.0 };
+        assert!((v - want).abs() < 1e-12, "coefficient {i}: {v}");
+    }
+}
+
+#[test]
+fn fft_convolution_and_matrix_exponential_match_their_definitions() {
+    let mut rng = Rng::new(4);
+    for t in [1, 2, 5, 64, 300] {
+        let k = rng.matrix(t, 1, 1.0).mapv(f64::from);
+        let u = rng.matrix(t, 1, 1.0).mapv(f64::from);
+        let direct = lti::causal_conv(k.column(0), u.column(0), Conv::Direct);
+        let fft = lti::causal_conv(k.column(0), u.column(0), Conv::Fft);
+        let d = direct
+            .iter()
+            .zip(&fft)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-10, "T={t}: FFT convolution differs by {d:e}");
+    }
+    // A rotation generator: e^{[[0, −w], [w, 0]]} is the rotation by w; large norms exercise
+    // the squaring.
+    for w in [0.1f64, 1.0, 7.5, 40.0] {
+        let a = ndarray::arr2(&[[0.0, -w], [w, 0.0]]);
+        let e = lti::expm(&a);
+        let want = ndarray::arr2(&[[w.cos(), -w.sin()], [w.sin(), w.cos()]]);
+        let d = (&e - &want).iter().map(|v| v.abs()).fold(0.0, f64::max);
+        assert!(d < 1e-12 * w.max(1.0), "w={w}: {d:e}");
+    }
+    // Zero-order hold of a scalar system: ā = e^{a}, b̄ = (e^{a} − 1)/a · b.
+    let (ab, bb) = lti::zoh(&ndarray::arr2(&[[-0.3]]), &ndarray::arr1(&[2.0]));
+    assert!((ab[[0, 0]] - (-0.3f64).exp()).abs() < 1e-15);
+    assert!((bb[0] - (-0.3f64).exp_m1() / -0.3 * 2.0).abs() < 1e-15);
+}
+
+#[test]
+fn lmu_and_hippo_constructors_name_the_wrong_argument() {
+    let g = Golden::load();
+    assert!(Lmu::new(6, 12.0, lmu_params(&g)).is_ok());
+    // Wrong shape: memory kernel one column short.
+    let mut p = lmu_params(&g);
+    p.memory_kernel = p.memory_kernel.slice_move(s![.., 1..]);
+    input_error_names(Lmu::new(6, 12.0, p).unwrap_err(), "memory_kernel");
+    // Wrong layout: the encoder transposed ([C, d_m]).
+    let mut p = lmu_params(&g);
+    p.encoder = p.encoder.t().to_owned();
+    input_error_names(Lmu::new(6, 12.0, p).unwrap_err(), "memory_kernel");
+    // Wrong count: the order does not match the memory kernel; a bias too long; no window.
+    input_error_names(
+        Lmu::new(5, 12.0, lmu_params(&g)).unwrap_err(),
+        "memory_kernel",
+    );
+    input_error_names(Lmu::new(0, 12.0, lmu_params(&g)).unwrap_err(), "order");
+    input_error_names(Lmu::new(6, 0.0, lmu_params(&g)).unwrap_err(), "theta");
+    let mut p = lmu_params(&g);
+    p.bias = Array1::zeros(p.bias.len() + 1);
+    input_error_names(Lmu::new(6, 12.0, p).unwrap_err(), "bias");
+    // HiPPO: W transposed no longer matches D; D too long; no window.
+    let p = || hippo_params(&g, "legt");
+    assert!(Legt::new(20.0, p()).is_ok() && Legs::new(p()).is_ok());
+    let mut q = p();
+    q.w = q.w.t().to_owned();
+    input_error_names(Legt::new(20.0, q).unwrap_err(), "D");
+    let mut q = p();
+    q.d = Array1::zeros(q.d.len() + 1);
+    input_error_names(Legs::new(q).unwrap_err(), "D");
+    input_error_names(Legt::new(-1.0, p()).unwrap_err(), "theta");
+    let mut q = p();
+    q.w = Array2::zeros((3, 0));
+    input_error_names(Legs::new(q).unwrap_err(), "W");
 }

@@ -21,6 +21,8 @@
 //! | [`mamba`] | Mamba-1 selective scan (S6) block | its own scan: gate per channel and state index (recurrent, chunkwise) |
 //! | [`mamba2`] | Mamba-2 SSD block | [`outer_product`], per-head per-token gate |
 //! | [`s4d`] | S4D diagonal state space (complex or real, ZOH) | [`lti`]: recurrence, Vandermonde kernel convolution (direct / FFT), chunkwise |
+//! | [`lmu`] | Legendre Memory Unit (feedforward) | [`lti::LtiMemory`]: recurrence, impulse-response convolution (direct / FFT), chunkwise |
+//! | [`hippo`] | HiPPO-LegT (LTI window), HiPPO-LegS (time-varying, recurrent only) | [`lti::LtiMemory`] (LegT); bilinear triangular step (LegS) |
 //! | [`short_conv`] | short causal depthwise convolution | [`crate::ops::shift::causal_conv`] |
 
 pub mod family;
@@ -29,7 +31,9 @@ pub(crate) mod random;
 pub mod rwkv;
 
 // Every mixer module is also reachable one level up (`mixer::rwkv6`, `mixer::gla`, ...).
-pub use family::{aft, gla, linear_attention, mamba, mamba2, retention, s4d, short_conv};
+pub use family::{
+    aft, gla, hippo, linear_attention, lmu, mamba, mamba2, retention, s4d, short_conv,
+};
 pub use kernels::{lti, outer_product, wkv, wkv7};
 pub(crate) use rwkv::from_arrays;
 pub use rwkv::{rwkv4, rwkv5, rwkv6, rwkv7};

@@ -3,7 +3,9 @@
 
 pub mod aft;
 pub mod gla;
+pub mod hippo;
 pub mod linear_attention;
+pub mod lmu;
 pub mod mamba;
 pub mod mamba2;
 pub mod retention;

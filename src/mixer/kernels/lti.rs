@@ -7,6 +7,15 @@
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2};
 use std::f64::consts::PI;
 
+/// `(−1)^i`.
+pub fn alternating(i: usize) -> f64 {
+    if i.is_multiple_of(2) {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
 /// How a long causal convolution is evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conv {
@@ -282,5 +291,99 @@ impl std::ops::Div for C64 {
             (self.re * o.re + self.im * o.im) / d,
             (self.im * o.re - self.re * o.im) / d,
         )
+    }
+}
+
+/// A linear time-invariant memory of order `q` driven by scalar inputs (LMU, HiPPO-LegT):
+/// `m_t = Ā m_{t−1} + B̄ u_t`, run on `M` independent copies at once, with its impulse response
+/// `H_ℓ = Ā^ℓ B̄` for the convolution paths.
+#[derive(Clone, Debug)]
+pub struct LtiMemory {
+    /// `Ā`, `[q, q]`.
+    pub a_bar: Array2<f64>,
+    /// `B̄`, `[q]`.
+    pub b_bar: Array1<f64>,
+    /// How [`LtiMemory::convolve`] convolves.
+    pub conv: Conv,
+}
+
+impl LtiMemory {
+    /// The zero-order-hold discretisation (step 1) of `dm/dt = A m + B u`.
+    pub fn zoh(a: &Array2<f64>, b: &Array1<f64>) -> Self {
+        let (a_bar, b_bar) = zoh(a, b);
+        LtiMemory {
+            a_bar,
+            b_bar,
+            conv: Conv::Auto,
+        }
+    }
+
+    /// The order `q`.
+    pub fn order(&self) -> usize {
+        self.b_bar.len()
+    }
+
+    /// `m ← Ā m + B̄ u`.
+    fn step(&self, m: &mut Array1<f64>, u: f64) {
+        let next = self.a_bar.dot(&*m) + &self.b_bar * u;
+        *m = next;
+    }
+
+    /// The impulse response `H_ℓ = Ā^ℓ B̄` for `ℓ < len`, `[len, q]`.
+    pub fn impulse(&self, len: usize) -> Array2<f64> {
+        let mut h = Array2::zeros((len, self.order()));
+        let mut m = Array1::zeros(self.order());
+        for (l, mut row) in h.rows_mut().into_iter().enumerate() {
+            self.step(&mut m, if l == 0 { 1.0 } else { 0.0 });
+            row.assign(&m);
+        }
+        h
+    }
+
+    /// Recurrent path: the memories after each input.
+    ///
+    /// # Shapes
+    /// `u: [T, M]`, `state: [M, q]` → `[T, M, q]`.
+    pub fn recurrent(&self, u: ArrayView2<f64>, state: &mut Array2<f64>) -> ndarray::Array3<f64> {
+        let (t, copies) = u.dim();
+        let mut out = ndarray::Array3::zeros((t, copies, self.order()));
+        for (j, mut m) in state.rows_mut().into_iter().enumerate() {
+            let mut cur = m.to_owned();
+            for i in 0..t {
+                self.step(&mut cur, u[[i, j]]);
+                out.slice_mut(s![i, j, ..]).assign(&cur);
+            }
+            m.assign(&cur);
+        }
+        out
+    }
+
+    /// Convolution path: `m_t = Σ_{ℓ≤t} H_ℓ u_{t−ℓ} + Ā^{t+1} m_0`, the forced response by
+    /// causal convolution with the impulse response and the free response of the carried state
+    /// `m_0` by the recurrence without input.
+    ///
+    /// # Shapes
+    /// As [`LtiMemory::recurrent`].
+    pub fn convolve(&self, u: ArrayView2<f64>, state: &mut Array2<f64>) -> ndarray::Array3<f64> {
+        let (t, copies) = u.dim();
+        let q = self.order();
+        let h = self.impulse(t);
+        let mut out = ndarray::Array3::zeros((t, copies, q));
+        for (j, mut m) in state.rows_mut().into_iter().enumerate() {
+            let mut free = m.to_owned();
+            for i in 0..t {
+                self.step(&mut free, 0.0);
+                out.slice_mut(s![i, j, ..]).assign(&free);
+            }
+            for k in 0..q {
+                let forced = causal_conv(h.column(k), u.column(j), self.conv);
+                let mut col = out.slice_mut(s![.., j, k]);
+                col += &forced;
+            }
+            if t > 0 {
+                m.assign(&out.slice(s![t - 1, j, ..]));
+            }
+        }
+        out
     }
 }
