@@ -17,7 +17,7 @@
 //!   the step counter.
 
 use crate::error::Result;
-use crate::mixer::lti::{alternating, Conv, LtiMemory};
+use crate::mixer::lti::{alternating, Conv, LtiMemory, RECURRENT_BLOCK};
 use crate::mixer::random::Rng;
 use crate::mixer::{by_chunks, check_arg, MultiPath, Path, SequenceMixer};
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, Zip};
@@ -186,7 +186,9 @@ impl MultiPath for Legt {
         path: Path,
     ) -> Array2<f32> {
         match path {
-            Path::Recurrent => self.call(xs, state, LtiMemory::recurrent),
+            Path::Recurrent => by_chunks(xs, state, RECURRENT_BLOCK, self.read.d.len(), |x, s| {
+                self.call(x, s, LtiMemory::recurrent)
+            }),
             Path::Parallel => self.call(xs, state, LtiMemory::convolve),
             Path::Chunkwise(l) => by_chunks(xs, state, l, self.read.d.len(), |x, s| {
                 self.call(x, s, LtiMemory::convolve)

@@ -20,7 +20,7 @@
 //! chunks. The memory and its arithmetic are f64. State: `m: [d_m, q]`.
 
 use crate::error::Result;
-use crate::mixer::lti::{alternating, Conv, LtiMemory};
+use crate::mixer::lti::{alternating, Conv, LtiMemory, RECURRENT_BLOCK};
 use crate::mixer::random::Rng;
 use crate::mixer::{by_chunks, check_arg, MultiPath, Path, SequenceMixer};
 use crate::ops::Linear;
@@ -193,7 +193,9 @@ impl SequenceMixer for Lmu {
 impl MultiPath for Lmu {
     fn forward_path(&self, xs: ArrayView2<f32>, state: &mut LmuState, path: Path) -> Array2<f32> {
         match path {
-            Path::Recurrent => self.call(xs, state, LtiMemory::recurrent),
+            Path::Recurrent => by_chunks(xs, state, RECURRENT_BLOCK, self.width(), |x, s| {
+                self.call(x, s, LtiMemory::recurrent)
+            }),
             Path::Parallel => self.call(xs, state, LtiMemory::convolve),
             Path::Chunkwise(l) => by_chunks(xs, state, l, self.width(), |x, s| {
                 self.call(x, s, LtiMemory::convolve)

@@ -4,7 +4,7 @@
 //! (scaling and squaring with a Padé approximant) and the zero-order-hold discretisation built
 //! on it.
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Zip};
 use std::f64::consts::PI;
 
 /// `(−1)^i`.
@@ -15,6 +15,10 @@ pub fn alternating(i: usize) -> f64 {
         -1.0
     }
 }
+
+/// Tokens per block of an LTI layer's recurrent path: the memories of a block (`[T, M, q]`)
+/// are read out before the next block runs, so long calls do not hold every memory at once.
+pub const RECURRENT_BLOCK: usize = 256;
 
 /// How a long causal convolution is evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,13 +61,20 @@ pub fn fft(re: &mut [f64], im: &mut [f64], inverse: bool) {
             im.swap(i, j);
         }
     }
+    // Twiddles e^{∓2πik/n}, k < n/2; the stage of length `len` reads every (n/len)-th.
     let sign = if inverse { 1.0 } else { -1.0 };
+    let twiddles: Vec<(f64, f64)> = (0..n / 2)
+        .map(|k| {
+            let a = sign * 2.0 * PI * k as f64 / n as f64;
+            (a.cos(), a.sin())
+        })
+        .collect();
     let mut len = 2;
     while len <= n {
-        let step = sign * 2.0 * PI / len as f64;
+        let stride = n / len;
         for start in (0..n).step_by(len) {
             for k in 0..len / 2 {
-                let (wr, wi) = ((step * k as f64).cos(), (step * k as f64).sin());
+                let (wr, wi) = twiddles[k * stride];
                 let (a, b) = (start + k, start + k + len / 2);
                 let (xr, xi) = (re[b] * wr - im[b] * wi, re[b] * wi + im[b] * wr);
                 re[b] = re[a] - xr;
@@ -86,44 +97,65 @@ pub fn fft(re: &mut [f64], im: &mut [f64], inverse: bool) {
 /// If the kernel is shorter than `u`.
 pub fn causal_conv(kernel: ArrayView1<f64>, u: ArrayView1<f64>, how: Conv) -> Array1<f64> {
     let t = u.len();
-    assert!(
-        kernel.len() >= t,
-        "lti::causal_conv: kernel shorter than the input"
+    let bank = causal_conv_bank(
+        kernel.insert_axis(ndarray::Axis(1)),
+        u.insert_axis(ndarray::Axis(1)),
+        how,
     );
+    bank.into_shape_with_order(t).expect("[T, 1, 1]")
+}
+
+/// Every column of `u` convolved causally with every column of `kernels`:
+/// `y[t, j, k] = Σ_{ℓ≤t} kernels[ℓ, k] u[t − ℓ, j]`. With the FFT each input and each kernel is
+/// transformed once, and each pair costs one product and one inverse transform.
+///
+/// # Shapes
+/// `kernels: [≥ T, K]`, `u: [T, M]` → `[T, M, K]`.
+///
+/// # Panics
+/// If the kernels are shorter than `u`.
+pub fn causal_conv_bank(kernels: ArrayView2<f64>, u: ArrayView2<f64>, how: Conv) -> Array3<f64> {
+    let (t, m) = u.dim();
+    let kk = kernels.ncols();
+    assert!(
+        kernels.nrows() >= t,
+        "lti::causal_conv_bank: kernels shorter than the input"
+    );
+    let mut y = Array3::zeros((t, m, kk));
     let fft_it = match how {
         Conv::Direct => false,
         Conv::Fft => true,
         Conv::Auto => t >= FFT_MIN_LEN,
     };
     if !fft_it {
-        return Array1::from_shape_fn(t, |i| (0..=i).map(|l| kernel[l] * u[i - l]).sum());
+        for ((i, j, k), y) in y.indexed_iter_mut() {
+            *y = (0..=i).map(|l| kernels[[l, k]] * u[[i - l, j]]).sum();
+        }
+        return y;
     }
     let n = (2 * t).next_power_of_two();
-    let (mut kr, mut ki) = (vec![0.0; n], vec![0.0; n]);
-    let (mut ur, mut ui) = (vec![0.0; n], vec![0.0; n]);
-    for i in 0..t {
-        kr[i] = kernel[i];
-        ur[i] = u[i];
-    }
-    fft(&mut kr, &mut ki, false);
-    fft(&mut ur, &mut ui, false);
-    for i in 0..n {
-        let (a, b) = (kr[i] * ur[i] - ki[i] * ui[i], kr[i] * ui[i] + ki[i] * ur[i]);
-        kr[i] = a;
-        ki[i] = b;
-    }
-    fft(&mut kr, &mut ki, true);
-    Array1::from_shape_fn(t, |i| kr[i] / n as f64)
-}
-
-/// The causal convolution of every column of `u` with the same column of `kernel`.
-///
-/// # Shapes
-/// `kernel: [≥ T, H]`, `u: [T, H]` → `[T, H]`.
-pub fn causal_conv_columns(kernel: ArrayView2<f64>, u: ArrayView2<f64>, how: Conv) -> Array2<f64> {
-    let mut y = Array2::zeros(u.raw_dim());
-    for (h, mut col) in y.columns_mut().into_iter().enumerate() {
-        col.assign(&causal_conv(kernel.column(h), u.column(h), how));
+    let spectrum = |col: ArrayView1<f64>| {
+        let (mut re, mut im) = (vec![0.0; n], vec![0.0; n]);
+        for i in 0..t {
+            re[i] = col[i];
+        }
+        fft(&mut re, &mut im, false);
+        (re, im)
+    };
+    let ks: Vec<_> = kernels.columns().into_iter().map(spectrum).collect();
+    let (mut re, mut im) = (vec![0.0; n], vec![0.0; n]);
+    for (j, uc) in u.columns().into_iter().enumerate() {
+        let (ur, ui) = spectrum(uc);
+        for (k, (kr, ki)) in ks.iter().enumerate() {
+            for i in 0..n {
+                re[i] = kr[i] * ur[i] - ki[i] * ui[i];
+                im[i] = kr[i] * ui[i] + ki[i] * ur[i];
+            }
+            fft(&mut re, &mut im, true);
+            for i in 0..t {
+                y[[i, j, k]] = re[i] / n as f64;
+            }
+        }
     }
     y
 }
@@ -323,19 +355,26 @@ impl LtiMemory {
         self.b_bar.len()
     }
 
-    /// `m ← Ā m + B̄ u`.
-    fn step(&self, m: &mut Array1<f64>, u: f64) {
-        let next = self.a_bar.dot(&*m) + &self.b_bar * u;
+    /// `m ← Ā m + B̄ u` for every copy at once (rows of `m: [M, q]`, `u: [M]`; one matrix
+    /// product `m Āᵀ`, keras-lmu's row convention).
+    fn step(&self, m: &mut Array2<f64>, u: Option<ArrayView1<f64>>) {
+        let mut next = m.dot(&self.a_bar.t());
+        if let Some(u) = u {
+            Zip::from(next.rows_mut())
+                .and(&u)
+                .for_each(|mut row, &u| row.scaled_add(u, &self.b_bar));
+        }
         *m = next;
     }
 
     /// The impulse response `H_ℓ = Ā^ℓ B̄` for `ℓ < len`, `[len, q]`.
     pub fn impulse(&self, len: usize) -> Array2<f64> {
         let mut h = Array2::zeros((len, self.order()));
-        let mut m = Array1::zeros(self.order());
+        let mut m = Array2::zeros((1, self.order()));
+        let one = Array1::ones(1);
         for (l, mut row) in h.rows_mut().into_iter().enumerate() {
-            self.step(&mut m, if l == 0 { 1.0 } else { 0.0 });
-            row.assign(&m);
+            self.step(&mut m, (l == 0).then(|| one.view()));
+            row.assign(&m.row(0));
         }
         h
     }
@@ -344,46 +383,35 @@ impl LtiMemory {
     ///
     /// # Shapes
     /// `u: [T, M]`, `state: [M, q]` → `[T, M, q]`.
-    pub fn recurrent(&self, u: ArrayView2<f64>, state: &mut Array2<f64>) -> ndarray::Array3<f64> {
+    pub fn recurrent(&self, u: ArrayView2<f64>, state: &mut Array2<f64>) -> Array3<f64> {
         let (t, copies) = u.dim();
-        let mut out = ndarray::Array3::zeros((t, copies, self.order()));
-        for (j, mut m) in state.rows_mut().into_iter().enumerate() {
-            let mut cur = m.to_owned();
-            for i in 0..t {
-                self.step(&mut cur, u[[i, j]]);
-                out.slice_mut(s![i, j, ..]).assign(&cur);
-            }
-            m.assign(&cur);
+        let mut out = Array3::zeros((t, copies, self.order()));
+        for (i, mut o) in out.outer_iter_mut().enumerate() {
+            self.step(state, Some(u.row(i)));
+            o.assign(state);
         }
         out
     }
 
     /// Convolution path: `m_t = Σ_{ℓ≤t} H_ℓ u_{t−ℓ} + Ā^{t+1} m_0`, the forced response by
     /// causal convolution with the impulse response and the free response of the carried state
-    /// `m_0` by the recurrence without input.
+    /// `m_0` by the recurrence without input (skipped for a zero state).
     ///
     /// # Shapes
     /// As [`LtiMemory::recurrent`].
-    pub fn convolve(&self, u: ArrayView2<f64>, state: &mut Array2<f64>) -> ndarray::Array3<f64> {
-        let (t, copies) = u.dim();
-        let q = self.order();
-        let h = self.impulse(t);
-        let mut out = ndarray::Array3::zeros((t, copies, q));
-        for (j, mut m) in state.rows_mut().into_iter().enumerate() {
-            let mut free = m.to_owned();
-            for i in 0..t {
-                self.step(&mut free, 0.0);
-                out.slice_mut(s![i, j, ..]).assign(&free);
-            }
-            for k in 0..q {
-                let forced = causal_conv(h.column(k), u.column(j), self.conv);
-                let mut col = out.slice_mut(s![.., j, k]);
-                col += &forced;
-            }
-            if t > 0 {
-                m.assign(&out.slice(s![t - 1, j, ..]));
+    pub fn convolve(&self, u: ArrayView2<f64>, state: &mut Array2<f64>) -> Array3<f64> {
+        let t = u.dim().0;
+        let mut out = causal_conv_bank(self.impulse(t).view(), u, self.conv);
+        if t == 0 {
+            return out;
+        }
+        if state.iter().any(|&v| v != 0.0) {
+            for mut o in out.outer_iter_mut() {
+                self.step(state, None);
+                o += &*state;
             }
         }
+        state.assign(&out.index_axis(ndarray::Axis(0), t - 1));
         out
     }
 }
