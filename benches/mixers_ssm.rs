@@ -61,6 +61,27 @@ fn bench<M: MultiPath>(name: &str, m: &M, step: bool, paths: &[(Path, bool)]) {
     }
 }
 
+/// An LTI layer: its parallel path with the direct convolution (`O(T²)`, T = 256 only), then
+/// `step` and every path with the FFT.
+fn bench_lti<M: MultiPath>(name: &str, make: impl Fn(Conv) -> M) {
+    bench(
+        &format!("{name} Direct"),
+        &make(Conv::Direct),
+        false,
+        &[(Path::Parallel, false)],
+    );
+    bench(
+        &format!("{name} Fft"),
+        &make(Conv::Fft),
+        true,
+        &[
+            (Path::Recurrent, true),
+            (Path::Parallel, true),
+            (Path::Chunkwise(64), true),
+        ],
+    );
+}
+
 fn main() {
     // cargo bench passes `--bench`; any other argument filters layers by name.
     let filter: Vec<String> = std::env::args()
@@ -94,50 +115,20 @@ fn main() {
             ],
         );
     }
-    // The direct convolution is O(T²): T = 256 only.
-    let lti = |conv: Conv| {
-        if conv == Conv::Direct {
-            vec![(Path::Parallel, false)]
-        } else {
-            vec![
-                (Path::Recurrent, true),
-                (Path::Parallel, true),
-                (Path::Chunkwise(64), true),
-            ]
-        }
-    };
     if on("s4d") {
-        for conv in [Conv::Direct, Conv::Fft] {
-            let m = S4d::random(WIDTH, 32, true, 3).with_conv(conv);
-            bench(
-                &format!("s4d (H=256, M=32 complex) {conv:?}"),
-                &m,
-                conv == Conv::Fft,
-                &lti(conv),
-            );
-        }
+        bench_lti("s4d (H=256, M=32 complex)", |conv| {
+            S4d::random(WIDTH, 32, true, 3).with_conv(conv)
+        });
     }
     if on("lmu") {
-        for conv in [Conv::Direct, Conv::Fft] {
-            let m = Lmu::random(WIDTH, 4, 32, 256.0, 4).with_conv(conv);
-            bench(
-                &format!("lmu (d_m=4, q=32) {conv:?}"),
-                &m,
-                conv == Conv::Fft,
-                &lti(conv),
-            );
-        }
+        bench_lti("lmu (d_m=4, q=32)", |conv| {
+            Lmu::random(WIDTH, 4, 32, 256.0, 4).with_conv(conv)
+        });
     }
     if on("legt") {
-        for conv in [Conv::Direct, Conv::Fft] {
-            let m = Legt::random(WIDTH, 32, 256.0, 5).with_conv(conv);
-            bench(
-                &format!("legt (C=256, N=32) {conv:?}"),
-                &m,
-                conv == Conv::Fft,
-                &lti(conv),
-            );
-        }
+        bench_lti("legt (C=256, N=32)", |conv| {
+            Legt::random(WIDTH, 32, 256.0, 5).with_conv(conv)
+        });
     }
     if on("legs") {
         let m = Legs::random(WIDTH, 32, 6);

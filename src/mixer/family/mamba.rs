@@ -83,8 +83,13 @@ pub(crate) fn conv_taps(
     Ok(w.index_axis_move(Axis(1), 0))
 }
 
-/// An optional `[n]` bias, checked.
-pub(crate) fn check_bias(layer: &str, name: &str, b: &Option<Array1<f32>>, n: usize) -> Result<()> {
+/// An optional `[n]` vector (a bias, a per-channel parameter), checked.
+pub(crate) fn check_vector(
+    layer: &str,
+    name: &str,
+    b: Option<&Array1<f32>>,
+    n: usize,
+) -> Result<()> {
     match b {
         Some(b) => check_arg(b.len() == n, layer, name, format!("[{n}]"), b.shape()),
         None => Ok(()),
@@ -201,9 +206,9 @@ impl Mamba {
             format!("[2E, D] = [{}, D]", 2 * e),
             p.in_proj_weight.shape(),
         )?;
-        check_bias(L, "in_proj.bias", &p.in_proj_bias, 2 * e)?;
+        check_vector(L, "in_proj.bias", p.in_proj_bias.as_ref(), 2 * e)?;
         let taps = conv_taps(L, "conv1d.weight", p.conv1d_weight, e)?;
-        check_bias(L, "conv1d.bias", &p.conv1d_bias, e)?;
+        check_vector(L, "conv1d.bias", p.conv1d_bias.as_ref(), e)?;
         let r = p.dt_proj_weight.ncols();
         check_arg(
             p.dt_proj_weight.nrows() == e && r > 0,
@@ -213,10 +218,10 @@ impl Mamba {
             p.dt_proj_weight.shape(),
         )?;
         check_matrix(L, "x_proj.weight", &p.x_proj_weight, r + 2 * n, e)?;
-        check_bias(L, "dt_proj.bias", &Some(p.dt_proj_bias.clone()), e)?;
-        check_bias(L, "D", &Some(p.d.clone()), e)?;
+        check_vector(L, "dt_proj.bias", Some(&p.dt_proj_bias), e)?;
+        check_vector(L, "D", Some(&p.d), e)?;
         check_matrix(L, "out_proj.weight", &p.out_proj_weight, d_model, e)?;
-        check_bias(L, "out_proj.bias", &p.out_proj_bias, d_model)?;
+        check_vector(L, "out_proj.bias", p.out_proj_bias.as_ref(), d_model)?;
         Ok(Mamba {
             in_proj: Linear::from(p.in_proj_weight),
             in_bias: p.in_proj_bias,
@@ -426,21 +431,17 @@ impl Scan<'_> {
         let (t_len, e) = x.dim();
         let n = self.a.ncols();
         let mut y = Array2::zeros((e, t_len));
-        let b = b.as_standard_layout();
-        let c = c.as_standard_layout();
-        let run =
-            |(ch, (hrow, yrow)): (usize, (ndarray::ArrayViewMut1<f32>, ArrayViewMut1<f32>))| {
-                self.chunkwise_channel(
-                    ch,
-                    x.column(ch),
-                    delta.column(ch),
-                    b.view(),
-                    c.view(),
-                    hrow,
-                    yrow,
-                    chunk,
-                );
-            };
+        // Each channel reads every row of B and C: contiguous rows.
+        let (b, c) = (b.as_standard_layout(), c.as_standard_layout());
+        let inp = Selective {
+            x,
+            delta,
+            b: b.view(),
+            c: c.view(),
+        };
+        let run = |(ch, (hrow, yrow)): (usize, (ArrayViewMut1<f32>, ArrayViewMut1<f32>))| {
+            self.chunkwise_channel(ch, &inp, hrow, yrow, chunk)
+        };
         let work = h.rows_mut().into_iter().zip(y.rows_mut()).enumerate();
         if t_len * chunk.min(t_len) * e * n >= PARALLEL_MIN_WORK {
             work.collect::<Vec<_>>().into_par_iter().for_each(run);
@@ -451,18 +452,16 @@ impl Scan<'_> {
     }
 
     /// One channel `e` of [`Scan::chunkwise`]: its state row `h: [N]` and outputs `y: [T]`.
-    #[allow(clippy::too_many_arguments)]
     fn chunkwise_channel(
         &self,
         e: usize,
-        x: ArrayView1<f32>,
-        delta: ArrayView1<f32>,
-        b: ArrayView2<f32>,
-        c: ArrayView2<f32>,
+        inp: &Selective,
         mut h: ArrayViewMut1<f32>,
         mut y: ArrayViewMut1<f32>,
         chunk: usize,
     ) {
+        let (x, delta) = (inp.x.column(e), inp.delta.column(e));
+        let (b, c) = (inp.b, inp.c);
         let n = self.a.ncols();
         let a = self.a.row(e);
         let t_len = x.len();

@@ -23,13 +23,13 @@
 
 use crate::error::Result;
 use crate::mixer::linear_attention::run;
-use crate::mixer::mamba::{affine, check_bias, check_matrix, conv_taps, softplus, uniform};
+use crate::mixer::mamba::{affine, check_matrix, check_vector, conv_taps, softplus, uniform};
 use crate::mixer::outer_product::{Gate, Inputs, OuterState};
 use crate::mixer::random::Rng;
 use crate::mixer::short_conv::ShortConv;
 use crate::mixer::{check_arg, MultiPath, Path, SequenceMixer};
 use crate::ops::{silu, HeadNorm, Linear, NormKind};
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis, Zip};
 
 /// A `Mamba2Mixer`'s tensors under their transformers names, in their transformers shapes.
 #[derive(Clone, Debug)]
@@ -158,7 +158,7 @@ impl Mamba2 {
         )?;
         let n = (conv_dim - e) / (2 * g);
         let taps = conv_taps(L, "conv1d.weight", p.conv1d_weight, conv_dim)?;
-        check_bias(L, "conv1d.bias", &p.conv1d_bias, conv_dim)?;
+        check_vector(L, "conv1d.bias", p.conv1d_bias.as_ref(), conv_dim)?;
         let d_model = p.in_proj_weight.ncols();
         let proj = e + conv_dim + h;
         check_arg(
@@ -168,11 +168,11 @@ impl Mamba2 {
             format!("[E + (E + 2GN) + H, D] = [{proj}, D]"),
             p.in_proj_weight.shape(),
         )?;
-        check_bias(L, "in_proj.bias", &p.in_proj_bias, proj)?;
-        check_bias(L, "dt_bias", &Some(p.dt_bias.clone()), h)?;
-        check_bias(L, "D", &Some(p.d.clone()), h)?;
+        check_vector(L, "in_proj.bias", p.in_proj_bias.as_ref(), proj)?;
+        check_vector(L, "dt_bias", Some(&p.dt_bias), h)?;
+        check_vector(L, "D", Some(&p.d), h)?;
         check_matrix(L, "out_proj.weight", &p.out_proj_weight, d_model, e)?;
-        check_bias(L, "out_proj.bias", &p.out_proj_bias, d_model)?;
+        check_vector(L, "out_proj.bias", p.out_proj_bias.as_ref(), d_model)?;
         let norm = HeadNorm {
             weight: p.norm_weight,
             bias: None,
@@ -316,10 +316,8 @@ impl MultiPath for Mamba2 {
             ..Inputs::new(q.view(), k.view(), v.view())
         };
         let mut y = run(&inputs, &mut state.ssm, path);
-        y.zip_mut_with(
-            &Array2::from_shape_fn((t, e), |(r, c)| self.d[c / p] * x[[r, c]]),
-            |y, &dx| *y += dx,
-        );
+        // The skip D x, one D per head.
+        Zip::indexed(&mut y).for_each(|(r, c), y| *y += self.d[c / p] * x[[r, c]]);
         silu(&mut z);
         y *= &z;
         self.norm.forward_inplace(&mut y);

@@ -1,5 +1,6 @@
-//! The related sequence mixers beside RWKV: linear attention and Performer, RetNet, GLA, AFT
-//! and short causal convolutions.
+//! The related sequence mixers beside RWKV: linear attention and Performer, RetNet, GLA, AFT,
+//! short causal convolutions, and the state-space layers (Mamba-1, Mamba-2, S4D, LMU,
+//! HiPPO-LegT/LegS).
 
 pub mod aft;
 pub mod gla;
