@@ -360,21 +360,6 @@ impl Rwkv5TimeMix {
         )
     }
 
-    /// The width `C`.
-    pub fn width(&self) -> usize {
-        self.receptance.dim().1
-    }
-
-    /// The number of heads `H`.
-    pub fn heads(&self) -> usize {
-        self.bonus.nrows()
-    }
-
-    /// The head size `N`.
-    pub fn head_size(&self) -> usize {
-        self.bonus.ncols()
-    }
-
     /// The RWKV-5 version of block 0's time mix under `att` (`ln_x` without RWKV-6's or
     /// RWKV-7's shift tensors): 5.0 without a gate, 5.2 with a decay per channel (`[H, N]`),
     /// 5.1 otherwise; `None` without `ln_x`.
@@ -596,10 +581,28 @@ impl Rwkv5TimeMix {
     }
 }
 
-/// The [`SequenceMixer`] impl shared by the RWKV-5 and RWKV-6 time mixes, which differ only in
-/// how they form `r, k, v, w` (their `apply`, `step_into` and `forward_path`).
+/// The size accessors and the [`SequenceMixer`] impl shared by the RWKV-5 and RWKV-6 time
+/// mixes, which differ only in how they form `r, k, v, w` (their `apply`, `step_into` and
+/// `forward_path`).
 macro_rules! wkv_time_mix_sequence_mixer {
     ($ty:ty) => {
+        impl $ty {
+            /// The width `C`.
+            pub fn width(&self) -> usize {
+                self.receptance.dim().1
+            }
+
+            /// The number of heads `H`.
+            pub fn heads(&self) -> usize {
+                self.bonus.nrows()
+            }
+
+            /// The head size `N`.
+            pub fn head_size(&self) -> usize {
+                self.bonus.ncols()
+            }
+        }
+
         impl SequenceMixer for $ty {
             type State = WkvState;
 

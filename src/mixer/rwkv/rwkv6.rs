@@ -147,21 +147,6 @@ impl Rwkv6TimeMix {
         )
     }
 
-    /// The width `C`.
-    pub fn width(&self) -> usize {
-        self.receptance.dim().1
-    }
-
-    /// The number of heads `H`.
-    pub fn heads(&self) -> usize {
-        self.bonus.nrows()
-    }
-
-    /// The head size `N`.
-    pub fn head_size(&self) -> usize {
-        self.bonus.ncols()
-    }
-
     /// The data-dependent token shift.
     pub fn shift(&self) -> &Ddlerp {
         &self.shift
