@@ -24,6 +24,7 @@
 //! | [`lmu`] | Legendre Memory Unit (feedforward) | [`lti::LtiMemory`]: recurrence, impulse-response convolution (direct / FFT), chunkwise |
 //! | [`hippo`] | HiPPO-LegT (LTI window), HiPPO-LegS (time-varying, recurrent only) | [`lti::LtiMemory`] (LegT); bilinear triangular step (LegS) |
 //! | [`short_conv`] | short causal depthwise convolution | [`crate::ops::shift::causal_conv`] |
+//! | [`window_attention`] | sliding-window softmax attention, attention sinks, rotary positions by cache slot | ring-buffer cache (recurrent), banded key sets (parallel, chunkwise) |
 
 pub mod family;
 pub mod kernels;
@@ -33,6 +34,7 @@ pub mod rwkv;
 // Every mixer module is also reachable one level up (`mixer::rwkv6`, `mixer::gla`, ...).
 pub use family::{
     aft, gla, hippo, linear_attention, lmu, mamba, mamba2, retention, s4d, short_conv,
+    window_attention,
 };
 pub use kernels::{lti, outer_product, wkv, wkv7};
 pub(crate) use rwkv::from_arrays;

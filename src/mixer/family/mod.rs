@@ -12,3 +12,4 @@ pub mod mamba2;
 pub mod retention;
 pub mod s4d;
 pub mod short_conv;
+pub mod window_attention;
