@@ -362,6 +362,19 @@ impl RepetitionPenalty {
 
 /// Checks the logits and writes `softmax(ℓ)` (f32, sum accumulated in f64) to `probs`.
 fn softmax_into(logits: &[f32], probs: &mut Vec<f32>) -> Result<()> {
+    let max = checked_max(logits)?;
+    probs.clear();
+    probs.extend(logits.iter().map(|&l| (l - max).exp()));
+    let sum = probs.iter().map(|&p| f64::from(p)).sum::<f64>() as f32;
+    for p in probs.iter_mut() {
+        *p /= sum;
+    }
+    Ok(())
+}
+
+/// The largest logit, after checking that the logits can be sampled from: some, none NaN or
+/// +∞, not all −∞.
+fn checked_max(logits: &[f32]) -> Result<f32> {
     if logits.is_empty() {
         return Err(Error::Sample("no logits".into()));
     }
@@ -377,13 +390,7 @@ fn softmax_into(logits: &[f32], probs: &mut Vec<f32>) -> Result<()> {
             "every logit is −∞ (every token is banned)".into(),
         ));
     }
-    probs.clear();
-    probs.extend(logits.iter().map(|&l| (l - max).exp()));
-    let sum = probs.iter().map(|&p| f64::from(p)).sum::<f64>() as f32;
-    for p in probs.iter_mut() {
-        *p /= sum;
-    }
-    Ok(())
+    Ok(max)
 }
 
 /// `softmax(ℓ)_i = exp(ℓ_i − max ℓ) / Σ_j exp(ℓ_j − max ℓ)`, in f32 (the sum accumulated in
@@ -481,17 +488,19 @@ impl Workspace {
     fn distribution(&mut self, temperature: f64, top_p: f64, top_k: usize) -> Result<()> {
         check_temperature(temperature)?;
         check_top_p(top_p)?;
-        softmax_into(&self.logits, &mut self.probs)?;
-        let probs = &self.probs;
-        let v = probs.len();
         self.weights.clear();
         if temperature == 0.0 {
+            // The argmax needs no probabilities; the logits are checked as softmax would.
+            checked_max(&self.logits)?;
             let best = argmax_slice(&self.logits)?;
             self.order.clear();
             self.order.push(best);
             self.weights.push(1.0);
             return Ok(());
         }
+        softmax_into(&self.logits, &mut self.probs)?;
+        let probs = &self.probs;
+        let v = probs.len();
         let (cutoff, sorted) = cutoff_and_sorted(probs, top_p, &mut self.order);
         let mut keep = if cutoff > 0.0 {
             probs.iter().filter(|&&p| p >= cutoff).count()
