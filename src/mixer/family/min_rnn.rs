@@ -216,7 +216,12 @@ pub fn scan_recurrent(
     h: &mut Array1<f32>,
 ) -> Array2<f32> {
     let mut out = Array2::zeros(log_a.raw_dim());
-    for ((la, lb), mut y) in log_a.rows().into_iter().zip(log_b.rows()).zip(out.rows_mut()) {
+    for ((la, lb), mut y) in log_a
+        .rows()
+        .into_iter()
+        .zip(log_b.rows())
+        .zip(out.rows_mut())
+    {
         Zip::from(&mut *h)
             .and(la)
             .and(lb)
@@ -282,7 +287,12 @@ impl<K: MinCell> SequenceMixer for MinRnn<K> {
         assert_eq!(xs.ncols(), self.input(), "{}: input width", K::NAME);
         let p = self.w.forward(xs);
         let mut out = Array2::zeros((xs.nrows(), self.hidden));
-        for ((p, h), mut y) in p.rows().into_iter().zip(states.iter_mut()).zip(out.rows_mut()) {
+        for ((p, h), mut y) in p
+            .rows()
+            .into_iter()
+            .zip(states.iter_mut())
+            .zip(out.rows_mut())
+        {
             let row = self.run(p.insert_axis(Axis(0)), h, Path::Recurrent);
             y.assign(&row.row(0));
         }

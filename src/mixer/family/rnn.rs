@@ -286,4 +286,3 @@ impl<K: Cell> SequenceMixer for Rnn<K> {
         hs
     }
 }
-
