@@ -198,14 +198,17 @@ impl<K: MinCell> MinRnn<K> {
 
     /// One algorithm over projections `p`, `[T, k·H]`.
     fn run(&self, p: ArrayView2<f32>, h: &mut Array1<f32>, path: Path) -> Array2<f32> {
+        let scan = match path {
+            Path::Recurrent => scan_recurrent,
+            Path::Parallel => scan_log_space,
+            Path::Chunkwise(c) => {
+                return by_chunks(p, h, c, self.hidden, |part, h| {
+                    self.run(part, h, Path::Parallel)
+                })
+            }
+        };
         let (la, lb) = self.log_coeffs(p);
-        match path {
-            Path::Recurrent => scan_recurrent(la.view(), lb.view(), h),
-            Path::Parallel => scan_log_space(la.view(), lb.view(), h),
-            Path::Chunkwise(c) => by_chunks(p, h, c, self.hidden, |part, h| {
-                self.run(part, h, Path::Parallel)
-            }),
-        }
+        scan(la.view(), lb.view(), h)
     }
 }
 
@@ -241,17 +244,22 @@ pub fn scan_log_space(
     h: &mut Array1<f32>,
 ) -> Array2<f32> {
     let mut out = Array2::zeros(log_a.raw_dim());
-    for (j, h) in h.iter_mut().enumerate() {
-        let mut a_star = 0.0f64;
-        let mut acc = (*h as f64).ln();
-        for t in 0..log_a.nrows() {
-            a_star += log_a[[t, j]] as f64;
-            acc = log_add_exp(acc, log_b[[t, j]] as f64 - a_star);
-            out[[t, j]] = (a_star + acc).exp() as f32;
+    let mut a_star = vec![0.0f64; h.len()];
+    let mut acc: Vec<f64> = h.iter().map(|&h| (h as f64).ln()).collect();
+    for ((la, lb), mut y) in log_a
+        .rows()
+        .into_iter()
+        .zip(log_b.rows())
+        .zip(out.rows_mut())
+    {
+        for (j, y) in y.iter_mut().enumerate() {
+            a_star[j] += la[j] as f64;
+            acc[j] = log_add_exp(acc[j], lb[j] as f64 - a_star[j]);
+            *y = (a_star[j] + acc[j]).exp() as f32;
         }
-        if log_a.nrows() > 0 {
-            *h = out[[log_a.nrows() - 1, j]];
-        }
+    }
+    if let Some(last) = out.rows().into_iter().last() {
+        h.assign(&last);
     }
     out
 }
