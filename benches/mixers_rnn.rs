@@ -6,24 +6,12 @@
 
 mod common;
 
-use common::filled;
-use std::time::Instant;
+use common::{filled, name_filter, per_token, steps_per_token};
 use tokenshift::mixer::min_rnn::{MinGru, MinLstm};
 use tokenshift::mixer::rnn::{Gru, Lstm};
 use tokenshift::mixer::{MultiPath, Path, SequenceMixer};
 
 const WIDTH: usize = 256;
-
-/// Best wall time per token of `run` over `reps` calls on `t` tokens, µs.
-fn per_token(t: usize, reps: usize, mut run: impl FnMut() -> usize) -> f64 {
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let start = Instant::now();
-        std::hint::black_box(run());
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    best / t as f64 * 1e6
-}
 
 fn line(name: &str, what: &str, t: usize, us: f64) {
     println!("{name:<12} {what:<16} T={t:<5} {us:>9.2} µs/token");
@@ -34,13 +22,7 @@ fn bench<M: SequenceMixer>(name: &str, m: &M) {
     for t in [256usize, 4096] {
         let xs = filled(t, WIDTH);
         let reps = if t == 256 { 3 } else { 1 };
-        let us = per_token(t, reps, || {
-            let mut st = m.init_state();
-            xs.rows()
-                .into_iter()
-                .map(|x| m.step(x, &mut st).len())
-                .sum()
-        });
+        let us = steps_per_token(m, &xs, reps);
         line(name, "step", t, us);
         let us = per_token(t, reps, || m.forward(xs.view(), &mut m.init_state()).len());
         line(name, "forward", t, us);
@@ -63,12 +45,7 @@ fn bench_paths<M: MultiPath>(name: &str, m: &M) {
 }
 
 fn main() {
-    // cargo bench passes `--bench`; any other argument filters layers by name.
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let on = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let on = name_filter();
     if on("lstm") {
         bench("lstm", &Lstm::random(WIDTH, WIDTH, 1));
     }

@@ -7,46 +7,11 @@
 
 mod common;
 
-use common::*;
-use ndarray::{concatenate, s, Array1, Array2, ArrayD, Axis, Ix1, Ix2};
-use std::collections::HashMap;
+use common::golden::{input_error_names, rel, Golden};
+use ndarray::{concatenate, s, Array1, Array2, Axis};
 use tokenshift::mixer::min_rnn::{MinCell, MinGru, MinLstm, MinRnn};
 use tokenshift::mixer::rnn::{Cell, Gru, Lstm, LstmState, Rnn};
 use tokenshift::mixer::{MultiPath, Path, SequenceMixer};
-use tokenshift::Error;
-
-struct Golden(HashMap<String, ArrayD<f32>>);
-
-impl Golden {
-    fn load() -> Golden {
-        let path = fixtures_dir().join("mixers/rnn.safetensors");
-        let bytes = std::fs::read(&path).expect("tests/fixtures/mixers/rnn.safetensors");
-        Golden(read_tensors(bytes).into_iter().collect())
-    }
-    fn get(&self, name: &str) -> ArrayD<f32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture tensor {name}"))
-            .clone()
-    }
-    fn m(&self, name: &str) -> Array2<f32> {
-        self.get(name).into_dimensionality::<Ix2>().unwrap()
-    }
-    fn v(&self, name: &str) -> Array1<f32> {
-        self.get(name).into_dimensionality::<Ix1>().unwrap()
-    }
-}
-
-/// max |a − b| / max(1, max |b|).
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "sizes differ");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
 
 fn close<D: ndarray::Dimension>(
     a: &ndarray::Array<f32, D>,
@@ -60,14 +25,6 @@ fn close<D: ndarray::Dimension>(
         b.as_standard_layout().as_slice().unwrap(),
     );
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
-}
-
-fn input_error_names(err: Error, want: &str) {
-    assert!(
-        matches!(&err, Error::InputShape { what, .. } if what.contains(want)),
-        "expected an input error naming `{want}`, got {err}"
-    );
-    assert!(err.to_string().contains(want), "{err}");
 }
 
 fn torch_layer<K: Cell>(g: &Golden, case: &str) -> Rnn<K> {
@@ -155,7 +112,7 @@ fn h_flat(s: &Array1<f32>) -> Vec<f32> {
 
 #[test]
 fn lstm_matches_torch() {
-    let g = Golden::load();
+    let g = Golden::load("rnn.safetensors");
     let m: Lstm = torch_layer(&g, "lstm");
     assert_eq!((m.input(), m.hidden()), (8, 6));
     let x = g.m("lstm.x");
@@ -173,7 +130,7 @@ fn lstm_matches_torch() {
 
 #[test]
 fn gru_matches_torch() {
-    let g = Golden::load();
+    let g = Golden::load("rnn.safetensors");
     let m: Gru = torch_layer(&g, "gru");
     let x = g.m("gru.x");
     let mut s = g.v("gru.h0");
@@ -194,7 +151,7 @@ const PATHS: [Path; 7] = [
 ];
 
 fn min_golden<K: MinCell>(case: &str, names: &[&str]) {
-    let g = Golden::load();
+    let g = Golden::load("rnn.safetensors");
     let ws: Vec<_> = names.iter().map(|n| g.m(&format!("{case}.{n}"))).collect();
     let m = MinRnn::<K>::new(&ws).unwrap();
     let x = g.m(&format!("{case}.x"));
