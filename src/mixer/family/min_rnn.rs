@@ -258,7 +258,7 @@ pub fn scan_log_space(
             *y = (a_star[j] + acc[j]).exp() as f32;
         }
     }
-    if let Some(last) = out.rows().into_iter().last() {
+    if let Some(last) = out.rows().into_iter().next_back() {
         h.assign(&last);
     }
     out
