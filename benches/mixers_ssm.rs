@@ -7,8 +7,7 @@
 
 mod common;
 
-use common::filled;
-use std::time::Instant;
+use common::{filled, name_filter, per_token, steps_per_token};
 use tokenshift::mixer::hippo::{Legs, Legt};
 use tokenshift::mixer::lmu::Lmu;
 use tokenshift::mixer::lti::Conv;
@@ -19,30 +18,13 @@ use tokenshift::mixer::{MultiPath, Path, SequenceMixer};
 
 const WIDTH: usize = 256;
 
-/// Best wall time per token of `run` over `reps` calls on `t` tokens, µs.
-fn per_token(t: usize, reps: usize, mut run: impl FnMut() -> usize) -> f64 {
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let start = Instant::now();
-        std::hint::black_box(run());
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    best / t as f64 * 1e6
-}
-
 /// `step` (T calls) and each of `paths`; `long` paths also at T = 4096.
 fn bench<M: MultiPath>(name: &str, m: &M, step: bool, paths: &[(Path, bool)]) {
     for t in [256usize, 4096] {
         let xs = filled(t, WIDTH);
         let reps = if t == 256 { 3 } else { 1 };
         if step {
-            let us = per_token(t, reps, || {
-                let mut st = m.init_state();
-                xs.rows()
-                    .into_iter()
-                    .map(|x| m.step(x, &mut st).len())
-                    .sum()
-            });
+            let us = steps_per_token(m, &xs, reps);
             println!("{name:<36} {:<16} T={t:<5} {us:>9.2} µs/token", "step");
         }
         for &(path, long) in paths {
@@ -83,12 +65,7 @@ fn bench_lti<M: MultiPath>(name: &str, make: impl Fn(Conv) -> M) {
 }
 
 fn main() {
-    // cargo bench passes `--bench`; any other argument filters layers by name.
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let on = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let on = name_filter();
     if on("mamba1") {
         let m = Mamba::random(WIDTH, 16, 1);
         bench(

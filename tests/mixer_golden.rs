@@ -5,37 +5,12 @@
 
 mod common;
 
-use common::*;
-use ndarray::{Array1, Array2, Array3, ArrayD, Ix1, Ix2, Ix3};
-use std::collections::HashMap;
+use common::golden::{rel, Golden};
+use ndarray::{Array1, Array2, Array3};
 use tokenshift::mixer::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
 use tokenshift::mixer::retention::{log_gammas, Retention};
 use tokenshift::mixer::{MultiPath, Path, SequenceMixer};
 use tokenshift::ops::{HeadNorm, NormKind};
-
-struct Golden(HashMap<String, ArrayD<f32>>);
-
-impl Golden {
-    fn load() -> Golden {
-        let path = fixtures_dir().join("mixers/golden.safetensors");
-        let bytes = std::fs::read(&path).expect("tests/fixtures/mixers/golden.safetensors");
-        Golden(read_tensors(bytes).into_iter().collect())
-    }
-    fn get(&self, name: &str) -> &ArrayD<f32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture tensor {name}"))
-    }
-    fn m(&self, name: &str) -> Array2<f32> {
-        self.get(name).clone().into_dimensionality::<Ix2>().unwrap()
-    }
-    fn v(&self, name: &str) -> Array1<f32> {
-        self.get(name).clone().into_dimensionality::<Ix1>().unwrap()
-    }
-    fn s(&self, name: &str) -> Array3<f32> {
-        self.get(name).clone().into_dimensionality::<Ix3>().unwrap()
-    }
-}
 
 const PATHS: [Path; 5] = [
     Path::Recurrent,
@@ -44,17 +19,6 @@ const PATHS: [Path; 5] = [
     Path::Chunkwise(7),
     Path::Chunkwise(16),
 ];
-
-/// max |a − b| / max(1, max |b|).
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
 
 /// Runs `x` on every path from `init` and compares the output with `o` and the final state with
 /// `s` (and `z`). Returns the largest relative error.
@@ -94,7 +58,7 @@ fn check(
 
 #[test]
 fn linear_attention_matches_fla() {
-    let g = Golden::load();
+    let g = Golden::load("golden.safetensors");
     let (q, k, v) = (
         g.m("linear_attn.q"),
         g.m("linear_attn.k"),
@@ -105,7 +69,7 @@ fn linear_attention_matches_fla() {
         ..Inputs::new(q.view(), k.view(), v.view())
     };
     let init = OuterState {
-        s: g.s("linear_attn.s0"),
+        s: g.t3("linear_attn.s0"),
         z: Some(g.m("linear_attn.z0")),
     };
     let z = g.m("linear_attn.z");
@@ -115,14 +79,14 @@ fn linear_attention_matches_fla() {
         &x,
         &init,
         &g.m("linear_attn.o"),
-        Some(&g.s("linear_attn.s")),
+        Some(&g.t3("linear_attn.s")),
         Some(&z),
     );
 }
 
 #[test]
 fn retention_matches_fla() {
-    let g = Golden::load();
+    let g = Golden::load("golden.safetensors");
     let (q, k, v) = (g.m("retention.q"), g.m("retention.k"), g.m("retention.v"));
     let gamma = log_gammas(2);
     let x = Inputs {
@@ -149,7 +113,7 @@ fn retention_matches_fla() {
         ..Inputs::new(q.view(), k.view(), v.view())
     };
     let init = OuterState {
-        s: g.s("retention_state.s0"),
+        s: g.t3("retention_state.s0"),
         z: None,
     };
     check(
@@ -157,14 +121,14 @@ fn retention_matches_fla() {
         &x,
         &init,
         &g.m("retention_state.o"),
-        Some(&g.s("retention_state.s")),
+        Some(&g.t3("retention_state.s")),
         None,
     );
 }
 
 #[test]
 fn scalar_data_dependent_gate_matches_fla_simple_gla() {
-    let g = Golden::load();
+    let g = Golden::load("golden.safetensors");
     let (q, k, v) = (
         g.m("simple_gla.q"),
         g.m("simple_gla.k"),
@@ -177,7 +141,7 @@ fn scalar_data_dependent_gate_matches_fla_simple_gla() {
         ..Inputs::new(q.view(), k.view(), v.view())
     };
     let init = OuterState {
-        s: g.s("simple_gla.s0"),
+        s: g.t3("simple_gla.s0"),
         z: None,
     };
     check(
@@ -185,14 +149,14 @@ fn scalar_data_dependent_gate_matches_fla_simple_gla() {
         &x,
         &init,
         &g.m("simple_gla.o"),
-        Some(&g.s("simple_gla.s")),
+        Some(&g.t3("simple_gla.s")),
         None,
     );
 }
 
 #[test]
 fn gla_matches_fla() {
-    let g = Golden::load();
+    let g = Golden::load("golden.safetensors");
     for case in ["gla", "gla_strong"] {
         let n = |t: &str| format!("{case}.{t}");
         let (q, k, v, gk) = (g.m(&n("q")), g.m(&n("k")), g.m(&n("v")), g.m(&n("gk")));
@@ -201,7 +165,7 @@ fn gla_matches_fla() {
             ..Inputs::new(q.view(), k.view(), v.view())
         };
         let init = OuterState {
-            s: g.s(&n("s0")),
+            s: g.t3(&n("s0")),
             z: None,
         };
         check(
@@ -209,7 +173,7 @@ fn gla_matches_fla() {
             &x,
             &init,
             &g.m(&n("o")),
-            Some(&g.s(&n("s"))),
+            Some(&g.t3(&n("s"))),
             None,
         );
     }
@@ -217,7 +181,7 @@ fn gla_matches_fla() {
 
 #[test]
 fn rwkv6_kernel_matches_fla() {
-    let g = Golden::load();
+    let g = Golden::load("golden.safetensors");
     let (q, k, v, w) = (
         g.m("rwkv6.q"),
         g.m("rwkv6.k"),
@@ -231,7 +195,7 @@ fn rwkv6_kernel_matches_fla() {
         ..Inputs::new(q.view(), k.view(), v.view())
     };
     let init = OuterState {
-        s: g.s("rwkv6.s0"),
+        s: g.t3("rwkv6.s0"),
         z: None,
     };
     check(
@@ -239,11 +203,11 @@ fn rwkv6_kernel_matches_fla() {
         &x,
         &init,
         &g.m("rwkv6.o"),
-        Some(&g.s("rwkv6.s")),
+        Some(&g.t3("rwkv6.s")),
         None,
     );
     // wkv::scan (the model's recurrent kernel) takes the decay itself, not its log.
-    let mut s = g.s("rwkv6.s0");
+    let mut s = g.t3("rwkv6.s0");
     let y = tokenshift::mixer::wkv::scan(
         q.view(),
         k.view(),
@@ -258,7 +222,7 @@ fn rwkv6_kernel_matches_fla() {
 
 #[test]
 fn retention_layer_matches_torchscale() {
-    let g = Golden::load();
+    let g = Golden::load("golden.safetensors");
     let w = |n: &str| g.m(&format!("torchscale_retnet.{n}"));
     let m = Retention::new(
         2,

@@ -7,9 +7,9 @@
 
 mod common;
 
+use common::golden::{input_error_names, rel, Golden};
 use common::*;
-use ndarray::{concatenate, s, Array1, Array2, Array3, ArrayD, ArrayView2, Axis, Ix1, Ix2, Ix3};
-use std::collections::HashMap;
+use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis, Ix2};
 use tokenshift::mixer::hippo::{legs_matrices, legt_matrices, HippoParams, Legs, LegsState, Legt};
 use tokenshift::mixer::lmu::{lmu_matrices, Lmu, LmuParams, LmuState};
 use tokenshift::mixer::lti::Conv;
@@ -18,50 +18,6 @@ use tokenshift::mixer::mamba::{Mamba, MambaParams, MambaState};
 use tokenshift::mixer::mamba2::{Mamba2, Mamba2Options, Mamba2Params, Mamba2State};
 use tokenshift::mixer::s4d::{S4d, S4dParams, S4dState};
 use tokenshift::mixer::{MultiPath, Path, SequenceMixer};
-use tokenshift::Error;
-
-struct Golden(HashMap<String, ArrayD<f32>>);
-
-impl Golden {
-    fn load() -> Golden {
-        let path = fixtures_dir().join("mixers/ssm.safetensors");
-        let bytes = std::fs::read(&path).expect("tests/fixtures/mixers/ssm.safetensors");
-        Golden(read_tensors(bytes).into_iter().collect())
-    }
-    fn get(&self, name: &str) -> ArrayD<f32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture tensor {name}"))
-            .clone()
-    }
-    fn opt(&self, name: &str) -> Option<ArrayD<f32>> {
-        self.0.get(name).cloned()
-    }
-    fn m(&self, name: &str) -> Array2<f32> {
-        self.get(name).into_dimensionality::<Ix2>().unwrap()
-    }
-    fn v(&self, name: &str) -> Array1<f32> {
-        self.get(name).into_dimensionality::<Ix1>().unwrap()
-    }
-    fn t3(&self, name: &str) -> Array3<f32> {
-        self.get(name).into_dimensionality::<Ix3>().unwrap()
-    }
-    fn opt_v(&self, name: &str) -> Option<Array1<f32>> {
-        self.opt(name)
-            .map(|a| a.into_dimensionality::<Ix1>().unwrap())
-    }
-}
-
-/// max |a − b| / max(1, max |b|).
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "sizes differ");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
 
 fn rel2(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
     assert_eq!(a.dim(), b.dim());
@@ -199,14 +155,6 @@ where
     assert_eq!(st.flat(), warm.flat(), "{what}: T = 0 changed the state");
 }
 
-fn input_error_names(err: Error, want: &str) {
-    assert!(
-        matches!(&err, Error::InputShape { what, .. } if what.contains(want)),
-        "expected an input error naming `{want}`, got {err}"
-    );
-    assert!(err.to_string().contains(want), "{err}");
-}
-
 const MAMBA_PATHS: [Path; 3] = [Path::Recurrent, Path::Parallel, Path::Chunkwise(1)];
 
 fn mamba_params(g: &Golden, case: &str) -> MambaParams {
@@ -288,7 +236,7 @@ fn check_golden<M>(
 
 #[test]
 fn mamba_matches_transformers() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     for case in ["mamba", "mamba_bias"] {
         let m = Mamba::new(mamba_params(&g, case)).unwrap();
         let mut paths = MAMBA_PATHS.to_vec();
@@ -301,7 +249,7 @@ fn mamba_matches_transformers() {
 
 #[test]
 fn mamba2_matches_transformers() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     for (case, options) in [
         (
             "mamba2",
@@ -365,7 +313,7 @@ fn mamba2_paths_agree() {
 
 #[test]
 fn mamba_constructor_names_the_wrong_tensor() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     let p = || mamba_params(&g, "mamba");
     assert!(Mamba::new(p()).is_ok());
     // Any memory layout is accepted.
@@ -396,7 +344,7 @@ fn mamba_constructor_names_the_wrong_tensor() {
 
 #[test]
 fn mamba2_constructor_names_the_wrong_tensor() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     let p = || mamba2_params(&g, "mamba2");
     let o = Mamba2Options {
         n_groups: 2,
@@ -468,7 +416,7 @@ fn s4d_with(p: S4dParams, conv: Conv) -> S4d {
 
 #[test]
 fn s4d_matches_the_f64_reference() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     let paths = [
         Path::Recurrent,
         Path::Parallel,
@@ -503,7 +451,7 @@ fn s4d_paths_agree() {
 
 #[test]
 fn s4d_constructor_names_the_wrong_tensor() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     let p = || s4d_params(&g, "s4d");
     assert!(S4d::new(p()).is_ok());
     // Wrong shape: log_dt for one channel too many.
@@ -549,7 +497,7 @@ fn hippo_params(g: &Golden, case: &str) -> HippoParams {
 
 #[test]
 fn lmu_and_legt_match_the_f64_reference() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     let theta = g.v("lmu.theta")[0] as f64;
     let lmu = |conv| Lmu::new(6, theta, lmu_params(&g)).unwrap().with_conv(conv);
     let layers = [(lmu(Conv::Direct), "direct"), (lmu(Conv::Fft), "fft")];
@@ -566,7 +514,7 @@ fn lmu_and_legt_match_the_f64_reference() {
 
 #[test]
 fn legs_matches_the_f64_reference() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     let m = Legs::new(hippo_params(&g, "legs")).unwrap();
     let mut st = m.init_state();
     let y = m.forward(g.m("legs.x").view(), &mut st);
@@ -672,7 +620,7 @@ fn fft_convolution_and_matrix_exponential_match_their_definitions() {
 
 #[test]
 fn lmu_and_hippo_constructors_name_the_wrong_argument() {
-    let g = Golden::load();
+    let g = Golden::load("ssm.safetensors");
     assert!(Lmu::new(6, 12.0, lmu_params(&g)).is_ok());
     // Wrong shape: memory kernel one column short.
     let mut p = lmu_params(&g);

@@ -23,6 +23,8 @@
 //! | [`s4d`] | S4D diagonal state space (complex or real, ZOH) | [`lti`]: recurrence, Vandermonde kernel convolution (direct / FFT), chunkwise |
 //! | [`lmu`] | Legendre Memory Unit (feedforward) | [`lti::LtiMemory`]: recurrence, impulse-response convolution (direct / FFT), chunkwise |
 //! | [`hippo`] | HiPPO-LegT (LTI window), HiPPO-LegS (time-varying, recurrent only) | [`lti::LtiMemory`] (LegT); bilinear triangular step (LegS) |
+//! | [`rnn`] | LSTM, GRU (PyTorch's weights) | none: the gates depend nonlinearly on `h_{t−1}` (recurrent only, `[T, I]` → `[T, H]`) |
+//! | [`min_rnn`] | minGRU, minLSTM | its own diagonal scan `h_t = a_t h_{t−1} + b_t`: recurrence, log-space (Heinsen) scan, chunkwise (`[T, I]` → `[T, H]`) |
 //! | [`short_conv`] | short causal depthwise convolution | [`crate::ops::shift::causal_conv`] |
 //! | [`window_attention`] | sliding-window softmax attention, attention sinks, rotary positions by cache slot | ring-buffer cache (recurrent), banded key sets (parallel, chunkwise) |
 
@@ -33,8 +35,8 @@ pub mod rwkv;
 
 // Every mixer module is also reachable one level up (`mixer::rwkv6`, `mixer::gla`, ...).
 pub use family::{
-    aft, gla, hippo, linear_attention, lmu, mamba, mamba2, retention, s4d, short_conv,
-    window_attention,
+    aft, gla, hippo, linear_attention, lmu, mamba, mamba2, min_rnn, retention, rnn, s4d,
+    short_conv, window_attention,
 };
 pub use kernels::{lti, outer_product, wkv, wkv7};
 pub(crate) use rwkv::from_arrays;

@@ -1,6 +1,8 @@
 //! Shared test helpers: fixture discovery, expected-output files, comparisons.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use ndarray::{Array2, ArrayD, ArrayView2, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
