@@ -56,7 +56,9 @@ pub trait SequenceMixer: Send + Sync {
     /// Sequence path: all rows of `xs` at once; leaves `state` as `T` calls of `step` would.
     ///
     /// # Shapes
-    /// `xs: [T, C]` → `[T, C]` (`T = 0` is allowed and changes nothing).
+    /// `xs: [T, C]` → `[T, C']` (`T = 0` is allowed and changes nothing). `C'`, the output
+    /// width, is `C` for every mixer but the recurrent networks (`rnn`, `min_rnn`), which map
+    /// an input width to their hidden width.
     ///
     /// # Panics
     /// If `C` is not the layer's width.
@@ -65,7 +67,7 @@ pub trait SequenceMixer: Send + Sync {
     /// Recurrent path: one token, O(1) in the number of tokens seen.
     ///
     /// # Shapes
-    /// `x: [C]` → `[C]`.
+    /// `x: [C]` → `[C']`.
     ///
     /// # Panics
     /// If `C` is not the layer's width.
@@ -78,7 +80,7 @@ pub trait SequenceMixer: Send + Sync {
     /// `states[b]`. Mixers with weights read them once for the whole batch.
     ///
     /// # Shapes
-    /// `xs: [B, C]` → `[B, C]`.
+    /// `xs: [B, C]` → `[B, C']`.
     ///
     /// # Panics
     /// If `states.len() != B` or `C` is not the layer's width.
@@ -90,7 +92,8 @@ pub trait SequenceMixer: Send + Sync {
             .zip(states.iter_mut())
             .map(|(x, s)| self.step(x, s))
             .collect();
-        let mut out = Array2::zeros(xs.raw_dim());
+        let width = rows.first().map_or(xs.ncols(), Array1::len);
+        let mut out = Array2::zeros((xs.nrows(), width));
         for (mut o, r) in out.rows_mut().into_iter().zip(rows) {
             o.assign(&r);
         }
