@@ -18,7 +18,7 @@ use tokenshift::mixer::outer_product::{self, Gate, Inputs, OuterState, ReadOut};
 use tokenshift::mixer::retention::Retention;
 use tokenshift::mixer::rwkv5::DEFAULT_CHUNK;
 use tokenshift::mixer::short_conv::ShortConv;
-use tokenshift::mixer::window_attention::WindowAttention;
+use tokenshift::mixer::window_attention::{WindowAttention, WindowOptions};
 use tokenshift::mixer::{MultiPath, Path};
 use tokenshift::synthetic::{random_model, DType};
 use tokenshift::{Config, Version};
@@ -138,7 +138,12 @@ fn mixers(c: &mut Criterion) {
     bench_mixer(c, "aft_full", &AftFull::random(w, 1024, 6), 64, false);
     bench_mixer(c, "aft_local", &AftLocal::random(w, 4096, 16, 7), 64, true);
     bench_mixer(c, "short_conv_k4", &ShortConv::random(w, 4, 8), 64, true);
-    let window = WindowAttention::random(w, 4, 64, 128, 4, 9).unwrap();
+    let options = WindowOptions {
+        window: 128,
+        sinks: 4,
+        rope_base: Some(10000.0),
+    };
+    let window = WindowAttention::random(w, 4, 64, options, 9).unwrap();
     bench_mixer(c, "window_attention_w128_s4", &window, 128, true);
 }
 
