@@ -881,3 +881,46 @@ fn feature_maps_are_positive_and_finite() {
         }
     }
 }
+
+/// A decay of exactly 0 (`λ = −∞`, as `time_decay` above ~88.7 gives) forgets the past at once:
+/// every path is finite and equals the recurrence (regression: the chunkwise and parallel forms
+/// formed `0 · (−∞)` at lag 0 and returned NaN).
+#[test]
+fn wkv4_paths_stay_finite_with_a_decay_of_exactly_zero() {
+    let (t, c) = (40, 4);
+    let mut rng = Rng::new(12);
+    let k = rng.matrix(t, c, 30.0);
+    let v = rng.matrix(t, c, 1.0);
+    let decay = Array1::from(vec![f32::NEG_INFINITY, -30.0, -1e-4, 0.0]);
+    let first = Array1::from(vec![0.5, -1.0, 0.0, 2.0]);
+    let mut rec_state = Rwkv4State::new(c);
+    let rec = wkv4_scan(
+        k.view(),
+        v.view(),
+        decay.view(),
+        first.view(),
+        &mut rec_state,
+    );
+    assert!(rec.iter().all(|x| x.is_finite()), "recurrence");
+    let rec64 = rec.mapv(f64::from);
+    for chunk in [1, 2, 7, t] {
+        let mut st = Rwkv4State::new(c);
+        let y = wkv4_chunkwise(
+            k.view(),
+            v.view(),
+            decay.view(),
+            first.view(),
+            &mut st,
+            chunk,
+        );
+        assert!(y.iter().all(|x| x.is_finite()), "chunk {chunk}: NaN or Inf");
+        assert!(rel_err(y.view(), rec64.view()) < 1e-4, "chunk {chunk}");
+        assert!(
+            flat_err(&st.flat(), &rec_state.flat()) < 1e-4,
+            "chunk {chunk}: state"
+        );
+    }
+    let mut st = Rwkv4State::new(c);
+    let y = wkv4_parallel(k.view(), v.view(), decay.view(), first.view(), &mut st);
+    assert!(rel_err(y.view(), rec64.view()) < 1e-4, "parallel");
+}

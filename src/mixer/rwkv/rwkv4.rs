@@ -333,14 +333,14 @@ pub fn wkv4_chunkwise(
             Zip::from(&mut m)
                 .and(&state.pp)
                 .and(&decay)
-                .for_each(|m, &p, &w| *m = p + j as f32 * w);
+                .for_each(|m, &p, &w| *m = p + lagged(j, w));
             // The chunk's earlier rows (up to the end when updating the state: lag n−1−i).
             for i in 0..j {
-                let lag = (j - 1 - i) as f32;
+                let lag = j - 1 - i;
                 Zip::from(&mut m)
                     .and(kc.row(i))
                     .and(&decay)
-                    .for_each(|m, &k, &w| *m = m.max(k + lag * w));
+                    .for_each(|m, &k, &w| *m = m.max(k + lagged(lag, w)));
             }
             if !at_end {
                 Zip::from(&mut m)
@@ -349,12 +349,12 @@ pub fn wkv4_chunkwise(
                     .for_each(|m, &k, &u| *m = m.max(u + k));
             }
             for c in 0..width {
-                let e = (state.pp[c] + j as f32 * decay[c] - m[c]).exp();
+                let e = (state.pp[c] + lagged(j, decay[c]) - m[c]).exp();
                 num[c] = state.aa[c] * e;
                 den[c] = state.bb[c] * e;
             }
             for i in 0..j {
-                let lag = (j - 1 - i) as f32;
+                let lag = j - 1 - i;
                 Zip::from(&mut num)
                     .and(&mut den)
                     .and(&m)
@@ -362,7 +362,7 @@ pub fn wkv4_chunkwise(
                     .and(vc.row(i))
                     .and(&decay)
                     .for_each(|num, den, &m, &k, &v, &w| {
-                        let e = (k + lag * w - m).exp();
+                        let e = (k + lagged(lag, w) - m).exp();
                         *num += e * v;
                         *den += e;
                     });
@@ -383,6 +383,16 @@ pub fn wkv4_chunkwise(
         c0 += n;
     }
     y
+}
+
+/// `lag · λ`, the log-decay over `lag` tokens: 0 at lag 0 even for a decay of exactly 0
+/// (`λ = −∞`, a `time_decay` above ~88.7), where the product would be NaN.
+fn lagged(lag: usize, w: f32) -> f32 {
+    if lag == 0 {
+        0.0
+    } else {
+        lag as f32 * w
+    }
 }
 
 /// The WKV's parallel form: [`wkv4_chunkwise`] with one chunk of all `T` rows (`O(T²)` per
