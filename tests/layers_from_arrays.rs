@@ -3,6 +3,9 @@
 //! a parameter the version does not read is an error naming that parameter; arrays in any
 //! memory layout are accepted.
 
+mod common;
+
+use common::golden::input_error_names;
 use ndarray::{Array1, Array2, Array3, ArrayD, Ix2, Ix3, ShapeBuilder};
 use tokenshift::channel_mix::{ChannelMix, ChannelMixParams};
 use tokenshift::mixer::rwkv4::{Rwkv4Params, Rwkv4TimeMix};
@@ -93,13 +96,6 @@ fn shape_error_names(err: Error, want: &str) {
         other => panic!("expected a shape error naming `{want}`, got {other}"),
     }
     assert!(err.to_string().contains(want), "{err}");
-}
-
-fn input_error_names(err: Error, want: &str) {
-    assert!(
-        matches!(&err, Error::InputShape { what, .. } if what.contains(want)),
-        "expected an input error naming `{want}`, got {err}"
-    );
 }
 
 fn rwkv6_params(r: &Reader) -> Rwkv6Params {
