@@ -499,6 +499,25 @@ fn wkv4_reference(
     })
 }
 
+/// RWKV-4's chunkwise WKV from `start` at each chunk length: `(chunk, output, final state)`.
+fn wkv4_chunked_paths(
+    k: &Array2<f32>,
+    v: &Array2<f32>,
+    decay: &Array1<f32>,
+    first: &Array1<f32>,
+    start: &Rwkv4State,
+    chunks: &[usize],
+) -> Vec<(usize, Array2<f32>, Rwkv4State)> {
+    chunks
+        .iter()
+        .map(|&chunk| {
+            let mut st = start.clone();
+            let (k, v, d, u) = (k.view(), v.view(), decay.view(), first.view());
+            (chunk, wkv4_chunkwise(k, v, d, u, &mut st, chunk), st)
+        })
+        .collect()
+}
+
 #[test]
 fn wkv4_parallel_and_chunkwise_match_the_f64_definition_for_keys_up_to_60() {
     let (t, c) = (257, 6);
@@ -525,16 +544,7 @@ fn wkv4_parallel_and_chunkwise_match_the_f64_definition_for_keys_up_to_60() {
         &mut rec_state,
     );
     let mut worst = rel_err(rec.view(), reference.view());
-    for chunk in [1, 2, 3, 16, t] {
-        let mut st = warm.clone();
-        let y = wkv4_chunkwise(
-            k.view(),
-            v.view(),
-            decay.view(),
-            first.view(),
-            &mut st,
-            chunk,
-        );
+    for (chunk, y, st) in wkv4_chunked_paths(&k, &v, &decay, &first, &warm, &[1, 2, 3, 16, t]) {
         assert!(y.iter().all(|x| x.is_finite()), "chunk {chunk}: NaN or Inf");
         let d = rel_err(y.view(), reference.view());
         worst = worst.max(d);
@@ -903,16 +913,8 @@ fn wkv4_paths_stay_finite_with_a_decay_of_exactly_zero() {
     );
     assert!(rec.iter().all(|x| x.is_finite()), "recurrence");
     let rec64 = rec.mapv(f64::from);
-    for chunk in [1, 2, 7, t] {
-        let mut st = Rwkv4State::new(c);
-        let y = wkv4_chunkwise(
-            k.view(),
-            v.view(),
-            decay.view(),
-            first.view(),
-            &mut st,
-            chunk,
-        );
+    let zero = Rwkv4State::new(c);
+    for (chunk, y, st) in wkv4_chunked_paths(&k, &v, &decay, &first, &zero, &[1, 2, 7, t]) {
         assert!(y.iter().all(|x| x.is_finite()), "chunk {chunk}: NaN or Inf");
         assert!(rel_err(y.view(), rec64.view()) < 1e-4, "chunk {chunk}");
         assert!(
